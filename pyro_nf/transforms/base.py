@@ -1,0 +1,205 @@
+"""The base class every pyro-nf flow layer derives from, and the numerical tools they share.
+
+A flow layer is a bijection f: R^D -> R^D on ``constraints.real_vector`` (event_dim 1). By the
+change of variables, a base density q_0 pushed through layers f_1..f_K has
+
+    log q_K(z_K) = log q_0(z_0) - sum_k log|det J_{f_k}(z_{k-1})|.
+
+Each layer implements *one* pass that returns the output and log|det J| together
+(:meth:`Flow.forward_and_log_det`) and one for the inverse (:meth:`Flow.inverse_and_log_det`).
+The Pyro/torch ``Transform`` protocol (``__call__``, ``inv``, ``log_abs_det_jacobian``) is built
+on these two. The log-det of the last pass is remembered together with *both* tensors it belongs
+to, and reused only when ``log_abs_det_jacobian`` is asked about exactly that pair (object
+identity); for any other pair it is recomputed from ``x``. The memo is a speed-up, never a
+condition for correctness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from pyro.distributions.torch_transform import TransformModule
+from torch.distributions import constraints
+
+Tensor = torch.Tensor
+
+#: Residual tolerance of numerical inverses, per dtype: |f(x) - y| <= tol * max(1, |y|).
+INVERSE_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-5,
+                     torch.float64: 1e-10}
+
+
+class InverseNotConvergedError(RuntimeError):
+    """A numerical inverse did not reach its tolerance within its iteration budget."""
+
+
+def inverse_tolerance(dtype: torch.dtype) -> float:
+    """The residual tolerance numerical inverses promise for ``dtype`` (1e-5 float32, 1e-10
+    float64)."""
+    return INVERSE_TOLERANCE.get(dtype, 1e-5)
+
+
+def softplus_inverse(y: float) -> float:
+    """x such that softplus(x) = y, for y > 0 (a Python float, used to place initial values)."""
+    if y <= 0:
+        raise ValueError(f"softplus_inverse needs y > 0, got {y}")
+    return y + math.log(-math.expm1(-y))
+
+
+def check_dim(dim: object, layer: str) -> int:
+    """Validate a layer's event dimension and return it as an int."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"{layer}: dim must be a positive integer, got {dim!r}")
+    return dim
+
+
+class Flow(TransformModule):
+    """Base class of pyro-nf's flow layers: a learnable bijection of R^D (event_dim 1).
+
+    Subclasses implement :meth:`forward_and_log_det` and :meth:`inverse_and_log_det`; both
+    return ``log|det J_f|`` of the *forward* map at the pre-image, with the batch shape of the
+    input. They create every tensor on the input's device and dtype.
+
+    Args:
+        dim: the event size D.
+        cache_size: torch's transform cache (0 or 1). With 1 (the Pyro default), ``inv`` of the
+            tensor just returned by ``__call__`` is looked up instead of recomputed.
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    #: True when log|det J| is identically zero.
+    volume_preserving = False
+    #: The registry kind (see registry.KINDS); decides where build_flow inserts permutations.
+    kind: str | None = None
+
+    def __init__(self, dim: int, cache_size: int = 1) -> None:
+        super().__init__(cache_size=cache_size)
+        self.dim = check_dim(dim, type(self).__name__)
+        self._ladj_memo: tuple[Tensor, Tensor, Tensor] | None = None
+
+    # -- the two passes subclasses write --------------------------------------------------
+    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(y, log|det J_f(x)|)`` for ``y = f(x)``."""
+        raise NotImplementedError
+
+    def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(x, log|det J_f(x)|)`` for ``x = f^{-1}(y)`` (forward log-det at x)."""
+        raise NotImplementedError
+
+    # -- torch.distributions.Transform protocol ---------------------------------------------
+    def _call(self, x: Tensor) -> Tensor:
+        self._check_input(x, "input")
+        y, ladj = self.forward_and_log_det(x)
+        self._ladj_memo = (x, y, ladj)
+        return y
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        self._check_input(y, "inverse input")
+        x, ladj = self.inverse_and_log_det(y)
+        self._ladj_memo = (x, y, ladj)
+        return x
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        memo = self._ladj_memo
+        if memo is not None and memo[0] is x and memo[1] is y:
+            return memo[2]
+        self._check_input(x, "input")
+        return self.forward_and_log_det(x)[1]
+
+    def _check_input(self, x: Tensor, what: str) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self._name()}: {what} must be a torch.Tensor, got {type(x)}")
+        if x.dim() < 1 or x.shape[-1] != self.dim:
+            raise ValueError(
+                f"{self._name()}: {what} has shape {tuple(x.shape)}, but this layer was built "
+                f"for dim={self.dim}; the last dimension must be {self.dim}"
+            )
+        ref = self._reference_parameter()
+        if ref is not None and ref.dtype != x.dtype and x.is_floating_point():
+            raise TypeError(
+                f"{self._name()}: {what} is {x.dtype} but the layer's parameters are "
+                f"{ref.dtype}; convert one of them (e.g. layer.to({x.dtype}) or x.to({ref.dtype}))"
+            )
+
+    def _reference_parameter(self) -> Tensor | None:
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p
+        return None
+
+    def _name(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim})"
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_ladj_memo"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+    def __repr__(self) -> str:  # torch's Transform.__repr__ would hide the module's structure
+        return torch.nn.Module.__repr__(self)
+
+
+def solve_monotone(
+    fn: Callable[[Tensor], tuple[Tensor, Tensor]],
+    target: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    *,
+    layer: str,
+    max_iter: int = 200,
+) -> Tensor:
+    """Solve ``fn(x) = target`` elementwise for an increasing ``fn`` with the root in [lo, hi].
+
+    ``fn`` returns ``(value, derivative)``. Newton steps are taken where they stay inside the
+    current bracket, bisection otherwise, so the iteration always converges for a continuous
+    increasing function. Runs without autograd; callers attach gradients with
+    :func:`implicit_newton_step`. Converged means ``|fn(x) - target| <= tol * max(1, |target|)``
+    with ``tol`` from :func:`inverse_tolerance`, or a bracket narrower than a few ulps.
+
+    Raises:
+        InverseNotConvergedError: naming ``layer``, when some element did not converge.
+    """
+    tol = inverse_tolerance(target.dtype)
+    eps = torch.finfo(target.dtype).eps
+    with torch.no_grad():
+        target = target.detach()
+        lo, hi = torch.broadcast_tensors(lo.detach().clone(), hi.detach().clone())
+        lo, hi = lo.clone(), hi.clone()
+        scale = target.abs().clamp_min(1.0)
+        x = 0.5 * (lo + hi)
+        for _ in range(max_iter):
+            value, deriv = fn(x)
+            resid = value - target
+            done = (resid.abs() <= tol * scale) | ((hi - lo) <= 4 * eps * x.abs().clamp_min(1.0))
+            if bool(done.all()):
+                return x
+            above = resid > 0
+            hi = torch.where(above, torch.minimum(hi, x), hi)
+            lo = torch.where(above, lo, torch.maximum(lo, x))
+            newton = x - resid / deriv
+            ok = torch.isfinite(newton) & (newton > lo) & (newton < hi)
+            x = torch.where(done, x, torch.where(ok, newton, 0.5 * (lo + hi)))
+        value, _ = fn(x)
+        worst = float((value - target).abs().div(scale).max())
+    raise InverseNotConvergedError(
+        f"{layer}: numerical inverse did not converge in {max_iter} iterations (worst relative "
+        f"residual {worst:.3g}, tolerance {tol:g}); the layer's parameters may be extreme "
+        "(check for non-finite values) or the input is outside the representable range"
+    )
+
+
+def implicit_newton_step(x_star: Tensor, residual: Tensor, derivative: Tensor) -> Tensor:
+    """Attach implicit-function gradients to a root ``x_star`` found without autograd.
+
+    ``residual = g(x_star, theta) - y`` must be computed *with* the graph to ``theta`` and ``y``
+    but from the detached root; ``derivative`` is dg/dx at the root. The value returned equals
+    ``x_star`` up to the solver's residual, and its gradient is the implicit one,
+    dx/dtheta = -(dg/dtheta) / (dg/dx), so numerical inverses never give silent zero gradients.
+    """
+    return x_star - residual / derivative.detach()
