@@ -81,30 +81,29 @@ class Autoregressive(Flow):
 
 
 class AffineAutoregressive(Autoregressive):
-    """Affine autoregressive layer: G(u)_i = mu_i(u_<i) + sigma_i(u_<i) u_i,
-    sigma = s_min + softplus(.)."""
+    """Affine autoregressive layer: G(u)_i = mu_i(u_<i) + exp(log sigma_i(u_<i)) u_i."""
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
                  direction: str = "iaf", activation: str = "relu",
-                 min_scale: float = 1e-3) -> None:
-        super().__init__(dim, Affine(min_scale), hidden=hidden, direction=direction,
-                         activation=activation)
+                 min_log_scale: float = -10.0, max_log_scale: float = 5.0) -> None:
+        super().__init__(dim, Affine(min_log_scale, max_log_scale), hidden=hidden,
+                         direction=direction, activation=activation)
 
 
 @register("maf", paper="Papamakarios, Pavlakou & Murray (2017), Masked Autoregressive Flow",
           inverse="exact", kind="autoregressive")
 def maf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "relu",
-        min_scale: float = 1e-3) -> AffineAutoregressive:
+        min_log_scale: float = -10.0, max_log_scale: float = 5.0) -> AffineAutoregressive:
     """Affine autoregressive layer, MAF direction: one-pass density, D-pass sampling."""
-    return AffineAutoregressive(dim, hidden, "maf", activation, min_scale)
+    return AffineAutoregressive(dim, hidden, "maf", activation, min_log_scale, max_log_scale)
 
 
 @register("iaf", paper="Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling (2016), "
           "Inverse Autoregressive Flow", inverse="exact", kind="autoregressive")
 def iaf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "relu",
-        min_scale: float = 1e-3) -> AffineAutoregressive:
+        min_log_scale: float = -10.0, max_log_scale: float = 5.0) -> AffineAutoregressive:
     """Affine autoregressive layer, IAF direction: one-pass sampling, D-pass density."""
-    return AffineAutoregressive(dim, hidden, "iaf", activation, min_scale)
+    return AffineAutoregressive(dim, hidden, "iaf", activation, min_log_scale, max_log_scale)
 
 
 @register("spline_autoregressive", paper="Durkan, Bekasov, Murray & Papamakarios (2019), "

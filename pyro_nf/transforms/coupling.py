@@ -54,7 +54,7 @@ class Coupling(Flow):
                                _hidden_tuple(hidden, dim), activation=activation)
 
     def _params(self, xa: Tensor) -> Tensor:
-        return self.conditioner(xa).unflatten(-1, (self.dim - self.split, -1))
+        return self.conditioner(xa).unflatten(-1, (-1, self.dim - self.split))
 
     def forward_and_log_det(self, x):
         xa, xb = x[..., :self.split], x[..., self.split:]
@@ -85,13 +85,13 @@ class AdditiveCoupling(Coupling):
 @register("realnvp", paper="Dinh, Sohl-Dickstein & Bengio (2017), Density estimation using "
           "Real NVP: affine coupling", inverse="exact", kind="coupling", min_dim=2)
 class AffineCoupling(Coupling):
-    """RealNVP affine coupling: y_b = t(x_a) + s(x_a) * x_b with s = s_min + softplus(.)."""
+    """RealNVP affine coupling: y_b = t(x_a) + exp(log s(x_a)) * x_b (log-space scale)."""
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
                  split: int | None = None, activation: str = "relu",
-                 min_scale: float = 1e-3) -> None:
-        super().__init__(dim, Affine(min_scale), hidden=hidden, split=split,
-                         activation=activation)
+                 min_log_scale: float = -10.0, max_log_scale: float = 5.0) -> None:
+        super().__init__(dim, Affine(min_log_scale, max_log_scale), hidden=hidden,
+                         split=split, activation=activation)
 
 
 @register("spline_coupling", paper="Durkan, Bekasov, Murray & Papamakarios (2019), Neural "

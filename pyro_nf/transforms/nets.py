@@ -90,7 +90,7 @@ class MaskedLinear(nn.Linear):
 class MADE(nn.Module):
     """Masked autoencoder for distribution estimation (Germain et al., 2015).
 
-    Output ``[..., i, p]`` (parameter p of dimension i) depends only on inputs ``x[..., :i]``
+    Output ``[..., p, i]`` (parameter p of dimension i) depends only on inputs ``x[..., :i]``
     (natural order; flows insert permutations between layers), so the Jacobian of any
     transformer driven by it is triangular. Hidden units get degrees 1..D-1 cyclically; for
     D = 1 they get degree 0 and the single output is a learned constant.
@@ -135,4 +135,4 @@ class MADE(nn.Module):
             h = h + self.context(context)
         for layer in self.layers[1:]:
             h = layer(h)
-        return h.unflatten(-1, (self.params_per_dim, self.dim)).transpose(-1, -2)
+        return h.unflatten(-1, (self.params_per_dim, self.dim))

@@ -17,12 +17,16 @@ Tensor = torch.Tensor
 
 
 class Transformer:
-    """Interface: an increasing bijection of R parametrised by ``num_params`` raw numbers."""
+    """Interface: an increasing bijection of R parametrised by ``num_params`` raw numbers.
+
+    ``params`` has shape ``x.shape[:-1] + (P, D)`` (parameter-major, so each parameter's slice
+    ``params[..., p, :]`` is contiguous).
+    """
 
     num_params: int = 0
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(y, log dy/dx)`` elementwise; ``params`` has shape ``x.shape + (P,)``."""
+        """Return ``(y, log dy/dx)`` elementwise."""
         raise NotImplementedError
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -39,40 +43,42 @@ class Additive(Transformer):
     num_params = 1
 
     def forward(self, x, params):
-        return x + params[..., 0], torch.zeros_like(x)
+        return x + params[..., 0, :], torch.zeros_like(x)
 
     def inverse(self, y, params):
-        return y - params[..., 0], torch.zeros_like(y)
+        return y - params[..., 0, :], torch.zeros_like(y)
 
 
 class Affine(Transformer):
-    """y = t + s x with s = s_min + softplus(raw + c) (c puts s = 1 at raw = 0).
+    """y = t + exp(log_s) x with log_s = clamp(raw, min_log_scale, max_log_scale).
 
-    The softplus keeps s > s_min > 0 for any raw value, grows linearly instead of exponentially
-    (no overflow) and makes log s cheap and finite (RealNVP, Dinh et al., 2017; IAF/MAF).
+    Log-space parametrisation (RealNVP, Dinh et al., 2017; IAF, Kingma et al., 2016):
+    log|dy/dx| = log_s exactly, no log of a small number; the clamp only guards against
+    overflow of exp (its gradient is zero beyond the bounds, by default scales in
+    [e^-10, e^5] per layer). Raw zero gives the identity.
     """
 
     num_params = 2
 
-    def __init__(self, min_scale: float = 1e-3) -> None:
-        if not 0 < min_scale < 1:
-            raise ValueError(f"min_scale must be in (0, 1), got {min_scale}")
-        self.min_scale = min_scale
-        self._offset = math.log(math.expm1(1.0 - min_scale))
+    def __init__(self, min_log_scale: float = -10.0, max_log_scale: float = 5.0) -> None:
+        if not min_log_scale < 0 < max_log_scale:
+            raise ValueError("need min_log_scale < 0 < max_log_scale, got "
+                             f"{min_log_scale}, {max_log_scale}")
+        self.min_log_scale, self.max_log_scale = float(min_log_scale), float(max_log_scale)
 
-    def scale(self, raw: Tensor) -> Tensor:
-        return self.min_scale + F.softplus(raw + self._offset)
+    def log_scale(self, raw: Tensor) -> Tensor:
+        return raw.clamp(self.min_log_scale, self.max_log_scale)
 
     def forward(self, x, params):
-        s = self.scale(params[..., 1])
-        return params[..., 0] + s * x, torch.log(s)
+        log_s = self.log_scale(params[..., 1, :])
+        return torch.addcmul(params[..., 0, :], torch.exp(log_s), x), log_s
 
     def inverse(self, y, params):
-        s = self.scale(params[..., 1])
-        return (y - params[..., 0]) / s, torch.log(s)
+        log_s = self.log_scale(params[..., 1, :])
+        return (y - params[..., 0, :]) * torch.exp(-log_s), log_s
 
     def __repr__(self) -> str:
-        return f"Affine(min_scale={self.min_scale:g})"
+        return f"Affine(log_scale in [{self.min_log_scale:g}, {self.max_log_scale:g}])"
 
 
 class RationalQuadraticSpline(Transformer):
@@ -101,20 +107,18 @@ class RationalQuadraticSpline(Transformer):
     def __repr__(self) -> str:
         return f"RationalQuadraticSpline(bins={self.bins}, bound={self.bound:g})"
 
-    def _knots(self, raw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _knots(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         K, B = self.bins, self.bound
-        w = self.min_bin + (1 - self.min_bin * K) * torch.softmax(raw[..., :K], dim=-1)
-        h = self.min_bin + (1 - self.min_bin * K) * torch.softmax(raw[..., K:2 * K], dim=-1)
+        raw = params.transpose(-1, -2)  # (..., D, 3K - 1)
+        scale = 1 - self.min_bin * K
+        w = self.min_bin + scale * torch.softmax(raw[..., :K], dim=-1)
+        h = self.min_bin + scale * torch.softmax(raw[..., K:2 * K], dim=-1)
         d = self.min_derivative + F.softplus(raw[..., 2 * K:] + self._offset)
-        pad = raw.new_zeros(raw.shape[:-1] + (1,))
-        xk = torch.cat([pad, torch.cumsum(w, -1)], -1) * (2 * B) - B
-        yk = torch.cat([pad, torch.cumsum(h, -1)], -1) * (2 * B) - B
-        one = torch.ones_like(pad)
-        # pin the end knots exactly to +-B (cumsum rounding)
-        xk = torch.cat([xk[..., :1] * 0 - B, xk[..., 1:-1], one * B], -1)
-        yk = torch.cat([yk[..., :1] * 0 - B, yk[..., 1:-1], one * B], -1)
-        d = torch.cat([one, d, one], -1)
-        return xk, yk, d
+        xk = F.pad(torch.cumsum(w, -1), (1, 0)) * (2 * B) - B
+        yk = F.pad(torch.cumsum(h, -1), (1, 0)) * (2 * B) - B
+        xk[..., -1] = B  # pin the end knot exactly (cumsum rounding)
+        yk[..., -1] = B
+        return xk, yk, F.pad(d, (1, 1), value=1.0)
 
     def _apply(self, v: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         B = self.bound

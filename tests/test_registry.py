@@ -1,0 +1,177 @@
+"""The registry and the flow-spec builder."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions.torch_transform import ComposeTransformModule
+
+import pyro_nf
+from pyro_nf.transforms import (
+    AffineCoupling,
+    Flow,
+    RandomPermutation,
+    Reverse,
+    available,
+    build_flow,
+    build_layer,
+    info,
+    register,
+)
+from pyro_nf.transforms import registry as registry_module
+
+LITERATURE = {"planar", "radial", "sylvester_orthogonal", "sylvester_householder",
+              "sylvester_triangular", "nice", "scale", "realnvp", "reverse", "permute", "maf",
+              "iaf", "spline_coupling", "spline_autoregressive", "lu", "actnorm", "householder",
+              "affine", "bnaf"}
+
+
+def test_every_flow_of_the_issue_is_registered_with_metadata():
+    assert LITERATURE <= set(available())
+    for name in available():
+        entry = info(name)
+        assert entry.paper and entry.inverse in ("exact", "numerical")
+        assert entry.kind in registry_module.KINDS
+        layer = build_layer(name, max(3, entry.min_dim))
+        assert isinstance(layer, Flow) and layer.bijective
+        assert layer.domain.event_dim == 1 and layer.codomain.event_dim == 1
+        assert layer.volume_preserving == entry.volume_preserving, name
+        assert layer.kind == entry.kind, name
+
+
+def test_repeated_spec_and_permutation_insertion():
+    flow = build_flow("maf*3", 4)
+    assert isinstance(flow, ComposeTransformModule)
+    kinds = [type(p).__name__ for p in flow.parts]
+    assert kinds == ["AffineAutoregressive", "Reverse", "AffineAutoregressive", "Reverse",
+                     "AffineAutoregressive"]
+    assert [type(p).__name__ for p in build_flow("planar*8", 4).parts] == ["Planar"] * 8
+
+
+def test_explicit_permutations_are_not_doubled():
+    flow = build_flow(["realnvp", "reverse"] * 4, 6)
+    assert [type(p) for p in flow.parts] == [AffineCoupling, Reverse] * 4
+
+
+def test_random_permutations_are_seeded_and_differ_between_positions():
+    a = build_flow("realnvp*3", 8, permutation="random", seed=3)
+    b = build_flow("realnvp*3", 8, permutation="random", seed=3)
+    perms_a = [p.perm for p in a.parts if isinstance(p, RandomPermutation)]
+    perms_b = [p.perm for p in b.parts if isinstance(p, RandomPermutation)]
+    assert len(perms_a) == 2 and not torch.equal(perms_a[0], perms_a[1])
+    assert all(torch.equal(x, y) for x, y in zip(perms_a, perms_b))
+    assert len(build_flow("realnvp*3", 8, permutation=None).parts) == 3
+
+
+def test_options_per_layer_and_global():
+    flow = build_flow([("maf", {"hidden": 7}), "planar"], 3)
+    assert flow.parts[0].made.layers[0].out_features == 7
+    flow = build_flow(["maf", "planar"], 3, hidden=[5, 6])  # only maf takes hidden
+    assert flow.parts[0].made.layers[2].out_features == 6
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("nosuchflow", "available flows: .*planar"),
+    ("planar*x", "malformed flow spec"),
+    ("planar*0", "at least 1"),
+    ([], "empty flow spec"),
+    (3.5, "malformed flow spec"),
+    ([("maf", {"nosuchoption": 1})], "no option"),
+])
+def test_bad_specs_get_errors_listing_valid_names(spec, match):
+    with pytest.raises(ValueError, match=match):
+        build_flow(spec, 3)
+
+
+def test_global_option_no_layer_accepts_is_an_error():
+    with pytest.raises(ValueError, match="accepted by none"):
+        build_flow("planar*2", 3, hiden=5)
+
+
+def test_callable_and_module_specs():
+    flow = build_flow(lambda d: [build_layer("affine", d), build_layer("reverse", d)], 3)
+    assert len(flow.parts) == 2
+    layer = build_layer("lu", 3)
+    assert build_flow(layer, 3).parts[0] is layer
+    with pytest.raises(ValueError, match="not a Transform"):
+        build_flow(lambda d: "oops", 3)
+
+
+def test_register_decorator_adds_a_tested_layer_and_rejects_duplicates():
+    @register("test_shift", paper="a test", inverse="exact", kind="elementwise")
+    class Shift(Flow):
+        """y = x + c."""
+
+        kind = "elementwise"
+
+        def __init__(self, dim: int, c: float = 0.0):
+            super().__init__(dim)
+            self.c = torch.nn.Parameter(torch.full((dim,), c))
+
+        def forward_and_log_det(self, x):
+            return x + self.c, x.new_zeros(x.shape[:-1])
+
+        def inverse_and_log_det(self, y):
+            return y - self.c, y.new_zeros(y.shape[:-1])
+
+    try:
+        assert "test_shift" in available()
+        assert info("test_shift").options == {"c": 0.0}
+        flow = build_flow(["test_shift", ("test_shift", {"c": 2.0})], 2)
+        torch.testing.assert_close(flow(torch.zeros(2)), torch.full((2,), 2.0))
+        with pytest.raises(ValueError, match="already registered"):
+            register("test_shift", paper="x", inverse="exact", kind="elementwise")(Shift)
+        with pytest.raises(ValueError, match="inverse must be"):
+            register("other", paper="x", inverse="maybe", kind="elementwise")
+        with pytest.raises(ValueError, match="kind must be"):
+            register("other", paper="x", inverse="exact", kind="weird")
+    finally:
+        registry_module._REGISTRY.pop("test_shift", None)
+
+
+@pytest.mark.parametrize("dim", [0, -1, 2.5, True])
+def test_bad_dim(dim):
+    with pytest.raises(ValueError, match="dim"):
+        build_flow("maf", dim)
+
+
+def test_default_widths_scale_linearly_and_are_capped():
+    small = sum(p.numel() for p in build_layer("spline_coupling", 10).parameters())
+    big = sum(p.numel() for p in build_layer("spline_coupling", 100).parameters())
+    assert big < 5e5  # Pyro's spline_coupling helper has 5.2 M parameters at D = 100
+    assert build_layer("iaf", 1000).made.layers[0].out_features == 256
+    assert small < big
+
+
+def test_flow_as_pyro_guide_distribution_trains():
+    """A composed flow in a TransformedDistribution works inside Pyro's SVI."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    target = dist.MultivariateNormal(torch.tensor([1.0, -1.0]),
+                                     torch.tensor([[1.0, 0.8], [0.8, 1.0]]))
+    flow = build_flow(["realnvp", "planar", "maf"], 2)
+
+    def model():
+        pyro.sample("z", target)
+
+    def guide():
+        pyro.module("flow", flow)
+        pyro.sample("z", dist.TransformedDistribution(
+            dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1), list(flow.parts)))
+
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), pyro.infer.Trace_ELBO())
+    for _ in range(600):
+        svi.step()
+    with torch.no_grad():
+        q = dist.TransformedDistribution(dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1),
+                                         list(flow.parts))
+        z = q.sample((4000,))
+    torch.testing.assert_close(z.mean(0), target.mean, atol=0.15, rtol=0)
+    assert abs(float(torch.corrcoef(z.T)[0, 1]) - 0.8) < 0.1
+
+
+def test_top_level_api():
+    assert pyro_nf.available() == available()
+    assert pyro_nf.build_flow is build_flow
