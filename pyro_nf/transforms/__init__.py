@@ -17,10 +17,17 @@ from pyro_nf.transforms import (  # noqa: F401  (importing registers the layers)
     radial,
     sylvester,
 )
-from pyro_nf.transforms.autoregressive import AffineAutoregressive, Autoregressive, SplineAutoregressive
+from pyro_nf.transforms.autoregressive import (
+    AffineAutoregressive,
+    Autoregressive,
+    SplineAutoregressive,
+)
 from pyro_nf.transforms.base import Flow, InverseNotConvergedError, inverse_tolerance
 from pyro_nf.transforms.coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
 from pyro_nf.transforms.elementwise import DiagonalScale, ElementwiseAffine
+from pyro_nf.transforms.householder import Householder
+from pyro_nf.transforms.linear import LULinear
+from pyro_nf.transforms.normalization import ActNorm
 from pyro_nf.transforms.permutation import Permutation, RandomPermutation, Reverse
 from pyro_nf.transforms.registry import FlowInfo, available, build_flow, build_layer, info, register
 from pyro_nf.transforms.transformers import Additive, Affine, RationalQuadraticSpline, Transformer
@@ -32,4 +39,5 @@ __all__ = [
     "Coupling", "AdditiveCoupling", "AffineCoupling", "SplineCoupling",
     "Autoregressive", "AffineAutoregressive", "SplineAutoregressive",
     "ElementwiseAffine", "DiagonalScale", "Permutation", "Reverse", "RandomPermutation",
+    "LULinear", "ActNorm", "Householder",
 ]

@@ -12,7 +12,7 @@ import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
@@ -132,7 +132,7 @@ def build_layer(name: str, dim: int, **options: Any) -> TransformModule:
     return entry.constructor(dim, **options)
 
 
-FlowSpec = Union[str, TransformModule, Callable[[int], Any], Iterable[Any]]
+FlowSpec = str | TransformModule | Callable[[int], Any] | Iterable[Any]
 
 _ITEM = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(?:\*\s*(\d+))?\s*$")
 _GRAMMAR = ("a flow spec is a name ('maf'), a repeated name ('planar*8'), a list of names, "
@@ -227,3 +227,14 @@ def build_flow(spec: FlowSpec, dim: int, *, permutation: str | None = "reverse",
             out.append(build_layer(perm, dim, **extra))
         out.append(layer)
     return ComposeTransformModule(out)
+
+
+def markdown_table() -> str:
+    """The registry as a markdown table (used by the README and ``pyro-nf flows``)."""
+    lines = ["| name | kind | inverse | volume preserving | min D | paper |",
+             "|---|---|---|---|---|---|"]
+    for name in available():
+        e = _REGISTRY[name]
+        lines.append(f"| `{name}` | {e.kind} | {e.inverse} | "
+                     f"{'yes' if e.volume_preserving else 'no'} | {e.min_dim} | {e.paper} |")
+    return "\n".join(lines)
