@@ -1,8 +1,16 @@
-"""pyro-nf: normalizing-flow variational posteriors for any Pyro model."""
+"""pyro-nf: normalizing-flow variational posteriors for any Pyro model.
+
+- :mod:`pyro_nf.transforms`: the flow layers and their registry;
+- :class:`AutoFlow`: a flow autoguide over a model's global latents;
+- :func:`fit`: the SVI loop; :class:`STLTrace_ELBO`: the sticking-the-landing gradient.
+"""
 
 from pyro_nf import transforms
+from pyro_nf.guides import DEFAULT_FLOW, AutoFlow
+from pyro_nf.infer import FitResult, NonFiniteLossError, STLTrace_ELBO, fit
 from pyro_nf.transforms import available, build_flow, register
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["transforms", "available", "build_flow", "register", "__version__"]
+__all__ = ["transforms", "available", "build_flow", "register", "AutoFlow", "DEFAULT_FLOW",
+           "fit", "FitResult", "NonFiniteLossError", "STLTrace_ELBO", "__version__"]

@@ -134,8 +134,12 @@ class Flow(TransformModule):
         return f"{type(self).__name__}(dim={self.dim})"
 
     def __getstate__(self):
+        # drop the memo and torch's one-entry cache: they hold graph tensors that neither
+        # pickle nor deepcopy accept, and are only valid for the objects they were made for
         state = super().__getstate__()
         state["_ladj_memo"] = None
+        if "_cached_x_y" in state:
+            state["_cached_x_y"] = (None, None)
         return state
 
     def extra_repr(self) -> str:

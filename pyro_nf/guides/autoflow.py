@@ -1,0 +1,281 @@
+"""AutoFlow: a normalizing-flow autoguide over all of a model's (global) latent sites.
+
+Like every :class:`~pyro.infer.autoguide.AutoContinuous` guide, AutoFlow packs the model's
+latent sites, each mapped to unconstrained space by ``biject_to(support)``, into one vector
+z in R^D. Its posterior over z is
+
+    b ~ base (N(0, I); or N(0, W W^T + diag(d)) with ``base="lowrank"``; or N(0, L L^T) with
+    ``base="full"``),   u = f_K o ... o f_1 (b),   z = loc + scale * u,
+
+so log q(z) = log base(b) - sum_k log|det J_k| - sum_i log scale_i (change of variables).
+The flow acts on standardised coordinates, where its layers' active ranges (spline bounds,
+tanh kinks) are meaningful, and the elementwise affine map puts the result where the posterior
+is. Flow layers start at the identity, so before any step the samples have mean ``loc`` (from
+``init_loc_fn``) and spread ``init_scale``.
+
+References: Rezende & Mohamed (2015), Variational Inference with Normalizing Flows; Kucukelbir
+et al. (2017), Automatic Differentiation Variational Inference (the packing).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_transform import ComposeTransformModule
+from pyro.distributions.transforms import AffineTransform, ComposeTransform
+from pyro.infer.autoguide import AutoContinuous
+from pyro.infer.autoguide.initialization import init_to_median
+from pyro.nn import PyroParam
+from torch import nn
+from torch.distributions import biject_to
+
+from pyro_nf.transforms.permutation import Permutation
+from pyro_nf.transforms.registry import _expand, build_flow
+
+#: The default flow of :class:`AutoFlow`; see the README for how it was chosen.
+DEFAULT_FLOW = "iaf*2"
+BASES = ("diagonal", "lowrank", "full")
+
+
+def restore_order(flow: ComposeTransformModule) -> ComposeTransformModule:
+    """Append the permutation that undoes the net effect of ``flow``'s fixed permutations.
+
+    Every other layer starts at the identity, so the whole flow then starts exactly at the
+    identity: the initial posterior is the base pushed through the affine map (the guarantee
+    behind ``init_loc_fn``/``init_scale`` and the warm starts), and correlations of a full or
+    low-rank base stay attached to the right coordinates.
+    """
+    dim = None
+    order = None
+    for part in flow.parts:
+        if isinstance(part, Permutation):
+            dim = part.dim
+            order = part.perm if order is None else order[part.perm]
+    if order is None or torch.equal(order, torch.arange(dim, device=order.device)):
+        return flow
+    return ComposeTransformModule([*flow.parts, Permutation(dim, torch.argsort(order))])
+
+
+class AutoFlow(AutoContinuous):
+    """Normalizing-flow autoguide: ``AutoFlow(model)`` replaces ``AutoNormal(model)``.
+
+    Args:
+        model: a Pyro model whose latent sites are continuous and not in subsampled plates.
+        flow: a flow spec of :func:`pyro_nf.transforms.build_flow` (``"iaf*4"``,
+            ``["planar"] * 8``, ``[("maf", {"hidden": 64})]``, a callable ``dim -> module``).
+        init_loc_fn: per-site initialisation (Pyro's ``init_to_*``); gives ``loc``.
+        init_scale: initial spread (standard deviation in unconstrained space).
+        base: ``"diagonal"`` (N(0, I); scales live in the affine map), ``"lowrank"``
+            (a learnable low-rank-plus-diagonal covariance of rank ``rank``) or ``"full"``
+            (a learnable Cholesky factor).
+        rank: rank of the low-rank base (default ``ceil(sqrt(D))``).
+        permutation: passed to ``build_flow`` (``"reverse"``, ``"random"`` or ``None``).
+        flow_options: keyword options for every flow layer that accepts them.
+        num_quantile_samples: draws used by :meth:`median` and :meth:`quantiles` (Monte Carlo).
+
+    Works with ``Predictive``, ``NeuTraReparam`` (``get_base_dist``/``get_transform``),
+    ``AutoGuideList``, ``poutine.block``, ``psis_diagnostic`` and the param store.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        flow: Any = DEFAULT_FLOW,
+        *,
+        init_loc_fn: Callable = init_to_median,
+        init_scale: float = 0.1,
+        base: str = "diagonal",
+        rank: int | None = None,
+        permutation: str | None = "reverse",
+        flow_options: dict[str, Any] | None = None,
+        num_quantile_samples: int = 4000,
+    ) -> None:
+        if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale)
+                and init_scale > 0):
+            raise ValueError(f"AutoFlow: init_scale must be a positive number, got {init_scale!r}")
+        if base not in BASES:
+            raise ValueError(f"AutoFlow: base must be one of {BASES}, got {base!r}")
+        if rank is not None and (not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"AutoFlow: rank must be a positive integer, got {rank!r}")
+        if not callable(flow) or isinstance(flow, nn.Module):
+            _expand(flow)  # fail now, with the list of valid names, on a bad spec
+        self._flow_spec = flow
+        self._init_scale = float(init_scale)
+        self._base_kind = base
+        self._rank = rank
+        self._permutation = permutation
+        self._flow_options = dict(flow_options or {})
+        self.num_quantile_samples = int(num_quantile_samples)
+        self._warm_start: Any = None
+        self._shadow: nn.Module | None = None
+        super().__init__(model, init_loc_fn=init_loc_fn)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_guide(cls, model: Callable, fitted_guide: Any, flow: Any = DEFAULT_FLOW,
+                   **options: Any) -> AutoFlow:
+        """An AutoFlow warm-started from a fitted Gaussian guide of the same model.
+
+        Supported: ``AutoNormal``, ``AutoDiagonalNormal``, ``AutoMultivariateNormal``,
+        ``AutoLowRankMultivariateNormal`` and ``AutoLaplaceApproximation``. The flow starts at
+        the identity, so the new guide's initial posterior equals the fitted Gaussian (for a
+        correlated Gaussian, ``base`` defaults to ``"full"`` or ``"lowrank"`` to keep the
+        correlations). The fitted parameters are read when the new guide first runs (with the
+        model's arguments, which the Laplace approximation needs for its Hessian).
+        """
+        from pyro_nf.guides.warm_start import infer_base
+
+        base = infer_base(fitted_guide)  # a clear TypeError for unsupported guides
+        options.setdefault("base", base)
+        guide = cls(model, flow, **options)
+        # a plain attribute: assigned normally, PyroModule would adopt the fitted guide as a
+        # submodule and re-register its parameters under this guide's name
+        object.__setattr__(guide, "_warm_start", fitted_guide)
+        return guide
+
+    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
+        super()._setup_prototype(*args, **kwargs)
+        from pyro_nf.guides.checks import check_global_continuous
+
+        check_global_continuous(self, self.prototype_trace)
+        init_loc = self._init_loc().detach()
+        dtype, device = init_loc.dtype, init_loc.device
+        self._prototype_tensor = init_loc
+        D = self.latent_dim
+        loc, scale = init_loc, torch.full_like(init_loc, self._init_scale)
+        base_params: dict[str, torch.Tensor] = {}
+        if self._warm_start is not None:
+            from pyro_nf.guides.warm_start import gaussian_of
+
+            loc, scale, base_params = gaussian_of(self._warm_start, self, self._base_kind,
+                                                  args, kwargs)
+            object.__setattr__(self, "_warm_start", None)
+        self.loc = nn.Parameter(loc.clone())
+        self.scale = PyroParam(scale.clone(), constraint=constraints.softplus_positive)
+        if self._base_kind == "lowrank":
+            rank = self._rank or max(1, math.ceil(math.sqrt(D)))
+            self.cov_factor = nn.Parameter(base_params.get(
+                "cov_factor", init_loc.new_zeros(D, rank)).clone())
+            self.cov_diag = PyroParam(base_params.get("cov_diag", torch.ones_like(init_loc)),
+                                      constraint=constraints.softplus_positive)
+        elif self._base_kind == "full":
+            self.scale_tril = PyroParam(base_params.get(
+                "scale_tril", torch.eye(D, dtype=dtype, device=device)),
+                constraint=constraints.softplus_lower_cholesky)
+        flow = restore_order(build_flow(self._flow_spec, D, permutation=self._permutation,
+                                        **self._flow_options))
+        self.flow = flow.to(dtype=dtype, device=device)
+
+    # ------------------------------------------------------------------ the posterior
+    def get_base_dist(self) -> dist.TorchDistribution:
+        """The base distribution over b (see the module docstring)."""
+        zeros = self._prototype_tensor.new_zeros(self.latent_dim)
+        if self._base_kind == "lowrank":
+            return dist.LowRankMultivariateNormal(zeros, self.cov_factor, self.cov_diag)
+        if self._base_kind == "full":
+            return dist.MultivariateNormal(zeros, scale_tril=self.scale_tril)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+
+    def get_transform(self, *args: Any, **kwargs: Any) -> ComposeTransform:
+        """The map b -> z: the flow's layers, then ``z = loc + scale * u``."""
+        # cache_size=1: log_prob of the sample just drawn finds each layer's input in its cache
+        # (the layers compare identities), so a slow inverse (IAF) is never run for it
+        return ComposeTransform([*self.flow.parts, AffineTransform(
+            self.loc, self.scale, event_dim=1, cache_size=1)])
+
+    def get_posterior(self, *args: Any, **kwargs: Any) -> dist.TransformedDistribution:
+        """The posterior over the packed unconstrained latent z; its ``log_prob`` works at
+        any z (the layers' inverses)."""
+        return dist.TransformedDistribution(self.get_base_dist(),
+                                            self.get_transform(*args, **kwargs))
+
+    def detached_posterior(self) -> dist.TransformedDistribution:
+        """The same posterior with every parameter cut from the autograd graph (a shadow copy
+        of the flow sharing the parameters' storage): log q of a reparametrised sample then
+        carries only the path derivative, as the sticking-the-landing estimator needs."""
+        if self._shadow is None:
+            self._shadow = copy.deepcopy(self.flow).requires_grad_(False)
+        for shadow_p, p in zip(self._shadow.parameters(), self.flow.parameters()):
+            shadow_p.data = p.data
+        for shadow_b, b in zip(self._shadow.buffers(), self.flow.buffers()):
+            shadow_b.data = b.data
+        zeros = self.loc.detach().new_zeros(self.latent_dim)
+        if self._base_kind == "lowrank":
+            base = dist.LowRankMultivariateNormal(zeros, self.cov_factor.detach(),
+                                                  self.cov_diag.detach())
+        elif self._base_kind == "full":
+            base = dist.MultivariateNormal(zeros, scale_tril=self.scale_tril.detach())
+        else:
+            base = dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+        affine = AffineTransform(self.loc.detach(), self.scale.detach(), event_dim=1)
+        return dist.TransformedDistribution(base, [*self._shadow.parts, affine])
+
+    def stl_log_densities(self) -> dict:
+        """For :class:`~pyro_nf.infer.STLTrace_ELBO`: this guide's latent site and its
+        log-density with detached parameters."""
+        if self.prototype_trace is None:
+            return {}
+        return {f"_{self._pyro_name}_latent":
+                lambda value: self.detached_posterior().log_prob(value)}
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_shadow"] = None
+        return state
+
+    # ------------------------------------------------------------------ summaries
+    def sample_latent_batch(self, num_samples: int, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``num_samples`` draws of the packed unconstrained latent z (no gradient)."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        with torch.no_grad():
+            return self.get_posterior(*args, **kwargs).sample((num_samples,))
+
+    def sample_posterior(self, num_samples: int, *args: Any, **kwargs: Any
+                         ) -> dict[str, torch.Tensor]:
+        """``num_samples`` joint draws of every latent site, in constrained space, stacked on a
+        leading sample dimension (one vectorised pass, no model execution)."""
+        latent = self.sample_latent_batch(num_samples, *args, **kwargs)
+        return self.unpack_batch(latent)
+
+    def unpack_batch(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a batch of packed unconstrained latents ``(..., D)`` into constrained site
+        values of shape ``batch + site shape``."""
+        out, pos = {}, 0
+        batch = latent.shape[:-1]
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            shape = self._unconstrained_shapes[name]
+            size = math.prod(shape)
+            value = latent[..., pos:pos + size].reshape(batch + shape)
+            out[name] = biject_to(site["fn"].support)(value)
+            pos += size
+        return out
+
+    @torch.no_grad()
+    def quantiles(self, quantiles, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Posterior quantiles of each latent site, estimated from ``num_quantile_samples``
+        draws made with a fixed seed (so repeated calls agree). Shape ``(len(q),) + site``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            samples = self.sample_posterior(self.num_quantile_samples, *args, **kwargs)
+        ref = self._prototype_tensor
+        qs = torch.as_tensor(quantiles, dtype=ref.dtype, device=ref.device)
+        if qs.dim() != 1 or not bool(((qs >= 0) & (qs <= 1)).all()):
+            raise ValueError(f"quantiles must be a list of numbers in [0, 1], got {quantiles}")
+        return {name: torch.quantile(value, qs, dim=0) for name, value in samples.items()}
+
+    @torch.no_grad()
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Posterior median of each latent site (Monte Carlo, see :meth:`quantiles`)."""
+        return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
+
+    def flow_spec(self) -> str:
+        """The flow spec as a string (for reports and InferenceData attrs)."""
+        return self._flow_spec if isinstance(self._flow_spec, str) else repr(self._flow_spec)
+

@@ -1,0 +1,328 @@
+"""``fit``: the SVI loop users expect, with guards, progress, convergence and checkpoints."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.optim
+import torch
+from pyro import poutine
+from pyro.infer import ELBO, Trace_ELBO
+
+from pyro_nf.infer.elbo import STLTrace_ELBO
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        guide: the fitted guide (the same object that was passed in).
+        losses: the loss (negative ELBO estimate) of every step, in order (resumed runs
+            include the steps before the checkpoint).
+        steps: the number of steps taken in total.
+        seconds: wall time of this call.
+        converged: whether the smoothed loss stopped changing (see :func:`fit`).
+        converged_at: the step at which that was first detected, or None.
+        skipped_steps: steps skipped by the non-finite guard.
+    """
+
+    guide: Any
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    converged: bool = False
+    converged_at: int | None = None
+    skipped_steps: int = 0
+
+    @property
+    def final_elbo(self) -> float:
+        """Mean ELBO over the last 10% of steps (at least 1, at most 500)."""
+        if not self.losses:
+            return float("nan")
+        n = min(500, max(1, len(self.losses) // 10))
+        return -float(np.mean(self.losses[-n:]))
+
+    def __repr__(self) -> str:
+        return (f"FitResult(steps={self.steps}, final_elbo={self.final_elbo:.4g}, "
+                f"converged={self.converged}, seconds={self.seconds:.1f}, "
+                f"skipped_steps={self.skipped_steps})")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Repeated non-finite losses, gradients or parameters that the guard could not recover."""
+
+
+def _make_elbo(elbo: Any, num_particles: int, vectorize: bool) -> ELBO:
+    if isinstance(elbo, ELBO):
+        return elbo
+    kwargs = {"num_particles": num_particles,
+              "vectorize_particles": bool(vectorize and num_particles > 1)}
+    if elbo is None or elbo == "trace":
+        return Trace_ELBO(**kwargs)
+    if elbo == "stl":
+        return STLTrace_ELBO(**kwargs)
+    raise ValueError(f"elbo must be a pyro.infer.ELBO instance, 'trace' or 'stl'; got {elbo!r}")
+
+
+def _optimizers(optim: pyro.optim.PyroOptim):
+    return list(getattr(optim, "optim_objs", {}).values())
+
+
+def _ensure_optimizers(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) -> None:
+    """Create the per-parameter optimisers of new parameters without stepping them (torch
+    optimisers skip a parameter whose grad is None), so their learning rate can be set
+    before their first step."""
+    known = getattr(optim, "optim_objs", {})
+    for p in params:
+        if p not in known:
+            grad, p.grad = p.grad, None
+            optim([p])
+            p.grad = grad
+
+
+def _set_lr_factor(optim: pyro.optim.PyroOptim, factor: float) -> None:
+    for opt in _optimizers(optim):
+        for group in opt.param_groups:
+            group.setdefault("pyro_nf_base_lr", group["lr"])
+            group["lr"] = group["pyro_nf_base_lr"] * factor
+
+
+def _param_names() -> dict[int, str]:
+    return {id(p): name for name, p in pyro.get_param_store().named_parameters()}
+
+
+def _converged(losses: list[float], window: int, tol: float) -> bool:
+    if len(losses) < 2 * window:
+        return False
+    a = np.asarray(losses[-2 * window:-window])
+    b = np.asarray(losses[-window:])
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return False
+    diff = abs(b.mean() - a.mean())
+    noise = 2 * math.sqrt((a.var() + b.var()) / window)
+    return diff <= max(tol * (abs(a.mean()) + 1.0), noise)
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_steps: int = 5000,
+    optim: pyro.optim.PyroOptim | None = None,
+    lr: float = 1e-2,
+    elbo: Any = None,
+    num_particles: int = 1,
+    vectorize_particles: bool = True,
+    clip_norm: float | None = 10.0,
+    lr_schedule: Callable[[int], float] | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+    convergence_window: int = 200,
+    convergence_tol: float = 1e-4,
+    stop_when_converged: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
+    resume: bool = False,
+    max_bad_steps: int = 10,
+    **kwargs: Any,
+) -> FitResult:
+    """Optimise the ELBO of ``guide`` for ``model`` with SVI.
+
+    Args:
+        model, guide, *args, **kwargs: as for ``pyro.infer.SVI``; args go to both.
+        num_steps: total number of steps (a resumed run continues up to this many).
+        optim: a ``pyro.optim`` optimiser (default ``pyro.optim.Adam({"lr": lr})``).
+        elbo: an ELBO instance (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``RenyiELBO``,
+            ``JitTrace_ELBO``, ...), ``"trace"`` or ``"stl"`` (sticking the landing,
+            :class:`~pyro_nf.infer.STLTrace_ELBO`); default Trace_ELBO.
+        num_particles, vectorize_particles: used when ``elbo`` is not an instance.
+        clip_norm: clip the global gradient norm to this (None: no clipping).
+        lr_schedule: ``step -> factor`` multiplying the optimiser's learning rate.
+        progress: a tqdm bar with the running ELBO (only when stderr is a terminal).
+        seed: ``pyro.set_rng_seed(seed)`` first, so runs are reproducible.
+        convergence_window, convergence_tol: the loss has converged when the means of the
+            last two windows differ by less than ``tol * (|mean| + 1)`` or than twice their
+            standard error; ``stop_when_converged`` then ends the loop.
+        checkpoint: a file to save the parameters, optimiser state, RNG states and losses to,
+            every ``checkpoint_every`` steps and at the end. With ``resume=True`` and an
+            existing file, the run continues exactly where it stopped.
+        max_bad_steps: the non-finite guard skips a step whose loss or gradients are not
+            finite (or whose update makes a parameter non-finite), restores the last good
+            parameters and halves the learning rate; after this many consecutive bad steps it
+            raises :class:`NonFiniteLossError` naming the affected parameters.
+
+    Returns:
+        a :class:`FitResult`.
+    """
+    if not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"fit: num_steps must be a non-negative integer, got {num_steps!r}")
+    if optim is None:
+        optim = pyro.optim.Adam({"lr": lr})
+    if not isinstance(optim, pyro.optim.PyroOptim):
+        raise TypeError("fit: optim must be a pyro.optim optimiser such as "
+                        f"pyro.optim.Adam({{'lr': 0.01}}), got {type(optim).__name__}")
+    loss_fn = _make_elbo(elbo, num_particles, vectorize_particles)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    result = FitResult(guide=guide)
+    lr_factor = 1.0
+    path = Path(checkpoint) if checkpoint is not None else None
+    if resume and path is None:
+        raise ValueError("fit: resume=True needs checkpoint=<file>")
+    if resume and path.exists():
+        lr_factor = _restore(path, model, guide, loss_fn, optim, result, args, kwargs)
+
+    start = time.perf_counter()
+    bad_in_a_row = 0
+    snapshot: dict[torch.Tensor, torch.Tensor] = {}
+    steps = range(result.steps, num_steps)
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(steps, total=num_steps, initial=result.steps, desc="fit", leave=True)
+    for step in steps:
+        factor = lr_factor * (lr_schedule(step) if lr_schedule is not None else 1.0)
+        try:
+            with poutine.trace(param_only=True) as capture:
+                loss = loss_fn.loss_and_grads(model, guide, *args, **kwargs)
+        except ValueError as exc:
+            # Pyro's validation refusing a non-finite distribution parameter: a bad step
+            if "invalid values" not in str(exc) or result.steps == 0 and not result.losses:
+                raise
+            params, loss, grads_ok = _captured(capture), float("nan"), False
+        else:
+            params = _captured(capture)
+            grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all())
+                           for p in params)
+        if not math.isfinite(loss) or not grads_ok:
+            bad = [p for p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
+            pyro.infer.util.zero_grads(params)
+            lr_factor *= 0.5
+            bad_in_a_row += 1
+            result.skipped_steps += 1
+            _raise_if_stuck(bad_in_a_row, max_bad_steps, bad, "gradients", loss)
+            continue
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                           clip_norm)
+        for p in params:
+            buf = snapshot.get(p)
+            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
+                snapshot[p] = p.detach().clone()
+            else:
+                buf.copy_(p.detach())
+        _ensure_optimizers(optim, params)
+        _set_lr_factor(optim, factor)
+        optim(params)
+        pyro.infer.util.zero_grads(params)
+        broken = [p for p in params if not torch.isfinite(p).all()]
+        if broken:
+            with torch.no_grad():
+                for p in params:
+                    p.copy_(snapshot[p])
+            lr_factor *= 0.5
+            bad_in_a_row += 1
+            result.skipped_steps += 1
+            _raise_if_stuck(bad_in_a_row, max_bad_steps, broken, "values", loss)
+            continue
+        bad_in_a_row = 0
+        result.losses.append(float(loss))
+        result.steps = step + 1
+        if not result.converged and _converged(result.losses, convergence_window,
+                                               convergence_tol):
+            result.converged, result.converged_at = True, result.steps
+        if bar is not None:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(elbo=f"{-np.mean(result.losses[-50:]):.4g}")
+        if path is not None and result.steps % checkpoint_every == 0:
+            _checkpoint(path, optim, result, lr_factor)
+        if result.converged and stop_when_converged:
+            break
+    if bar is not None:
+        bar.close()
+    if path is not None:
+        _checkpoint(path, optim, result, lr_factor)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _captured(capture) -> list[torch.Tensor]:
+    """The unconstrained parameters a step touched, in a deterministic order."""
+    return list(dict.fromkeys(site["value"].unconstrained()
+                              for site in capture.trace.nodes.values()))
+
+
+def _raise_if_stuck(bad_in_a_row: int, limit: int, params, what: str, loss: float) -> None:
+    if bad_in_a_row < limit:
+        return
+    names = _param_names()
+    labels = sorted({names.get(id(p), f"<unnamed {tuple(p.shape)}>") for p in params})
+    raise NonFiniteLossError(
+        f"fit: {bad_in_a_row} consecutive steps with non-finite {what} (last loss {loss}); "
+        f"parameters affected: {labels or 'none (the loss itself is not finite)'}. Check the "
+        "model for invalid parameter values (e.g. a scale that can reach 0), lower the "
+        "learning rate, or start the guide closer to the posterior (init_scale, init_loc_fn)."
+    )
+
+
+def _checkpoint(path: Path, optim, result: FitResult, lr_factor: float) -> None:
+    store = pyro.get_param_store()
+    state = {
+        "params": {name: p.detach().clone() for name, p in store.named_parameters()},
+        "optim": optim.get_state(),
+        "losses": list(result.losses),
+        "steps": result.steps,
+        "skipped_steps": result.skipped_steps,
+        "converged_at": result.converged_at,
+        "lr_factor": lr_factor,
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": np.random.get_state()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(path, state)
+
+
+def _restore(path: Path, model, guide, loss_fn, optim, result: FitResult, args, kwargs):
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - reported with the file's name
+        raise ValueError(f"fit: could not read checkpoint {path}: {exc}") from exc
+    with torch.no_grad():
+        loss_fn.loss(model, guide, *args, **kwargs)  # creates every parameter
+    store = pyro.get_param_store()
+    current = dict(store.named_parameters())
+    missing = sorted(set(state["params"]) - set(current))
+    if missing:
+        raise ValueError(f"fit: checkpoint {path} has parameters {missing} that this "
+                         "model/guide does not create; was it written by another model?")
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            current[name].copy_(value)
+    optim.set_state(state["optim"])
+    result.losses = list(state["losses"])
+    result.steps = int(state["steps"])
+    result.skipped_steps = int(state["skipped_steps"])
+    result.converged_at = state["converged_at"]
+    result.converged = result.converged_at is not None
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    return float(state["lr_factor"])

@@ -1,0 +1,227 @@
+"""AutoFlow with real Pyro models: set-up, Pyro integration, warm starts, summaries, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO
+from pyro.infer.autoguide import (
+    AutoDiagonalNormal,
+    AutoGuideList,
+    AutoLaplaceApproximation,
+    AutoLowRankMultivariateNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+    init_to_value,
+)
+from pyro.infer.importance import psis_diagnostic
+from pyro.infer.reparam import NeuTraReparam
+
+import pyro_nf
+from pyro_nf import AutoFlow
+
+SIGMA = torch.tensor([15.0, 10, 16, 11, 9, 11, 10, 18])
+Y = torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12])
+
+
+def schools(y=None):
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("schools", 8):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        pyro.sample("obs", dist.Normal(theta, SIGMA), obs=y)
+
+
+def correlated(dtype=torch.float32):
+    cov = torch.tensor([[1.0, 0.9, 0.0], [0.9, 1.0, 0.3], [0.0, 0.3, 2.0]], dtype=dtype)
+    pyro.sample("z", dist.MultivariateNormal(torch.ones(3, dtype=dtype), cov))
+    pyro.sample("s", dist.LogNormal(torch.tensor(0.0, dtype=dtype), 0.5))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_store():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+def test_initial_samples_have_init_location_and_scale():
+    init = {"mu": torch.tensor(2.0), "tau": torch.tensor(3.0), "theta": torch.arange(8.0)}
+    guide = AutoFlow(schools, init_loc_fn=init_to_value(values=init), init_scale=0.2)
+    guide(Y)
+    z = guide.sample_latent_batch(20000)
+    expected = torch.cat([torch.tensor([2.0, math.log(3.0)]), torch.arange(8.0)])
+    torch.testing.assert_close(z.mean(0), expected, atol=0.01, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.full((10,), 0.2), atol=0.01, rtol=0)
+
+
+def test_pyro_machinery_works_unchanged():
+    guide = AutoFlow(schools, flow="iaf*2")
+    svi = SVI(schools, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    for _ in range(20):
+        svi.step(Y)
+    names = set(pyro.get_param_store().keys())
+    assert {"AutoFlow.loc", "AutoFlow.scale"} <= names
+    assert any(n.startswith("AutoFlow.flow") for n in names)
+    samples = Predictive(schools, guide=guide, num_samples=50)(Y)
+    assert samples["theta"].shape == (50, 8) and samples["obs"].shape == (50, 8)
+    assert math.isfinite(psis_diagnostic(schools, guide, Y, num_particles=200))
+    trace = poutine.trace(poutine.block(guide, hide=["theta"])).get_trace(Y)
+    assert "theta" not in trace.nodes and "mu" in trace.nodes
+
+
+def test_log_prob_of_any_point_and_get_posterior():
+    guide = AutoFlow(schools, flow=["planar*2", "iaf"])
+    guide(Y)
+    posterior = guide.get_posterior()
+    points = torch.randn(7, guide.latent_dim) * 3  # never sampled
+    lp = posterior.log_prob(points)
+    assert lp.shape == (7,) and torch.isfinite(lp).all()
+
+
+def test_autoguidelist_and_neutra():
+    guide = AutoGuideList(schools)
+    guide.append(AutoFlow(poutine.block(schools, hide=["theta"]), flow="iaf"))
+    guide.append(AutoNormal(poutine.block(schools, expose=["theta"])))
+    svi = SVI(schools, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    for _ in range(10):
+        assert math.isfinite(svi.step(Y))
+
+    pyro.clear_param_store()
+    flow_guide = AutoFlow(schools, flow="iaf")
+    svi = SVI(schools, flow_guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    for _ in range(10):
+        svi.step(Y)
+    neutra = NeuTraReparam(flow_guide.requires_grad_(False))
+    reparam_model = poutine.reparam(schools, config=lambda _: neutra)
+    trace = poutine.trace(reparam_model).get_trace(Y)
+    assert "mu" in trace.nodes and trace.nodes["mu"]["value"].shape == ()
+    kernel = pyro.infer.NUTS(reparam_model)
+    mcmc = pyro.infer.MCMC(kernel, num_samples=5, warmup_steps=5, disable_progbar=True)
+    mcmc.run(Y)
+    (latent,) = [v for k, v in mcmc.get_samples().items() if k.endswith("_shared_latent")]
+    assert latent.shape == (5, 10)
+
+
+def test_median_and_quantiles_are_consistent_and_deterministic():
+    init = {"z": torch.tensor([1.0, -1.0, 0.5]), "s": torch.tensor(2.0)}
+    guide = AutoFlow(correlated, init_loc_fn=init_to_value(values=init), init_scale=0.3,
+                     num_quantile_samples=20000)
+    guide()
+    med = guide.median()
+    torch.testing.assert_close(med["z"], init["z"], atol=0.02, rtol=0)
+    torch.testing.assert_close(med["s"], init["s"], atol=0.02, rtol=0)
+    q = guide.quantiles([0.05, 0.5, 0.95])
+    assert q["z"].shape == (3, 3) and q["s"].shape == (3,)
+    # at initialisation the flow is the identity: z ~ N(init, 0.3^2) elementwise
+    torch.testing.assert_close(q["z"][2] - q["z"][0], torch.full((3,), 2 * 1.6449 * 0.3),
+                               atol=0.02, rtol=0)
+    # s = exp(N(log 2, 0.3^2)): its quantiles are exp of the normal ones
+    torch.testing.assert_close(q["s"][0], torch.tensor(2.0 * math.exp(-1.6449 * 0.3)),
+                               atol=0.02, rtol=0)
+    assert torch.equal(guide.quantiles([0.05, 0.5, 0.95])["z"], q["z"])
+    with pytest.raises(ValueError, match="quantiles"):
+        guide.quantiles([1.5])
+
+
+def test_float64_model_gets_float64_guide():
+    guide = AutoFlow(lambda: correlated(torch.float64), flow="iaf*2")
+    guide()
+    assert guide.loc.dtype == torch.float64
+    assert all(p.dtype == torch.float64 for p in guide.flow.parameters())
+    assert guide.sample_posterior(5)["z"].dtype == torch.float64
+    samples = Predictive(lambda: correlated(torch.float64), guide=guide, num_samples=4)()
+    assert samples["z"].dtype == torch.float64
+
+
+@pytest.mark.parametrize("base", ["diagonal", "lowrank", "full"])
+def test_bases_train(base):
+    guide = AutoFlow(correlated, flow="realnvp", base=base)
+    result = pyro_nf.fit(correlated, guide, num_steps=30, progress=False)
+    assert len(result.losses) == 30 and all(math.isfinite(v) for v in result.losses)
+
+
+def test_jit_trace_elbo_works():
+    guide = AutoFlow(schools, flow="iaf*2")
+    guide(Y)  # set up outside the JIT
+    svi = SVI(schools, guide, pyro.optim.Adam({"lr": 0.01}),
+              JitTrace_ELBO(ignore_jit_warnings=True))
+    losses = [svi.step(Y) for _ in range(5)]
+    assert all(math.isfinite(v) for v in losses)
+
+
+WARM = {
+    "AutoNormal": lambda m: AutoNormal(m),
+    "AutoDiagonalNormal": lambda m: AutoDiagonalNormal(m),
+    "AutoMultivariateNormal": lambda m: AutoMultivariateNormal(m),
+    "AutoLowRankMultivariateNormal": lambda m: AutoLowRankMultivariateNormal(m, rank=2),
+    "AutoLaplaceApproximation": lambda m: AutoLaplaceApproximation(m),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WARM))
+def test_from_guide_starts_at_the_fitted_gaussian(kind):
+    fitted = WARM[kind](correlated)
+    svi = SVI(correlated, fitted, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(300):
+        svi.step()
+    gaussian = fitted.laplace_approximation() if kind == "AutoLaplaceApproximation" else fitted
+    flow_guide = AutoFlow.from_guide(correlated, fitted, flow="iaf*2")
+    flow_guide()
+    ours = flow_guide.sample_latent_batch(40000)
+    if kind == "AutoNormal":
+        mean = torch.cat([gaussian.locs.z, gaussian.locs.s.reshape(1)])
+        sd = torch.cat([gaussian.scales.z, gaussian.scales.s.reshape(1)])
+        cov = torch.diag(sd ** 2)
+    else:
+        post = gaussian.get_posterior()
+        mean = post.mean
+        cov = (torch.diag(post.variance) if kind == "AutoDiagonalNormal"
+               else post.covariance_matrix)
+    torch.testing.assert_close(ours.mean(0), mean.detach(), atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(ours.T), cov.detach(), atol=0.04, rtol=0.05)
+
+
+def test_from_guide_errors():
+    with pytest.raises(TypeError, match="AutoNormal"):
+        AutoFlow.from_guide(correlated, object())
+    guide = AutoFlow.from_guide(correlated, AutoMultivariateNormal(correlated))
+    with pytest.raises(ValueError, match="has not been run"):
+        guide()
+
+
+def test_subsampled_local_latents_are_a_clear_error():
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 100, subsample_size=10) as idx:
+            z = pyro.sample("z_local", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=data[idx])
+
+    with pytest.raises(ValueError, match="z_local.*subsampled.*AutoGuideList"):
+        AutoFlow(model)(torch.randn(100))
+
+
+def test_discrete_latent_is_a_clear_error():
+    def model():
+        pyro.sample("c", dist.Bernoulli(0.3))
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="discrete sample site 'c'"):
+        AutoFlow(model)()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"init_scale": 0.0}, "init_scale"),
+    ({"base": "dense"}, "base must be"),
+    ({"rank": 0}, "rank"),
+    ({"flow": "nosuch*2"}, "available flows"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AutoFlow(schools, **kwargs)
