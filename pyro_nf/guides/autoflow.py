@@ -5,9 +5,10 @@ latent sites, each mapped to unconstrained space by ``biject_to(support)``, into
 z in R^D. Its posterior over z is
 
     b ~ base (N(0, I); or N(0, W W^T + diag(d)) with ``base="lowrank"``; or N(0, L L^T) with
-    ``base="full"``),   u = f_K o ... o f_1 (b),   z = loc + scale * u,
+    ``base="full"``),   u = f_K o ... o f_1 (b),   z = loc + scale * u[order],
 
-so log q(z) = log base(b) - sum_k log|det J_k| - sum_i log scale_i (change of variables).
+so log q(z) = log base(b) - sum_k log|det J_k| - sum_i log scale_i (change of variables);
+``order`` is the permutation undoing the net reordering of the flow's fixed permutation layers.
 The flow acts on standardised coordinates, where its layers' active ranges (spline bounds,
 tanh kinks) are meaningful, and the elementwise affine map puts the result where the posterior
 is. Flow layers start at the identity, so before any step the samples have mean ``loc`` (from
@@ -28,7 +29,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_transform import ComposeTransformModule
-from pyro.distributions.transforms import AffineTransform, ComposeTransform
+from pyro.distributions.transforms import ComposeTransform
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.nn import PyroParam
@@ -43,23 +44,47 @@ DEFAULT_FLOW = "iaf*2"
 BASES = ("diagonal", "lowrank", "full")
 
 
-def restore_order(flow: ComposeTransformModule) -> ComposeTransformModule:
-    """Append the permutation that undoes the net effect of ``flow``'s fixed permutations.
-
-    Every other layer starts at the identity, so the whole flow then starts exactly at the
-    identity: the initial posterior is the base pushed through the affine map (the guarantee
-    behind ``init_loc_fn``/``init_scale`` and the warm starts), and correlations of a full or
-    low-rank base stay attached to the right coordinates.
-    """
-    dim = None
+def net_permutation(flow: ComposeTransformModule) -> torch.Tensor | None:
+    """The index vector ``order`` with ``flow(x) = x[..., order]`` at initialisation (every
+    layer but the fixed permutations starts at the identity), or None if it is the identity."""
     order = None
     for part in flow.parts:
         if isinstance(part, Permutation):
-            dim = part.dim
             order = part.perm if order is None else order[part.perm]
-    if order is None or torch.equal(order, torch.arange(dim, device=order.device)):
-        return flow
-    return ComposeTransformModule([*flow.parts, Permutation(dim, torch.argsort(order))])
+    if order is None or torch.equal(order, torch.arange(len(order), device=order.device)):
+        return None
+    return order
+
+
+class LocScale(torch.distributions.Transform):
+    """z = loc + scale * u[..., order] (event_dim 1): AutoFlow's output map.
+
+    ``order`` undoes the net reordering of the flow's fixed permutations, so the whole map
+    b -> z starts exactly at ``loc + scale * b``. A light transform with fixed class-level
+    domain/codomain: building it every step costs nothing.
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, order: torch.Tensor | None,
+                 cache_size: int = 1) -> None:
+        super().__init__(cache_size=cache_size)
+        self.loc, self.scale, self.order = loc, scale, order
+        self.inv_order = None if order is None else torch.argsort(order)
+
+    def _call(self, u):
+        if self.order is not None:
+            u = u[..., self.order]
+        return self.loc + self.scale * u
+
+    def _inverse(self, z):
+        u = (z - self.loc) / self.scale
+        return u if self.inv_order is None else u[..., self.inv_order]
+
+    def log_abs_det_jacobian(self, u, z):
+        return torch.log(self.scale).sum(-1).expand(u.shape[:-1])
 
 
 class AutoFlow(AutoContinuous):
@@ -168,9 +193,11 @@ class AutoFlow(AutoContinuous):
             self.scale_tril = PyroParam(base_params.get(
                 "scale_tril", torch.eye(D, dtype=dtype, device=device)),
                 constraint=constraints.softplus_lower_cholesky)
-        flow = restore_order(build_flow(self._flow_spec, D, permutation=self._permutation,
-                                        **self._flow_options))
+        flow = build_flow(self._flow_spec, D, permutation=self._permutation,
+                          **self._flow_options)
         self.flow = flow.to(dtype=dtype, device=device)
+        order = net_permutation(flow)
+        self.register_buffer("output_order", None if order is None else order.to(device))
 
     # ------------------------------------------------------------------ the posterior
     def get_base_dist(self) -> dist.TorchDistribution:
@@ -184,16 +211,17 @@ class AutoFlow(AutoContinuous):
 
     def get_transform(self, *args: Any, **kwargs: Any) -> ComposeTransform:
         """The map b -> z: the flow's layers, then ``z = loc + scale * u``."""
+        return ComposeTransform(self._transforms())
+
+    def _transforms(self) -> list:
         # cache_size=1: log_prob of the sample just drawn finds each layer's input in its cache
         # (the layers compare identities), so a slow inverse (IAF) is never run for it
-        return ComposeTransform([*self.flow.parts, AffineTransform(
-            self.loc, self.scale, event_dim=1, cache_size=1)])
+        return [*self.flow.parts, LocScale(self.loc, self.scale, self.output_order)]
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> dist.TransformedDistribution:
         """The posterior over the packed unconstrained latent z; its ``log_prob`` works at
         any z (the layers' inverses)."""
-        return dist.TransformedDistribution(self.get_base_dist(),
-                                            self.get_transform(*args, **kwargs))
+        return dist.TransformedDistribution(self.get_base_dist(), self._transforms())
 
     def detached_posterior(self) -> dist.TransformedDistribution:
         """The same posterior with every parameter cut from the autograd graph (a shadow copy
@@ -213,7 +241,7 @@ class AutoFlow(AutoContinuous):
             base = dist.MultivariateNormal(zeros, scale_tril=self.scale_tril.detach())
         else:
             base = dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
-        affine = AffineTransform(self.loc.detach(), self.scale.detach(), event_dim=1)
+        affine = LocScale(self.loc.detach(), self.scale.detach(), self.output_order)
         return dist.TransformedDistribution(base, [*self._shadow.parts, affine])
 
     def stl_log_densities(self) -> dict:

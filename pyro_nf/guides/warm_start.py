@@ -18,6 +18,7 @@ from pyro.infer.autoguide import (
     AutoNormal,
 )
 
+
 def _deep_getattr(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyro.infer import Trace_ELBO
 from pyro.distributions.score_parts import ScoreParts
+from pyro.infer import Trace_ELBO
 
 
 def stl_sites(guide: Any) -> dict[str, Any]:

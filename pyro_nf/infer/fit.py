@@ -294,7 +294,7 @@ def _checkpoint(path: Path, optim, result: FitResult, lr_factor: float) -> None:
         "converged_at": result.converged_at,
         "lr_factor": lr_factor,
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": np.random.get_state()},
+                "numpy": np.random.get_state()},  # noqa: NPY002 (the global state users seed)
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(path, state)
@@ -324,5 +324,5 @@ def _restore(path: Path, model, guide, loss_fn, optim, result: FitResult, args, 
     result.converged = result.converged_at is not None
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
+    np.random.set_state(state["rng"]["numpy"])  # noqa: NPY002
     return float(state["lr_factor"])

@@ -125,10 +125,13 @@ class Flow(TransformModule):
             )
 
     def _reference_parameter(self) -> Tensor | None:
-        for p in self.parameters():
-            if p.is_floating_point():
-                return p
-        return None
+        # The first floating parameter, looked up once: ``.to()``/``.double()`` and
+        # ``load_state_dict`` change a parameter's data in place, never the object.
+        found = self.__dict__.get("_ref_param")
+        if found is None:
+            found = (next((p for p in self.parameters() if p.is_floating_point()), None),)
+            self.__dict__["_ref_param"] = found
+        return found[0]
 
     def _name(self) -> str:
         return f"{type(self).__name__}(dim={self.dim})"
@@ -138,6 +141,7 @@ class Flow(TransformModule):
         # pickle nor deepcopy accept, and are only valid for the objects they were made for
         state = super().__getstate__()
         state["_ladj_memo"] = None
+        state.pop("_ref_param", None)
         if "_cached_x_y" in state:
             state["_cached_x_y"] = (None, None)
         return state

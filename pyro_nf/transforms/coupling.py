@@ -89,7 +89,7 @@ class AffineCoupling(Coupling):
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
                  split: int | None = None, activation: str = "relu",
-                 min_log_scale: float = -10.0, max_log_scale: float = 5.0) -> None:
+                 min_log_scale: float = -5.0, max_log_scale: float = 3.0) -> None:
         super().__init__(dim, Affine(min_log_scale, max_log_scale), hidden=hidden,
                          split=split, activation=activation)
 
