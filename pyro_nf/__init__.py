@@ -2,10 +2,19 @@
 
 - :mod:`pyro_nf.transforms`: the flow layers and their registry;
 - :class:`AutoFlow`: a flow autoguide over a model's global latents;
-- :func:`fit`: the SVI loop; :class:`STLTrace_ELBO`: the sticking-the-landing gradient.
+- :func:`fit`: the SVI loop; :class:`STLTrace_ELBO`: the sticking-the-landing gradient;
+- :mod:`pyro_nf.diagnostics`: InferenceData, PSIS diagnostics and posterior comparison.
 """
 
 from pyro_nf import transforms
+from pyro_nf.diagnostics import (
+    compare_posteriors,
+    diagnose,
+    format_comparison,
+    from_mcmc,
+    from_posteriordb,
+    to_inference_data,
+)
 from pyro_nf.guides import DEFAULT_FLOW, AutoFlow
 from pyro_nf.infer import FitResult, NonFiniteLossError, STLTrace_ELBO, fit
 from pyro_nf.transforms import available, build_flow, register
@@ -13,4 +22,6 @@ from pyro_nf.transforms import available, build_flow, register
 __version__ = "0.1.0.dev0"
 
 __all__ = ["transforms", "available", "build_flow", "register", "AutoFlow", "DEFAULT_FLOW",
-           "fit", "FitResult", "NonFiniteLossError", "STLTrace_ELBO", "__version__"]
+           "fit", "FitResult", "NonFiniteLossError", "STLTrace_ELBO", "to_inference_data",
+           "from_mcmc", "from_posteriordb", "diagnose", "compare_posteriors",
+           "format_comparison", "__version__"]
