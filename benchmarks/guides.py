@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dims", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="substrings selecting guides, e.g. --only iaf")
     args = parser.parse_args(argv)
     dims = args.dims or ([10] if args.quick else [10, 100, 1000])
     steps = args.steps or (5 if args.quick else 100)
@@ -104,8 +106,10 @@ def main(argv=None) -> int:
         hidden = 3 * dim + 1  # Pyro AutoIAFNormal's default width
         ms = {}
         for name, make in guides(model, dim, hidden).items():
+            if args.only and not any(o in name for o in args.only):
+                continue
             ms[name] = 1e3 * time_guide(model, make, steps)
-            ratio = f"{ms[name] / ms[PAIRS[name]]:.2f}x" if name in PAIRS else ""
+            ratio = f"{ms[name] / ms[PAIRS[name]]:.2f}x" if PAIRS.get(name) in ms else ""
             line = f"| {dim} | {name} | {ms[name]:.2f} | {ratio} |"
             lines.append(line)
             print(line, flush=True)

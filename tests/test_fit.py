@@ -46,18 +46,20 @@ def test_seeded_runs_are_reproducible():
 
 
 def test_checkpoint_and_resume_continue_exactly(tmp_path):
+    # (a constant learning rate: a decaying one depends on the planned num_steps, which an
+    # interrupted run and its resumption share but this emulation cannot)
     straight = fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=40, seed=1,
-                   progress=False)
+                   progress=False, lr_decay=None)
     expected = _params()
     pyro.clear_param_store()
     path = tmp_path / "run.pt"
     fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=25, seed=1, progress=False,
-        checkpoint=path, checkpoint_every=10)
+        checkpoint=path, checkpoint_every=10, lr_decay=None)
     assert path.exists()
     pyro.clear_param_store()
     pyro.set_rng_seed(999)  # whatever state the new process is in
     resumed = fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=40, progress=False,
-                  checkpoint=path, resume=True)
+                  checkpoint=path, resume=True, lr_decay=None)
     assert resumed.steps == 40 and resumed.losses == straight.losses
     got = _params()
     assert set(got) == set(expected)
@@ -86,7 +88,7 @@ def test_non_finite_steps_are_skipped_and_the_learning_rate_lowered():
 
     optim = pyro.optim.Adam({"lr": 0.01})
     result = fit(flaky, AutoFlow(flaky, flow="iaf"), num_steps=20, optim=optim,
-                 progress=False, seed=0)
+                 progress=False, seed=0, lr_decay=None)
     assert result.skipped_steps == 2 and result.steps == 20
     assert all(math.isfinite(v) for v in result.losses)
     lrs = {g["lr"] for opt in optim.optim_objs.values() for g in opt.param_groups}
@@ -118,6 +120,16 @@ def test_zero_learning_rate_schedule_freezes_parameters():
     before = _params()
     fit(conjugate, guide, num_steps=10, progress=False, lr_schedule=lambda step: 0.0)
     assert all(torch.equal(before[k], v) for k, v in _params().items())
+
+
+def test_learning_rate_decays_to_the_requested_fraction():
+    optim = pyro.optim.Adam({"lr": 0.02})
+    fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=100, optim=optim,
+        progress=False, lr_decay=0.1)
+    lrs = {g["lr"] for opt in optim.optim_objs.values() for g in opt.param_groups}
+    assert all(abs(lr - 0.02 * 0.1 ** (99 / 100)) < 1e-9 for lr in lrs)
+    with pytest.raises(ValueError, match="lr_decay"):
+        fit(conjugate, AutoFlow(conjugate), num_steps=1, lr_decay=0.0)
 
 
 def test_gradient_clipping_bounds_sgd_updates():

@@ -44,7 +44,7 @@ class Autoregressive(Flow):
 
     def __init__(self, dim: int, transformer: Transformer, *,
                  hidden: int | Sequence[int] | None = None, direction: str = "iaf",
-                 activation: str = "relu") -> None:
+                 activation: str = "elu") -> None:
         super().__init__(dim)
         if direction not in DIRECTIONS:
             raise ValueError(f"{type(self).__name__}: direction must be 'iaf' (fast sampling) "
@@ -84,7 +84,7 @@ class AffineAutoregressive(Autoregressive):
     """Affine autoregressive layer: G(u)_i = mu_i(u_<i) + exp(log sigma_i(u_<i)) u_i."""
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
-                 direction: str = "iaf", activation: str = "relu",
+                 direction: str = "iaf", activation: str = "elu",
                  min_log_scale: float = -5.0, max_log_scale: float = 3.0) -> None:
         super().__init__(dim, Affine(min_log_scale, max_log_scale), hidden=hidden,
                          direction=direction, activation=activation)
@@ -92,7 +92,7 @@ class AffineAutoregressive(Autoregressive):
 
 @register("maf", paper="Papamakarios, Pavlakou & Murray (2017), Masked Autoregressive Flow",
           inverse="exact", kind="autoregressive")
-def maf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "relu",
+def maf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "elu",
         min_log_scale: float = -5.0, max_log_scale: float = 3.0) -> AffineAutoregressive:
     """Affine autoregressive layer, MAF direction: one-pass density, D-pass sampling."""
     return AffineAutoregressive(dim, hidden, "maf", activation, min_log_scale, max_log_scale)
@@ -100,7 +100,7 @@ def maf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "
 
 @register("iaf", paper="Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling (2016), "
           "Inverse Autoregressive Flow", inverse="exact", kind="autoregressive")
-def iaf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "relu",
+def iaf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "elu",
         min_log_scale: float = -5.0, max_log_scale: float = 3.0) -> AffineAutoregressive:
     """Affine autoregressive layer, IAF direction: one-pass sampling, D-pass density."""
     return AffineAutoregressive(dim, hidden, "iaf", activation, min_log_scale, max_log_scale)
@@ -114,7 +114,7 @@ class SplineAutoregressive(Autoregressive):
     ``direction`` as for MAF/IAF (default ``"iaf"``: one-pass sampling)."""
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
-                 direction: str = "iaf", activation: str = "relu", bins: int = 8,
+                 direction: str = "iaf", activation: str = "elu", bins: int = 8,
                  bound: float = 5.0) -> None:
         super().__init__(dim, RationalQuadraticSpline(bins, bound), hidden=hidden,
                          direction=direction, activation=activation)

@@ -41,7 +41,7 @@ class Coupling(Flow):
 
     def __init__(self, dim: int, transformer: Transformer, *,
                  hidden: int | Sequence[int] | None = None, split: int | None = None,
-                 activation: str = "relu") -> None:
+                 activation: str = "elu") -> None:
         super().__init__(dim)
         if dim < 2:
             raise ValueError(f"{type(self).__name__}: coupling layers need dim >= 2, got {dim}")
@@ -78,7 +78,7 @@ class AdditiveCoupling(Coupling):
     volume_preserving = True
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
-                 split: int | None = None, activation: str = "relu") -> None:
+                 split: int | None = None, activation: str = "elu") -> None:
         super().__init__(dim, Additive(), hidden=hidden, split=split, activation=activation)
 
 
@@ -88,7 +88,7 @@ class AffineCoupling(Coupling):
     """RealNVP affine coupling: y_b = t(x_a) + exp(log s(x_a)) * x_b (log-space scale)."""
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
-                 split: int | None = None, activation: str = "relu",
+                 split: int | None = None, activation: str = "elu",
                  min_log_scale: float = -5.0, max_log_scale: float = 3.0) -> None:
         super().__init__(dim, Affine(min_log_scale, max_log_scale), hidden=hidden,
                          split=split, activation=activation)
@@ -101,7 +101,7 @@ class SplineCoupling(Coupling):
     """Rational-quadratic spline coupling with identity tails outside [-bound, bound]."""
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
-                 split: int | None = None, activation: str = "relu", bins: int = 8,
+                 split: int | None = None, activation: str = "elu", bins: int = 8,
                  bound: float = 5.0) -> None:
         super().__init__(dim, RationalQuadraticSpline(bins, bound), hidden=hidden, split=split,
                          activation=activation)

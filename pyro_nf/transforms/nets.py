@@ -3,6 +3,9 @@
 A conditioner maps the part of the input a layer may look at (and an optional context vector,
 for the conditional twins) to the parameters of a univariate transformer per dimension. The last
 layer starts at zero, so every flow built on a conditioner starts at its transformer's identity.
+The default activation is ELU: smooth conditioners fit the smoothly varying scales of
+hierarchical posteriors (eight schools, Neal's funnel) markedly better than ReLU's kinks in our
+measurements (see the README), at a negligible cost.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class MLP(nn.Module):
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int], *,
-                 context_dim: int = 0, activation: str = "relu") -> None:
+                 context_dim: int = 0, activation: str = "elu") -> None:
         super().__init__()
         sizes = [in_dim + context_dim, *hidden]
         layers: list[nn.Module] = []
@@ -103,7 +106,7 @@ class MADE(nn.Module):
     """
 
     def __init__(self, dim: int, params_per_dim: int, hidden: Sequence[int], *,
-                 context_dim: int = 0, activation: str = "relu") -> None:
+                 context_dim: int = 0, activation: str = "elu") -> None:
         super().__init__()
         self.dim, self.params_per_dim = dim, params_per_dim
         in_deg = torch.arange(1, dim + 1)
