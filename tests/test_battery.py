@@ -99,11 +99,12 @@ def test_log_det_matches_autograd_jacobian(name, dim, dtype):
                                                                         "rtol": 1e-3}
     torch.testing.assert_close(ladj, expected, **tol)
     # the inverse's log-det is the negative, at the matching point
-    y_fresh = y.detach().clone()
+    y_fresh = y.detach().clone()[:1]  # one point: the slow directions take D passes
     inv_expected = _autograd_logdet(lambda v: layer.inverse_and_log_det(v)[0], y_fresh)
     torch.testing.assert_close(layer.inv.log_abs_det_jacobian(y_fresh, layer.inv(y_fresh)),
                                inv_expected, **tol)
-    torch.testing.assert_close(layer.inverse_and_log_det(y_fresh)[1], ladj, **_tol(dtype, name))
+    torch.testing.assert_close(layer.inverse_and_log_det(y_fresh)[1], ladj[:1],
+                               **_tol(dtype, name))
     if info(name).volume_preserving:
         assert torch.all(ladj == 0)
 

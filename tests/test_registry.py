@@ -161,8 +161,9 @@ def test_flow_as_pyro_guide_distribution_trains():
         pyro.sample("z", dist.TransformedDistribution(
             dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1), list(flow.parts)))
 
-    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), pyro.infer.Trace_ELBO())
-    for _ in range(600):
+    svi = pyro.infer.SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.999}),
+                         pyro.infer.Trace_ELBO(num_particles=8, vectorize_particles=True))
+    for _ in range(1500):
         svi.step()
     with torch.no_grad():
         q = dist.TransformedDistribution(dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1),
