@@ -23,31 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_nf
 from pyro_nf.diagnostics import from_posteriordb
+from pyro_nf.models import eight_schools, neals_funnel
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTERIORDB = ROOT.parent / "shared" / "posteriordb"
-SIGMA = torch.tensor([15.0, 10, 16, 11, 9, 11, 10, 18])
-Y = torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12])
-
-
-def schools(y=Y):
-    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-    with pyro.plate("schools", 8):
-        theta = pyro.sample("theta", dist.Normal(mu, tau))
-        pyro.sample("obs", dist.Normal(theta, SIGMA), obs=y)
-
-
-def funnel():
-    v = pyro.sample("v", dist.Normal(0.0, 3.0))
-    with pyro.plate("dims", 9):
-        pyro.sample("x", dist.Normal(0.0, torch.exp(v / 2)))
+schools = eight_schools
+funnel = neals_funnel
 
 
 GUIDES = {

@@ -15,26 +15,17 @@ import argparse
 from pathlib import Path
 
 import pyro
-import pyro.distributions as dist
-import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import AutoNormal
 
 import pyro_nf
 from pyro_nf.diagnostics import plots
+from pyro_nf.models import EIGHT_SCHOOLS_Y, eight_schools
 
-Y = torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12])
-SIGMA = torch.tensor([15.0, 10, 16, 11, 9, 11, 10, 18])
 POSTERIORDB = Path(__file__).resolve().parents[2] / "shared" / "posteriordb"
 REFERENCE = "eight_schools-eight_schools_noncentered"  # the same posterior, reparametrised
-
-
-def model(y=Y):
-    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-    with pyro.plate("schools", 8):
-        theta = pyro.sample("theta", dist.Normal(mu, tau))
-        pyro.sample("obs", dist.Normal(theta, SIGMA), obs=y)
+Y = EIGHT_SCHOOLS_Y
+model = eight_schools
 
 
 def run(quick: bool, out: Path, steps: int, seed: int = 0) -> dict:

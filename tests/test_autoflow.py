@@ -24,17 +24,10 @@ from pyro.infer.reparam import NeuTraReparam
 
 import pyro_nf
 from pyro_nf import AutoFlow
+from pyro_nf.models import EIGHT_SCHOOLS_Y, eight_schools
 
-SIGMA = torch.tensor([15.0, 10, 16, 11, 9, 11, 10, 18])
-Y = torch.tensor([28.0, 8, -3, 7, -1, 1, 18, 12])
-
-
-def schools(y=None):
-    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-    with pyro.plate("schools", 8):
-        theta = pyro.sample("theta", dist.Normal(mu, tau))
-        pyro.sample("obs", dist.Normal(theta, SIGMA), obs=y)
+Y = EIGHT_SCHOOLS_Y
+schools = eight_schools
 
 
 def correlated(dtype=torch.float32):
