@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench bench-layers venv clean
+.PHONY: test demo lint bench bench-layers venv clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/pyro-nf demo --out pyro-nf-demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -125,7 +125,7 @@ def fit(
     *args: Any,
     num_steps: int = 5000,
     optim: pyro.optim.PyroOptim | None = None,
-    lr: float = 1e-2,
+    lr: float = 5e-3,
     elbo: Any = None,
     num_particles: int = 1,
     vectorize_particles: bool = True,

@@ -1,0 +1,218 @@
+"""The ``pyro-nf`` command line: demo, fit, diagnose, compare, flows.
+
+Errors are one line on stderr with a non-zero exit code (2 for usage, 1 otherwise); ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line."""
+
+
+def _load_model(target: str):
+    if ":" not in target:
+        raise CLIError(f"expected FILE.py:MODEL, got {target!r}")
+    file, name = target.rsplit(":", 1)
+    path = Path(file)
+    if not path.is_file():
+        raise CLIError(f"no such file: {path}")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - reported with the file's name
+        raise CLIError(f"could not import {path}: {type(exc).__name__}: {exc}") from exc
+    model = getattr(module, name, None)
+    if not callable(model):
+        found = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                 and getattr(v, "__module__", None) == module.__name__]
+        raise CLIError(f"{path} has no model function {name!r}; functions there: {found}")
+    return model
+
+
+def _load_data(path: str | None, model) -> dict[str, Any]:
+    import torch
+
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"no such data file: {p}")
+    if p.suffix == ".json":
+        try:
+            raw = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise CLIError(f"{p} is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise CLIError(f"{p} must hold a JSON object mapping argument names to values")
+    elif p.suffix == ".npz":
+        with np.load(p) as npz:
+            raw = {k: npz[k] for k in npz.files}
+    else:
+        raise CLIError(f"data must be .json or .npz, got {p.suffix!r}")
+    params = inspect.signature(model).parameters
+    accepts_any = any(v.kind == v.VAR_KEYWORD for v in params.values())
+    unknown = [k for k in raw if k not in params and not accepts_any]
+    if unknown:
+        raise CLIError(f"data keys {unknown} are not arguments of {model.__name__}"
+                       f"({', '.join(params)})")
+    data = {}
+    for k, v in raw.items():
+        arr = np.asarray(v)
+        if arr.dtype.kind in "iub" or arr.dtype.kind == "f":
+            t = torch.as_tensor(arr)
+            data[k] = t.float() if t.is_floating_point() else t
+        else:
+            data[k] = v
+    return data
+
+
+def cmd_flows(args) -> int:
+    from pyro_nf.transforms.registry import markdown_table
+
+    print(markdown_table())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from pyro_nf.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, steps=args.steps)
+    return 0
+
+
+def cmd_fit(args) -> int:
+    import pyro
+
+    from pyro_nf.diagnostics import diagnose, to_inference_data
+    from pyro_nf.guides import AutoFlow
+    from pyro_nf.infer import fit
+
+    model = _load_model(args.target)
+    data = _load_data(args.data, model)
+    try:
+        guide = AutoFlow(model, flow=args.flow)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    pyro.clear_param_store()
+    try:
+        result = fit(model, guide, num_steps=args.steps, num_particles=args.particles,
+                     lr=args.lr, seed=args.seed, progress=not args.quiet, **data)
+    except TypeError as exc:
+        raise CLIError(f"the data do not match {model.__name__}'s arguments: {exc}") from exc
+    idata = to_inference_data(model, guide, num_samples=args.samples, fit_result=result,
+                              **data)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    idata.to_netcdf(str(out))
+    print(diagnose(idata, label=f"{args.target} ({args.flow})"))
+    print(f"\nsaved {out}")
+    return 0
+
+
+def _read(path: str):
+    from pyro_nf.diagnostics import _arviz
+
+    try:
+        return _arviz.from_netcdf(path)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - reported with the file's name
+        raise CLIError(f"could not read {path} as InferenceData: {exc}") from exc
+
+
+def cmd_diagnose(args) -> int:
+    from pyro_nf.diagnostics import diagnose
+
+    try:
+        print(diagnose(_read(args.run), label=Path(args.run).stem))
+    except ValueError as exc:
+        raise CLIError(f"{args.run}: {exc}") from exc
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from pyro_nf.diagnostics import compare_posteriors, format_comparison
+
+    runs = {Path(p).stem: _read(p) for p in args.runs}
+    reference = None
+    if args.reference:
+        reference = Path(args.reference).stem
+        runs[reference] = _read(args.reference)
+    try:
+        table = compare_posteriors(runs, reference=reference, var_names=args.var_names)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    print(format_comparison(table))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-nf", description="Normalizing-flow "
+                                     "posteriors for Pyro models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="AutoNormal vs AutoFlow vs NUTS on eight schools")
+    p.add_argument("--out", default="pyro-nf-demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
+    p.add_argument("--steps", type=int, default=3000, help="SVI steps per guide")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("fit", help="fit AutoFlow to a model in a Python file")
+    p.add_argument("target", help="FILE.py:MODEL")
+    p.add_argument("--data", help="DATA.json or DATA.npz: keyword arguments of the model")
+    p.add_argument("--flow", default=None, help="flow spec, e.g. 'iaf*4' (default: AutoFlow's)")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--particles", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=4000, help="posterior draws to save")
+    p.add_argument("--out", default="run.nc", help="InferenceData netCDF to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("diagnose", help="PSIS diagnostics of a saved run")
+    p.add_argument("run", help="RUN.nc written by 'pyro-nf fit' or to_inference_data")
+    p.set_defaults(func=cmd_diagnose)
+    p = sub.add_parser("compare", help="compare saved posteriors")
+    p.add_argument("runs", nargs="+", help="RUN.nc files")
+    p.add_argument("--reference", help="the reference posterior (RUN.nc)")
+    p.add_argument("--var-names", nargs="+", default=None)
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("flows", help="the registered flow layers")
+    p.set_defaults(func=cmd_flows)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "flow", "x") is None:
+        from pyro_nf.guides import DEFAULT_FLOW
+
+        args.flow = DEFAULT_FLOW
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"pyro-nf {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+        print(f"pyro-nf {args.command}: error: {type(exc).__name__}: {exc} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The pyro-nf command line: each subcommand, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pyro_nf.cli import main
+
+MODEL = '''
+import pyro, pyro.distributions as dist, torch
+
+def model(x=None, scale=1.0):
+    mu = pyro.sample("mu", dist.Normal(0.0, 2.0))
+    with pyro.plate("n", len(x)):
+        pyro.sample("x", dist.Normal(mu, scale), obs=x)
+'''
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "m.py").write_text(MODEL)
+    (tmp_path / "d.json").write_text(json.dumps({"x": [0.1, 0.4, -0.3, 1.2]}))
+    (tmp_path / "bad.json").write_text(json.dumps({"y": [1.0]}))
+    return tmp_path
+
+
+def test_fit_diagnose_compare(files, capsys):
+    a, b = files / "a.nc", files / "b.nc"
+    common = ["--data", str(files / "d.json"), "--steps", "30", "--samples", "200", "--quiet"]
+    assert main(["fit", f"{files}/m.py:model", *common, "--flow", "iaf*2", "--out", str(a)]) == 0
+    assert main(["fit", f"{files}/m.py:model", *common, "--flow", "planar*2",
+                 "--out", str(b)]) == 0
+    assert a.exists() and b.exists()
+    assert main(["diagnose", str(a)]) == 0
+    assert "PSIS k-hat" in capsys.readouterr().out
+    assert main(["compare", str(a), "--reference", str(b)]) == 0
+    assert "ranked" in capsys.readouterr().out
+
+
+def test_flows_lists_the_registry(capsys):
+    assert main(["flows"]) == 0
+    out = capsys.readouterr().out
+    assert "`planar`" in out and "`bnaf`" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "missing.py:model"], "no such file"),
+    (["fit", "{d}/m.py:nomodel"], "has no model function 'nomodel'"),
+    (["fit", "{d}/m.py:model", "--flow", "nosuch*2"], "unknown flow"),
+    (["fit", "{d}/m.py:model", "--data", "{d}/bad.json"], "not arguments of model"),
+    (["fit", "{d}/m.py"], "FILE.py:MODEL"),
+    (["diagnose", "{d}/none.nc"], "no such InferenceData file"),
+])
+def test_errors_are_one_line_with_nonzero_exit(files, capsys, argv, message):
+    argv = [a.format(d=files) for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_demo_quick(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Verdicts:" in out and (tmp_path / "pair.png").exists()
+    assert (tmp_path / "AutoFlow.nc").exists() and (tmp_path / "elbo.png").exists()
