@@ -3,21 +3,40 @@ Sec. 4.1 and Appendix A.1).
 
     f(z) = z + u_hat h(w^T z + b),   h = tanh,
 
-with u_hat = u + (m(w^T u) - w^T u) w / ||w||^2 and m(a) = -1 + softplus(a), so that
-w^T u_hat = m(w^T u) > -1 for any raw u, w: the map is invertible. By the matrix determinant
-lemma, log|det J| = log|1 + h'(w^T z + b) u_hat^T w|.
+with parameters u, w in R^D and b in R. Appendix A.1 makes f invertible for *any* raw u, w by
+replacing u with
 
-The inverse is numerical: with a = w^T z + b, w^T y + b = a + (w^T u_hat) tanh(a) =: g(a) is
-increasing in a, with its root inside [c - |w^T u_hat|, c + |w^T u_hat|] for c = w^T y + b; a
-bracketed Newton solve gives a, then z = y - u_hat tanh(a). Gradients through the inverse are
-the implicit ones.
+    u_hat = u + (m(w^T u) - w^T u) w / ||w||^2,   m(x) = -1 + softplus(x),
+
+so that w^T u_hat = m(w^T u) > -1 (>= -1 once softplus underflows). Here m(x) - x is computed as
+softplus(-x) - 1, which has no cancellation for large x. For w = 0 (||w||^2 below the square
+root of the dtype's smallest normal number) the correction is dropped: f(z) = z + u tanh(b) is
+then a translation, invertible for any u.
+
+Log-determinant, by the matrix determinant lemma (psi(z) = h'(w^T z + b) w):
+
+    log|det J| = log|1 + u_hat^T psi(z)| = log(1 + h'(a) w^T u_hat),   a = w^T z + b.
+
+With q = 1 + w^T u_hat = softplus(w^T u) >= 0 and h'(a) = sech^2(a) = 1 - tanh^2(a), the
+argument is written tanh^2(a) + sech^2(a) q: a sum of two non-negative terms, accurate even
+where w^T u_hat is close to -1, and clamped at the dtype's smallest normal number so that
+log|det J| stays finite when softplus underflows (q = 0, a = 0: a singular Jacobian).
+
+Inverse (numerical). With a = w^T z + b, the output satisfies
+
+    c := w^T y + b = a + k tanh(a) =: g(a),   k = w^T u_hat = q - 1 >= -1,
+
+and g'(a) = tanh^2(a) + q sech^2(a) >= 0, so g is increasing and its root lies in
+[c - |k|, c + |k|] (because |k tanh(a)| <= |k|). The root is found by the bracketed Newton
+solver :func:`~pyro_nf.transforms.base.solve_monotone` without autograd, and given its implicit
+gradients (da = -(dg/dtheta) / g'(a), with respect to u, w, b and y) by
+:func:`~pyro_nf.transforms.base.implicit_newton_step`. Then z = y - u_hat tanh(a).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from pyro_nf.transforms.base import Flow, implicit_newton_step, softplus_inverse, solve_monotone
 from pyro_nf.transforms.registry import register
@@ -25,54 +44,101 @@ from pyro_nf.transforms.registry import register
 Tensor = torch.Tensor
 
 
+def _softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x), exact for every x (F.softplus returns x itself above x = 20, an error of
+    e^-20 ~ 2e-9 that float64 would see)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
+def _sech2(a: Tensor) -> Tensor:
+    """sech^2(a) = 4 e^{-2|a|} / (1 + e^{-2|a|})^2: no overflow and no NaN gradient for large
+    |a| (where 1 / cosh(a)^2 would give inf / inf)."""
+    e = torch.exp(-2 * a.abs())
+    return 4 * e / (1 + e) ** 2
+
+
 @register("planar", paper="Rezende & Mohamed (2015), Variational Inference with Normalizing "
           "Flows: planar flow", inverse="numerical", kind="residual")
 class Planar(Flow):
-    """Planar flow f(z) = z + u_hat tanh(w^T z + b) (see the module docstring).
+    """Planar flow f(z) = z + u_hat tanh(w^T z + b) (Rezende & Mohamed, 2015, App. A.1).
 
-    Starts exactly at the identity: w ~ N(0, 1/D), b = 0 and u = c w / ||w||^2 with
-    softplus(c) = 1, which makes u_hat = 0 (u = 0 would not: m(0) = -1 + log 2 != 0); u_hat
-    depends on u and w, so gradients reach every parameter from the first step.
+    Invertible for any raw parameters (w^T u_hat >= -1); the inverse is a one-dimensional
+    bracketed Newton solve with implicit gradients (see the module docstring).
+
+    Initialisation: the identity, up to rounding of order 1e-8 relative. w is a random unit
+    vector, b = 0 and u = c w with softplus(c) = 1, which makes w^T u_hat = m(c) = 0 and hence
+    u_hat = 0. (u = 0 would *not* give the identity: m(0) = -1 + log 2, so u_hat would be
+    -0.31 w / ||w||^2.) Because u_hat depends on u and w, and tanh(w^T z + b) != 0, the
+    gradients reach u, w and b from the first step.
+
+    Args:
+        dim: the event size D.
     """
 
     kind = "residual"
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
-        w = torch.randn(dim) / dim ** 0.5
-        self.w = nn.Parameter(w)
-        self.u = nn.Parameter(softplus_inverse(1.0) * w / (w @ w))
+        direction = torch.randn(dim)
+        direction = direction / direction.norm().clamp_min(1e-6)
+        self.w = nn.Parameter(direction)
+        self.u = nn.Parameter(softplus_inverse(1.0) * direction)
         self.b = nn.Parameter(torch.zeros(()))
 
-    def u_hat(self) -> tuple[Tensor, Tensor]:
-        """(u_hat, w^T u_hat) with w^T u_hat = -1 + softplus(w^T u) > -1."""
+    def u_hat(self) -> Tensor:
+        """The constrained u_hat = u + (m(w^T u) - w^T u) w / ||w||^2, with w^T u_hat >= -1."""
+        return self._constrained()[0]
+
+    def _constrained(self) -> tuple[Tensor, Tensor]:
+        """(u_hat, q) with q = 1 + w^T u_hat = softplus(w^T u) >= 0 (1 where w = 0)."""
         w, u = self.w, self.u
         wu = w @ u
-        w_norm_sq = (w @ w).clamp_min(torch.finfo(w.dtype).tiny)
-        m = -1 + F.softplus(wu)
-        return u + (m - wu) * w / w_norm_sq, m
+        norm_sq = w @ w
+        # below sqrt(tiny), 1/||w||^2 and its gradient (1/||w||^4) would overflow: treat as w = 0
+        nonzero = norm_sq > torch.finfo(w.dtype).tiny ** 0.5
+        safe_norm_sq = torch.where(nonzero, norm_sq, torch.ones_like(norm_sq))
+        shift = torch.where(nonzero, _softplus(-wu) - 1, torch.zeros_like(wu))  # m(wu) - wu
+        u_hat = u + shift * (w / safe_norm_sq)
+        q = torch.where(nonzero, _softplus(wu), torch.ones_like(wu))
+        return u_hat, q
 
-    def _log_det(self, a: Tensor, wu_hat: Tensor) -> Tensor:
-        deriv = 1 - torch.tanh(a) ** 2
-        return torch.log((1 + deriv * wu_hat).clamp_min(torch.finfo(a.dtype).tiny))
+    @staticmethod
+    def _log_det(a: Tensor, q: Tensor) -> Tensor:
+        # log(1 + h'(a) w^T u_hat) = log(tanh^2(a) + sech^2(a) q), both terms >= 0
+        value = torch.tanh(a) ** 2 + _sech2(a) * q
+        return torch.log(value.clamp_min(torch.finfo(a.dtype).tiny))
 
-    def forward_and_log_det(self, x):
-        u_hat, wu_hat = self.u_hat()
+    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        u_hat, q = self._constrained()
         a = x @ self.w + self.b
-        return x + u_hat * torch.tanh(a)[..., None], self._log_det(a, wu_hat)
+        return x + u_hat * torch.tanh(a)[..., None], self._log_det(a, q)
 
-    def inverse_and_log_det(self, y):
-        u_hat, wu_hat = self.u_hat()
+    def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        u_hat, q = self._constrained()
+        k = q - 1  # w^T u_hat >= -1
         c = y @ self.w + self.b
-        k = wu_hat.detach()
+        tiny = torch.finfo(y.dtype).tiny
+        with torch.no_grad():
+            k_, q_, c_ = k.detach(), q.detach(), c.detach()
 
-        def g(a):
-            t = torch.tanh(a)
-            return a + k * t, 1 + k * (1 - t * t)
+            def g(a: Tensor) -> tuple[Tensor, Tensor]:
+                t = torch.tanh(a)
+                return a + k_ * t, t * t + q_ * _sech2(a)
 
-        spread = k.abs().expand_as(c)
-        a_star = solve_monotone(g, c, c - spread - 1e-6, c + spread + 1e-6, layer=self._name())
+            # |k tanh(a)| <= |k| brackets the root; a few ulps of slack for rounding in c -+ |k|
+            slack = k_.abs() + 8 * torch.finfo(y.dtype).eps * torch.maximum(
+                c_.abs(), k_.abs()).clamp_min(1.0)
+            a_star = solve_monotone(g, c_, c_ - slack, c_ + slack, layer=self._name())
+            # the Newton step inside implicit_newton_step also polishes the value; keep it only
+            # where it lowers the residual (a near-singular g' could send it astray)
+            value, deriv = g(a_star)
+            step = (value - c_) / deriv.clamp_min(tiny)
+            polished = a_star - step
+            better = torch.isfinite(polished) & ((g(polished)[0] - c_).abs()
+                                                 <= (value - c_).abs())
         t_star = torch.tanh(a_star)
-        residual = a_star + wu_hat * t_star - c  # graph to w, u, b and y
-        a = implicit_newton_step(a_star, residual, 1 + wu_hat * (1 - t_star * t_star))
-        return y - u_hat * torch.tanh(a)[..., None], self._log_det(a, wu_hat)
+        residual = a_star + k * t_star - c  # from the detached root, with graph to u, w, b, y
+        residual = torch.where(better, residual, residual - residual.detach())
+        deriv = (t_star * t_star + q * _sech2(a_star)).clamp_min(tiny)
+        a = implicit_newton_step(a_star, residual, deriv)
+        return y - u_hat * torch.tanh(a)[..., None], self._log_det(a, q)

@@ -1,23 +1,47 @@
 """Radial flow (Rezende & Mohamed, 2015, "Variational Inference with Normalizing Flows",
 Sec. 4.1 and Appendix A.2).
 
-    f(z) = z + beta h(alpha, r) (z - z0),   r = ||z - z0||,   h = 1 / (alpha + r),
+    f(z) = z + beta h(alpha, r) (z - z0),   r = ||z - z0||,   h(alpha, r) = 1 / (alpha + r),
 
-with alpha = softplus(raw_alpha) > 0 and beta = -alpha + softplus(raw_beta) >= -alpha for any
-raw parameters, which makes f invertible. The Jacobian is (1 + beta h) I + beta h'(r) (z - z0)
-(z - z0)^T / r, so log|det J| = (D - 1) log(1 + beta h) + log(1 + beta h + beta h' r), and the
-last factor is 1 + beta alpha / (alpha + r)^2.
+with a learnable centre z0 in R^D, alpha = softplus(raw_alpha) > 0 and
+beta = -alpha + softplus(raw_beta) >= -alpha for any raw parameters (Appendix A.2's condition
+for invertibility). Writing s = alpha + beta = softplus(raw_beta) >= 0, the map scales z - z0
+by the positive factor
 
-The inverse is exact: the radius r_y = ||y - z0|| = r (1 + beta / (alpha + r)) gives the
-quadratic r^2 + (alpha + beta - r_y) r - alpha r_y = 0, whose one non-negative root is taken
-in the cancellation-free form; then z = z0 + (y - z0) / (1 + beta / (alpha + r)).
+    1 + beta h = (r + s) / (alpha + r),
+
+which is how it is computed (no cancellation when beta is close to -alpha). alpha is floored at
+the square root of the dtype's smallest normal number, so 1 / (alpha + r) stays finite even
+where softplus(raw_alpha) underflows.
+
+Log-determinant. The Jacobian is (1 + beta h) I + beta h'(r) (z - z0)(z - z0)^T / r with
+h'(r) = -1 / (alpha + r)^2: D - 1 eigenvalues 1 + beta h and one 1 + beta h + beta h' r, so
+
+    log|det J| = (D - 1) log(1 + beta h) + log(1 + beta h + beta h'(r) r)
+               = (D - 1) log((r + s) / (alpha + r)) + log((r (2 alpha + r) + alpha s)
+                                                          / (alpha + r)^2),
+
+the last factor being 1 + beta alpha / (alpha + r)^2 with the -alpha^2 cancelled by hand.
+
+Inverse (exact). Taking norms of y - z0 = (1 + beta h)(z - z0) gives r_y = r (1 + beta / (alpha
++ r)), i.e. the quadratic
+
+    r^2 + B r - alpha r_y = 0,   B = alpha + beta - r_y = s - r_y,
+
+with product of roots -alpha r_y <= 0: exactly one non-negative root. It is taken in the form
+without cancellation, (-B + sqrt(disc)) / 2 when B <= 0 and 2 alpha r_y / (B + sqrt(disc))
+when B > 0 (disc = B^2 + 4 alpha r_y); then z = z0 + (y - z0) (alpha + r) / (r + s).
+
+At the centre (r = 0) the norm is not differentiable, and sqrt(sum v^2) has a NaN gradient
+there (0/0); :func:`safe_norm` gives it the subgradient 0 instead, with which autograd
+reproduces the true Jacobian of f at z0, (1 + beta / alpha) I (f is differentiable there), and
+the inverse is finite at y = z0 in value and gradient.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from pyro_nf.transforms.base import Flow, softplus_inverse
 from pyro_nf.transforms.registry import register
@@ -25,20 +49,39 @@ from pyro_nf.transforms.registry import register
 Tensor = torch.Tensor
 
 
-def _safe_norm(v: Tensor) -> Tensor:
-    """||v|| over the last dimension with a finite gradient at v = 0."""
+def _softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x), exact for every x (F.softplus returns x itself above x = 20, an error of
+    e^-20 ~ 2e-9 that float64 would see)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
+def safe_norm(v: Tensor) -> Tensor:
+    """||v|| over the last dimension, with gradient 0 (not NaN) where v = 0."""
     sq = (v * v).sum(-1)
-    tiny = torch.finfo(v.dtype).tiny
-    return torch.where(sq > tiny, sq.clamp_min(tiny).sqrt(), torch.zeros_like(sq))
+    positive = sq > 0
+    return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(),
+                       torch.zeros_like(sq))
+
+
+def _safe_sqrt(v: Tensor) -> Tensor:
+    positive = v > 0
+    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(),
+                       torch.zeros_like(v))
 
 
 @register("radial", paper="Rezende & Mohamed (2015), Variational Inference with Normalizing "
           "Flows: radial flow", inverse="exact", kind="residual")
 class Radial(Flow):
-    """Radial flow around a learnable centre z0 (see the module docstring).
+    """Radial flow f(z) = z + beta / (alpha + ||z - z0||) (z - z0) (Rezende & Mohamed, 2015,
+    App. A.2), with alpha > 0 and beta >= -alpha for any raw parameters; exact inverse through
+    the radius quadratic (see the module docstring).
 
-    Starts exactly at the identity: alpha = 1, beta = 0 (raw_beta = softplus^-1(alpha)),
-    z0 ~ N(0, 0.01^2).
+    Initialisation: the identity. alpha = 1 and raw_beta = softplus^-1(alpha), so beta = 0 and
+    the scale factor (r + s) / (alpha + r) is exactly 1; z0 ~ N(0, 0.01^2 I), so that the
+    centre is not degenerate with the origin and gradients reach every parameter.
+
+    Args:
+        dim: the event size D.
     """
 
     kind = "residual"
@@ -49,34 +92,43 @@ class Radial(Flow):
         self.raw_alpha = nn.Parameter(torch.tensor(softplus_inverse(1.0)))
         self.raw_beta = nn.Parameter(torch.tensor(softplus_inverse(1.0)))
 
+    def _alpha_s(self) -> tuple[Tensor, Tensor]:
+        """(alpha, s) with alpha > 0 and s = alpha + beta = softplus(raw_beta) >= 0."""
+        floor = torch.finfo(self.raw_alpha.dtype).tiny ** 0.5
+        return _softplus(self.raw_alpha).clamp_min(floor), _softplus(self.raw_beta)
+
     def alpha_beta(self) -> tuple[Tensor, Tensor]:
-        alpha = F.softplus(self.raw_alpha)
-        return alpha, -alpha + F.softplus(self.raw_beta)
+        """(alpha, beta) with alpha > 0 and beta >= -alpha."""
+        alpha, s = self._alpha_s()
+        return alpha, s - alpha
 
-    def _log_det(self, r: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
+    def _log_det(self, r: Tensor, alpha: Tensor, s: Tensor) -> Tensor:
         tiny = torch.finfo(r.dtype).tiny
-        one_plus = (1 + beta / (alpha + r)).clamp_min(tiny)
-        last = (1 + beta * alpha / (alpha + r) ** 2).clamp_min(tiny)
-        return (self.dim - 1) * torch.log(one_plus) + torch.log(last)
+        log_denom = torch.log(alpha + r)
+        log_scale = torch.log((r + s).clamp_min(tiny)) - log_denom  # log(1 + beta h)
+        log_last = torch.log((r * (2 * alpha + r) + alpha * s).clamp_min(tiny)) - 2 * log_denom
+        return (self.dim - 1) * log_scale + log_last
 
-    def forward_and_log_det(self, x):
-        alpha, beta = self.alpha_beta()
+    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        alpha, s = self._alpha_s()
         diff = x - self.z0
-        r = _safe_norm(diff)
-        y = x + (beta / (alpha + r))[..., None] * diff
-        return y, self._log_det(r, alpha, beta)
+        r = safe_norm(diff)
+        y = self.z0 + ((r + s) / (alpha + r))[..., None] * diff
+        return y, self._log_det(r, alpha, s)
 
-    def inverse_and_log_det(self, y):
-        alpha, beta = self.alpha_beta()
+    def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        alpha, s = self._alpha_s()
         diff = y - self.z0
-        r_y = _safe_norm(diff)
-        B = alpha + beta - r_y
-        disc = (B * B + 4 * alpha * r_y).sqrt()
-        # the non-negative root of r^2 + B r - alpha r_y = 0, without cancellation
-        # (both branches stay finite, so the unused one cannot poison gradients with NaN)
+        r_y = safe_norm(diff)
+        B = s - r_y  # alpha + beta - r_y
+        root_disc = _safe_sqrt(B * B + 4 * alpha * r_y)
         positive = B > 0
-        r = torch.where(positive, 2 * alpha * r_y / torch.where(positive, B + disc, 1.0),
-                        (disc - B) / 2)
-        scale = (1 + beta / (alpha + r)).clamp_min(torch.finfo(y.dtype).tiny)
-        x = self.z0 + diff / scale[..., None]
-        return x, self._log_det(r, alpha, beta)
+        # both branches are finite everywhere, so the unused one cannot poison gradients
+        r = torch.where(positive,
+                        2 * alpha * r_y / torch.where(positive, B + root_disc, torch.ones_like(B)),
+                        (root_disc - B) / 2)
+        denom = r + s  # 0 only when r_y = 0 and s = 0, where diff = 0 anyway
+        ok = denom > 0
+        inv_scale = torch.where(ok, (alpha + r) / torch.where(ok, denom, torch.ones_like(denom)),
+                                torch.ones_like(denom))
+        return self.z0 + inv_scale[..., None] * diff, self._log_det(r, alpha, s)
