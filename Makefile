@@ -28,9 +28,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench-layers: $(STAMP)
-	$(PY) benchmarks/layers.py
+	$(PY) benchmarks/layers.py --out benchmarks/results/layers.md
 
-bench: bench-layers
+bench: bench-layers $(STAMP)
+	$(PY) benchmarks/guides.py --out benchmarks/results/guides.md
+	$(PY) benchmarks/autoflow_accuracy.py --out benchmarks/results/autoflow_accuracy.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -143,7 +143,8 @@ def _fmt_row(r: dict) -> str:
     pinv = _ms(r.get("pyro_inv")) if "pyro_fwd" in r else "-"
     return (f"| {r['layer']} | {r['D']} | {_ms(r['ours_fwd'])} | "
             f"{_ms(r.get('pyro_fwd')) if 'pyro_fwd' in r else '-'} | {ratio} | "
-            f"{_ms(r['ours_inv'])} | {pinv} | {r['ours_inv'] / r['ours_fwd']:.1f}x |")
+            f"{_ms(r['ours_inv'])} | {pinv} | "
+            f"{'-' if r['ours_inv'] is None else format(r['ours_inv'] / r['ours_fwd'], '.1f')}x |")
 
 
 HEADER = ("| layer | D | ours fwd+logdet (ms) | Pyro fwd+logdet (ms) | ours/Pyro | "
