@@ -63,6 +63,7 @@ def _ours(name: str, dim: int, hidden: int):
     opts: dict = {}
     if name in ("realnvp", "iaf", "maf", "nice", "spline_coupling", "spline_autoregressive"):
         opts["hidden"] = [hidden, hidden]
+        opts["activation"] = "relu"  # Pyro's conditioners use ReLU (ours default to ELU)
     if name in ("spline_coupling", "spline_autoregressive"):
         opts.update(bins=BINS, bound=BOUND)
     if name == "sylvester_householder":
@@ -104,7 +105,7 @@ def measure(dims, batch: int, budget: float, names=None) -> list[dict]:
     rows = []
     names = names or available()
     for dim in dims:
-        hidden = default_hidden(dim)
+        hidden = max(default_hidden(dim), dim)  # Pyro's MADE needs hidden >= D
         for name in names:
             try:
                 ours = _ours(name, dim, hidden)
