@@ -56,11 +56,9 @@ def _softplus(x: Tensor) -> Tensor:
 
 
 def safe_norm(v: Tensor) -> Tensor:
-    """||v|| over the last dimension, with gradient 0 (not NaN) where v = 0."""
-    sq = (v * v).sum(-1)
-    positive = sq > 0
-    return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(),
-                       torch.zeros_like(sq))
+    """||v|| over the last dimension, with gradient 0 (not NaN) where v = 0: torch's
+    ``vector_norm`` backward masks the zero norm (a plain ``sqrt(sum v^2)`` would give NaN)."""
+    return torch.linalg.vector_norm(v, dim=-1)
 
 
 def _safe_sqrt(v: Tensor) -> Tensor:
