@@ -70,19 +70,30 @@ PAIRS = {"AutoFlow (iaf x2)": "Pyro AutoIAFNormal (iaf x2)",
          "AutoFlow (planar x8)": "Pyro AutoNormalizingFlow (planar x8)"}
 
 
-def time_guide(model, make_guide, steps: int) -> float:
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
+def _svi(model, make_guide):
     guide = make_guide()
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
     for _ in range(5):  # warm-up and lazy set-up
         svi.step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        svi.step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return svi
+
+
+def time_guides(model, makers: dict, steps: int, rounds: int = 10) -> dict[str, float]:
+    """Median seconds per step of each guide, timed in interleaved blocks (round-robin over
+    the guides, ``rounds`` blocks of ``steps / rounds`` steps each) so that a load change on
+    the machine hits every guide alike."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    svis = {name: _svi(model, make) for name, make in makers.items()}
+    times: dict[str, list[float]] = {name: [] for name in makers}
+    block = max(1, steps // rounds)
+    for _ in range(rounds):
+        for name, svi in svis.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                svi.step()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv=None) -> int:
@@ -98,17 +109,18 @@ def main(argv=None) -> int:
     steps = args.steps or (5 if args.quick else 100)
     machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch "
                f"{torch.__version__}, pyro {pyro.__version__}")
-    lines = [f"# ms per SVI step ({machine}); median of {steps} steps", "",
+    lines = [f"# ms per SVI step ({machine}); median of {steps} steps per guide, all guides "
+             "of one D timed in interleaved blocks", "",
              "| D | guide | ms/step | AutoFlow / Pyro, same flow |", "|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for dim in dims:
         model = make_model(dim)
         hidden = 3 * dim + 1  # Pyro AutoIAFNormal's default width
-        ms = {}
-        for name, make in guides(model, dim, hidden).items():
-            if args.only and not any(o in name for o in args.only):
-                continue
-            ms[name] = 1e3 * time_guide(model, make, steps)
+        makers = guides(model, dim, hidden)
+        if args.only:
+            makers = {k: v for k, v in makers.items() if any(o in k for o in args.only)}
+        ms = {k: 1e3 * v for k, v in time_guides(model, makers, steps).items()}
+        for name in makers:
             ratio = f"{ms[name] / ms[PAIRS[name]]:.2f}x" if PAIRS.get(name) in ms else ""
             line = f"| {dim} | {name} | {ms[name]:.2f} | {ratio} |"
             lines.append(line)
