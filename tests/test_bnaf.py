@@ -13,8 +13,8 @@ import math
 
 import pytest
 import torch
+from helpers import InverseModule
 from pyro.distributions.transforms import BlockAutoregressive
-from torch import nn
 
 from pyro_nf.transforms import build_layer, inverse_tolerance
 from pyro_nf.transforms.bnaf import BlockNeuralAutoregressive
@@ -205,18 +205,10 @@ def test_inverse_jacobian_is_the_inverse_of_the_forward_jacobian():
                                atol=1e-8, rtol=1e-7)
 
 
-class _Inverse(nn.Module):
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, y):
-        return self.layer.inverse_and_log_det(y)
-
 
 def test_gradcheck_through_the_inverse_with_respect_to_y_and_every_parameter():
     layer = _layer(dim=2, hidden_factor=2, layers=1, seed=3)
-    wrapper = _Inverse(layer)
+    wrapper = InverseModule(layer)
     names = [n for n, _ in wrapper.named_parameters()]
     values = [p.detach().clone().requires_grad_(True) for p in wrapper.parameters()]
     y = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import pytest
 import torch
-from torch import nn
+from helpers import InverseModule
 from torch.func import functional_call
 from torch.nn import functional as F
 
@@ -161,18 +161,10 @@ def test_planar_softplus_is_exact_for_large_w_dot_u():
     assert torch.all(residual <= 1e-12 * y.abs().amax(-1).clamp_min(1))
 
 
-class _Inverse(nn.Module):
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, y):
-        return self.layer.inverse_and_log_det(y)
-
 
 def test_planar_inverse_gradients_are_the_implicit_ones():
     """gradcheck (finite differences) through the numerical inverse, w.r.t. y and u, w, b."""
-    wrapper = _Inverse(_planar(dim=2, seed=1))
+    wrapper = InverseModule(_planar(dim=2, seed=1))
     names = ("layer.u", "layer.w", "layer.b")
     params = [dict(wrapper.named_parameters())[n].detach().clone().requires_grad_(True)
               for n in names]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import InverseModule
 from torch.func import functional_call
 
 from pyro_nf.transforms import build_layer
@@ -207,16 +208,7 @@ def test_inverse_round_trip(name, dtype, tol):
 def test_gradients_through_the_inverse_are_the_implicit_ones(name):
     """gradcheck (finite differences, float64) of f^{-1}(y) and its log-det with respect to y
     and every parameter: the chained scalar implicit steps give the system's exact gradients."""
-
-    class Inverse(torch.nn.Module):
-        def __init__(self, layer):
-            super().__init__()
-            self.layer = layer
-
-        def forward(self, y):
-            return self.layer.inverse_and_log_det(y)
-
-    wrapper = Inverse(_layer(name, 3, 2, scale=0.7, seed=4))
+    wrapper = InverseModule(_layer(name, 3, 2, scale=0.7, seed=4))
     names = [n for n, _ in wrapper.named_parameters()]
     values = [p.detach().clone().requires_grad_(True) for p in wrapper.parameters()]
 

@@ -1,0 +1,18 @@
+"""Helpers shared by the layer tests."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class InverseModule(nn.Module):
+    """Wraps a flow layer so that ``forward`` is its inverse pass: with
+    ``torch.func.functional_call`` this lets ``gradcheck`` vary the layer's parameters and
+    the input of a numerical inverse together."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, y):
+        return self.layer.inverse_and_log_det(y)
