@@ -110,16 +110,15 @@ def _collect(model_trace, guide_trace, n: int | None, pdim: int, proto, out: _Dr
             continue
         shape = proto[name]["value"].shape
         if _latent(site) or _is_deterministic(site):
-            value = site["value"]
-            value = value.expand(value.shape) if batched else value
-            out.add(name, out.values, value.reshape((m,) + tuple(shape)))
+            out.add(name, out.values, site["value"].reshape((m,) + tuple(shape)))
         elif _observed(site):
             lp_shape = proto[name]["log_prob"].shape
             lp = site["log_prob"]
             if batched:
                 while lp.dim() < pdim:
                     lp = lp.unsqueeze(0)
-                lp = lp.movedim(-pdim, 0).expand((m,) + lp.shape[:-pdim][:0] + lp.shape[1:])
+                lp = lp.movedim(-pdim, 0)
+                lp = lp.expand((m,) + lp.shape[1:])
             out.add(name, out.log_lik, lp.reshape((m,) + tuple(lp_shape)))
 
 
@@ -253,10 +252,6 @@ def from_mcmc(mcmc, *, dims: dict[str, list[str]] | None = None,
     proto = {k: v for k, v in trace.nodes.items()
              if v["type"] == "sample" and not site_is_subsample(v)}
     posterior = {k: v.detach().cpu().numpy() for k, v in samples.items()}
-    for name, site in proto.items():
-        if _is_deterministic(site) and name not in posterior:
-            posterior[name] = None  # filled below when the kernel exposes them
-    posterior = {k: v for k, v in posterior.items() if v is not None}
     all_dims = {name: _site_dims(name, proto[name], proto[name]["value"].shape)
                 for name in posterior if name in proto}
     all_dims.update(dims or {})
