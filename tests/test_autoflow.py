@@ -218,3 +218,25 @@ def test_discrete_latent_is_a_clear_error():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AutoFlow(schools, **kwargs)
+
+
+def test_from_guide_with_random_permutations_keeps_correlations():
+    fitted = AutoMultivariateNormal(correlated)
+    svi = SVI(correlated, fitted, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(300):
+        svi.step()
+    flow_guide = AutoFlow.from_guide(correlated, fitted, flow="iaf*3", permutation="random")
+    flow_guide()
+    assert flow_guide.output_order is not None  # a non-trivial net permutation
+    ours = flow_guide.sample_latent_batch(40000)
+    cov = fitted.get_posterior().covariance_matrix.detach()
+    torch.testing.assert_close(torch.cov(ours.T), cov, atol=0.04, rtol=0.05)
+
+
+def test_guide_follows_double_after_set_up():
+    guide = AutoFlow(correlated, flow="iaf*2")
+    guide()
+    guide.double()
+    z = guide.sample_latent_batch(5)
+    assert z.dtype == torch.float64
+    assert guide.get_posterior().log_prob(z).dtype == torch.float64

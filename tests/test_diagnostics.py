@@ -202,3 +202,39 @@ def test_plots_return_figures_and_save(tmp_path):
     plots.plot_pair(posts, ["mu", "mu_doubled"], path=tmp_path / "p.png")
     plots.plot_elbo({"a": [3.0, 2.0, 1.5] * 40}, path=tmp_path / "e.png", smooth=10)
     assert (tmp_path / "p.png").exists() and (tmp_path / "e.png").exists()
+
+
+def test_posterior_predictive_is_resampled_and_factors_are_not_data():
+    def model(x=X):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.factor("soft_constraint", -0.5 * mu ** 2)
+        with pyro.plate("obs_plate", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    idata = to_inference_data(model, exact_guide, num_samples=300, posterior_predictive=True)
+    pp = idata.posterior_predictive["x"].values[0]
+    assert pp.std(0).min() > 0.5  # draws from the likelihood, not copies of the data
+    assert list(idata.log_likelihood.data_vars) == ["x"]
+    assert "soft_constraint" not in idata.observed_data
+    assert np.isfinite(az.loo(idata).elpd_loo)
+
+
+def test_undeclared_data_dimension_does_not_mix_draws_with_data():
+    """Without a plate, the draw dimension can broadcast against the data silently; the
+    first batch is re-scored draw by draw and the loop is used instead."""
+    n = 50
+    data = torch.linspace(-1, 1, n)
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(mu, 1.0).expand([n]).to_event(1), obs=data)
+
+    def guide():
+        pyro.sample("mu", dist.Normal(0.0, 0.3))
+
+    idata = to_inference_data(model, guide, num_samples=100, batch_size=n)
+    mu = torch.as_tensor(idata.posterior["mu"].values[0])
+    exact = (dist.Normal(0.0, 1.0).log_prob(mu)
+             + dist.Normal(mu[:, None], 1.0).log_prob(data).sum(-1))
+    np.testing.assert_allclose(idata.sample_stats["log_p"].values[0], exact.numpy(),
+                               rtol=1e-4, atol=1e-3)

@@ -201,3 +201,11 @@ def test_sticking_the_landing_cuts_gradient_variance_at_the_optimum():
     v_stl = _gradient_variance(STLTrace_ELBO(), guide)
     assert v_trace > 0.1
     assert v_stl * 10 < v_trace, (float(v_stl), float(v_trace))
+
+
+def test_pyro_lr_scheduler_is_accepted():
+    scheduler = pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
+                                          "optim_args": {"lr": 0.01}, "gamma": 0.99})
+    result = fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=10, optim=scheduler,
+                 progress=False)
+    assert result.steps == 10

@@ -49,7 +49,9 @@ def _latent(site) -> bool:
 
 
 def _observed(site) -> bool:
-    return site["type"] == "sample" and site["is_observed"] and not _is_deterministic(site)
+    """A data site: observed, and neither a deterministic nor a ``pyro.factor`` site."""
+    return (site["type"] == "sample" and site["is_observed"] and not _is_deterministic(site)
+            and not site.get("infer", {}).get("is_auxiliary"))
 
 
 def _site_dims(name: str, site, shape: tuple[int, ...]) -> list[str]:
@@ -122,6 +124,26 @@ def _collect(model_trace, guide_trace, n: int | None, pdim: int, proto, out: _Dr
             out.add(name, out.log_lik, lp.reshape((m,) + tuple(lp_shape)))
 
 
+class _NotVectorisable(Exception):
+    """The batched scores disagree with a one-draw re-scoring."""
+
+
+def _check_vectorised(model, args, kwargs, proto, out: _Draws) -> None:
+    """Re-score the first draw on its own: a model whose data dimension is not declared with a
+    plate can broadcast the draw dimension against the data without any error, giving wrong
+    scores; then the caller falls back to drawing one at a time."""
+    first = {name: torch.as_tensor(v[0][0]).to(proto[name]["value"].device)
+             for name, v in out.values.items()
+             if name in proto and _latent(proto[name])}
+    trace = poutine.trace(poutine.condition(model, data=first)).get_trace(*args, **kwargs)
+    trace.compute_log_prob()
+    log_p = float(sum(s["log_prob"].sum() for s in trace.nodes.values()
+                      if s["type"] == "sample" and not _is_deterministic(s)))
+    batched = float(out.log_p[0][0])
+    if not abs(log_p - batched) <= 1e-3 * (1 + abs(log_p)):
+        raise _NotVectorisable(f"batched log p {batched} != {log_p}")
+
+
 def _draw(model, guide, args, kwargs, num_samples: int, batch_size: int):
     """Draw from the guide, score under model and guide: vectorised in batches of at most
     ``batch_size`` draws where the model allows, one draw at a time otherwise."""
@@ -140,6 +162,8 @@ def _draw(model, guide, args, kwargs, num_samples: int, batch_size: int):
                 with pyro.plate(DRAW_PLATE, n, dim=-pdim):
                     mt, gt = _traces(model, guide, args, kwargs)
                 _collect(mt, gt, n, pdim, proto, out)
+                if done == 0:
+                    _check_vectorised(model, args, kwargs, proto, out)
                 done += n
         except Exception:  # noqa: BLE001 - any model that does not vectorise: loop instead
             vectorised = False
@@ -217,7 +241,7 @@ def to_inference_data(
     }
     if posterior_predictive and observed:
         samples = {k: torch.as_tensor(v) for k, v in values.items()}
-        pred = pyro.infer.Predictive(model, posterior_samples=samples,
+        pred = pyro.infer.Predictive(poutine.uncondition(model), posterior_samples=samples,
                                      return_sites=list(observed), parallel=vectorised)
         with torch.no_grad():
             out = pred(*args, **kwargs)

@@ -57,10 +57,11 @@ def net_permutation(flow: ComposeTransformModule) -> torch.Tensor | None:
 
 
 class LocScale(torch.distributions.Transform):
-    """z = loc + scale * u[..., order] (event_dim 1): AutoFlow's output map.
+    """z = loc + scale * u[..., argsort(order)] (event_dim 1): AutoFlow's output map.
 
-    ``order`` undoes the net reordering of the flow's fixed permutations, so the whole map
-    b -> z starts exactly at ``loc + scale * b``. A light transform with fixed class-level
+    The flow's fixed permutations reorder coordinates to ``b[..., order]`` at initialisation;
+    indexing with ``argsort(order)`` undoes that, so the whole map b -> z starts exactly at
+    ``loc + scale * b``. A light transform with fixed class-level
     domain/codomain: building it every step costs nothing.
     """
 
@@ -75,13 +76,13 @@ class LocScale(torch.distributions.Transform):
         self.inv_order = None if order is None else torch.argsort(order)
 
     def _call(self, u):
-        if self.order is not None:
-            u = u[..., self.order]
+        if self.order is not None:  # the flow gave b[..., order]: put b back in place
+            u = u[..., self.inv_order]
         return self.loc + self.scale * u
 
     def _inverse(self, z):
         u = (z - self.loc) / self.scale
-        return u if self.inv_order is None else u[..., self.inv_order]
+        return u if self.order is None else u[..., self.order]
 
     def log_abs_det_jacobian(self, u, z):
         return torch.log(self.scale).sum(-1).expand(u.shape[:-1])
@@ -202,7 +203,7 @@ class AutoFlow(AutoContinuous):
     # ------------------------------------------------------------------ the posterior
     def get_base_dist(self) -> dist.TorchDistribution:
         """The base distribution over b (see the module docstring)."""
-        zeros = self._prototype_tensor.new_zeros(self.latent_dim)
+        zeros = self.loc.new_zeros(self.latent_dim)  # follows .to() / .double() of the guide
         if self._base_kind == "lowrank":
             return dist.LowRankMultivariateNormal(zeros, self.cov_factor, self.cov_diag)
         if self._base_kind == "full":
@@ -292,7 +293,7 @@ class AutoFlow(AutoContinuous):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             samples = self.sample_posterior(self.num_quantile_samples, *args, **kwargs)
-        ref = self._prototype_tensor
+        ref = self.loc
         qs = torch.as_tensor(quantiles, dtype=ref.dtype, device=ref.device)
         if qs.dim() != 1 or not bool(((qs >= 0) & (qs <= 1)).all()):
             raise ValueError(f"quantiles must be a list of numbers in [0, 1], got {quantiles}")

@@ -92,7 +92,8 @@ def _ensure_optimizers(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) 
 
 def _set_lr_factor(optim: pyro.optim.PyroOptim, factor: float) -> None:
     for opt in _optimizers(optim):
-        for group in opt.param_groups:
+        # a pyro.optim LR scheduler holds its torch optimiser in .optimizer
+        for group in getattr(opt, "optimizer", opt).param_groups:
             group.setdefault("pyro_nf_base_lr", group["lr"])
             group["lr"] = group["pyro_nf_base_lr"] * factor
 
