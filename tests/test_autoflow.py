@@ -240,3 +240,11 @@ def test_guide_follows_double_after_set_up():
     z = guide.sample_latent_batch(5)
     assert z.dtype == torch.float64
     assert guide.get_posterior().log_prob(z).dtype == torch.float64
+
+
+def test_from_guide_rank_mismatch_is_an_error():
+    fitted = AutoLowRankMultivariateNormal(correlated, rank=2)
+    fitted()
+    guide = AutoFlow.from_guide(correlated, fitted, rank=3)
+    with pytest.raises(ValueError, match="rank=3.*rank 2"):
+        guide()

@@ -186,6 +186,11 @@ class AutoFlow(AutoContinuous):
         self.scale = PyroParam(scale.clone(), constraint=constraints.softplus_positive)
         if self._base_kind == "lowrank":
             rank = self._rank or max(1, math.ceil(math.sqrt(D)))
+            fitted = base_params.get("cov_factor")
+            if fitted is not None and self._rank is not None and fitted.shape[-1] != rank:
+                raise ValueError(f"AutoFlow.from_guide: rank={rank} was asked for, but the "
+                                 f"fitted guide has rank {fitted.shape[-1]}; drop rank= to "
+                                 "keep the fitted covariance")
             self.cov_factor = nn.Parameter(base_params.get(
                 "cov_factor", init_loc.new_zeros(D, rank)).clone())
             self.cov_diag = PyroParam(base_params.get("cov_diag", torch.ones_like(init_loc)),
@@ -290,7 +295,8 @@ class AutoFlow(AutoContinuous):
     def quantiles(self, quantiles, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """Posterior quantiles of each latent site, estimated from ``num_quantile_samples``
         draws made with a fixed seed (so repeated calls agree). Shape ``(len(q),) + site``."""
-        with torch.random.fork_rng(devices=[]):
+        devices = [self.loc.device] if self.loc.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(0)
             samples = self.sample_posterior(self.num_quantile_samples, *args, **kwargs)
         ref = self.loc
