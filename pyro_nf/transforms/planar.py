@@ -38,23 +38,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyro_nf.transforms.base import Flow, implicit_newton_step, softplus_inverse, solve_monotone
+from pyro_nf.transforms.base import (
+    Flow,
+    implicit_newton_step,
+    sech2,
+    softplus_exact,
+    softplus_inverse,
+    solve_monotone,
+)
 from pyro_nf.transforms.registry import register
 
 Tensor = torch.Tensor
-
-
-def _softplus(x: Tensor) -> Tensor:
-    """log(1 + e^x), exact for every x (F.softplus returns x itself above x = 20, an error of
-    e^-20 ~ 2e-9 that float64 would see)."""
-    return torch.logaddexp(x, torch.zeros_like(x))
-
-
-def _sech2(a: Tensor) -> Tensor:
-    """sech^2(a) = 4 e^{-2|a|} / (1 + e^{-2|a|})^2: no overflow and no NaN gradient for large
-    |a| (where 1 / cosh(a)^2 would give inf / inf)."""
-    e = torch.exp(-2 * a.abs())
-    return 4 * e / (1 + e) ** 2
 
 
 @register("planar", paper="Rezende & Mohamed (2015), Variational Inference with Normalizing "
@@ -97,15 +91,15 @@ class Planar(Flow):
         # below sqrt(tiny), 1/||w||^2 and its gradient (1/||w||^4) would overflow: treat as w = 0
         nonzero = norm_sq > torch.finfo(w.dtype).tiny ** 0.5
         safe_norm_sq = torch.where(nonzero, norm_sq, torch.ones_like(norm_sq))
-        shift = torch.where(nonzero, _softplus(-wu) - 1, torch.zeros_like(wu))  # m(wu) - wu
+        shift = torch.where(nonzero, softplus_exact(-wu) - 1, torch.zeros_like(wu))  # m(wu) - wu
         u_hat = u + shift * (w / safe_norm_sq)
-        q = torch.where(nonzero, _softplus(wu), torch.ones_like(wu))
+        q = torch.where(nonzero, softplus_exact(wu), torch.ones_like(wu))
         return u_hat, q
 
     @staticmethod
     def _log_det(a: Tensor, q: Tensor) -> Tensor:
         # log(1 + h'(a) w^T u_hat) = log(tanh^2(a) + sech^2(a) q), both terms >= 0
-        value = torch.tanh(a) ** 2 + _sech2(a) * q
+        value = torch.tanh(a) ** 2 + sech2(a) * q
         return torch.log(value.clamp_min(torch.finfo(a.dtype).tiny))
 
     def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,7 +117,7 @@ class Planar(Flow):
 
             def g(a: Tensor) -> tuple[Tensor, Tensor]:
                 t = torch.tanh(a)
-                return a + k_ * t, t * t + q_ * _sech2(a)
+                return a + k_ * t, t * t + q_ * sech2(a)
 
             # |k tanh(a)| <= |k| brackets the root; a few ulps of slack for rounding in c -+ |k|
             slack = k_.abs() + 8 * torch.finfo(y.dtype).eps * torch.maximum(
@@ -139,6 +133,6 @@ class Planar(Flow):
         t_star = torch.tanh(a_star)
         residual = a_star + k * t_star - c  # from the detached root, with graph to u, w, b, y
         residual = torch.where(better, residual, residual - residual.detach())
-        deriv = (t_star * t_star + q * _sech2(a_star)).clamp_min(tiny)
+        deriv = (t_star * t_star + q * sech2(a_star)).clamp_min(tiny)
         a = implicit_newton_step(a_star, residual, deriv)
         return y - u_hat * torch.tanh(a)[..., None], self._log_det(a, q)

@@ -43,17 +43,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyro_nf.transforms.base import Flow, softplus_inverse
+from pyro_nf.transforms.base import Flow, softplus_exact, softplus_inverse
 from pyro_nf.transforms.registry import register
 
 Tensor = torch.Tensor
-
-
-def _softplus(x: Tensor) -> Tensor:
-    """log(1 + e^x), exact for every x (F.softplus returns x itself above x = 20, an error of
-    e^-20 ~ 2e-9 that float64 would see)."""
-    return torch.logaddexp(x, torch.zeros_like(x))
-
 
 def safe_norm(v: Tensor) -> Tensor:
     """||v|| over the last dimension, with gradient 0 (not NaN) where v = 0: torch's
@@ -93,7 +86,7 @@ class Radial(Flow):
     def _alpha_s(self) -> tuple[Tensor, Tensor]:
         """(alpha, s) with alpha > 0 and s = alpha + beta = softplus(raw_beta) >= 0."""
         floor = torch.finfo(self.raw_alpha.dtype).tiny ** 0.5
-        return _softplus(self.raw_alpha).clamp_min(floor), _softplus(self.raw_beta)
+        return softplus_exact(self.raw_alpha).clamp_min(floor), softplus_exact(self.raw_beta)
 
     def alpha_beta(self) -> tuple[Tensor, Tensor]:
         """(alpha, beta) with alpha > 0 and beta >= -alpha."""

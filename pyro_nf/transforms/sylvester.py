@@ -72,7 +72,7 @@ import math
 import torch
 from torch import nn
 
-from pyro_nf.transforms.base import Flow, implicit_newton_step, solve_monotone
+from pyro_nf.transforms.base import Flow, implicit_newton_step, sech2, solve_monotone
 from pyro_nf.transforms.registry import register
 
 Tensor = torch.Tensor
@@ -91,13 +91,6 @@ def default_m(dim: int) -> int:
 def _one_minus_abs_tanh(a: Tensor) -> Tensor:
     """1 - |tanh(a)| = 2 sigmoid(-2|a|), accurate where tanh(a) rounds to +-1."""
     return 2 * torch.sigmoid(-2 * a.abs())
-
-
-def _sech2(a: Tensor) -> Tensor:
-    """sech^2(a) = 4 e^{-2|a|} / (1 + e^{-2|a|})^2, finite with finite gradient for any a."""
-    e = torch.exp(-2 * a.abs())
-    return 4 * e / (1 + e) ** 2
-
 
 def _diagonals(a: Tensor, c: Tensor, margin: float) -> tuple[Tensor, Tensor, Tensor]:
     """(diag R, diag R~, k) with R_ii = tanh(a), R~_ii = (1 - margin) tanh(c) and
@@ -118,14 +111,14 @@ def _diagonals(a: Tensor, c: Tensor, margin: float) -> tuple[Tensor, Tensor, Ten
 def _factor(pre: Tensor, k: Tensor) -> Tensor:
     """1 + h'(pre) R_ii R~_ii = tanh^2(pre) + sech^2(pre) k, both terms non-negative."""
     th = torch.tanh(pre)
-    return th * th + _sech2(pre) * k
+    return th * th + sech2(pre) * k
 
 
 def _log_factor(pre: Tensor, prod: Tensor, k: Tensor) -> Tensor:
     """log(1 + h'(pre) prod) with prod = R_ii R~_ii and k = 1 + prod: log1p where prod >= 0
     (exactly 0 for prod = 0, as at initialisation), the cancellation-free sum of
     :func:`_factor` where prod < 0."""
-    return torch.where(prod >= 0, torch.log1p(_sech2(pre) * prod), torch.log(_factor(pre, k)))
+    return torch.where(prod >= 0, torch.log1p(sech2(pre) * prod), torch.log(_factor(pre, k)))
 
 
 class Sylvester(Flow):
