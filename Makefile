@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench bench-layers venv clean
+.PHONY: test demo lint bench bench-quick bench-layers bench-venv venv clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+BENCH_STAMP := $(VENV)/.installed-bench
+# zuko is only a benchmark comparison; the torch pin is kept as a constraint so it cannot move.
+$(BENCH_STAMP): $(STAMP)
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench-venv: $(BENCH_STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -30,9 +39,23 @@ lint: $(STAMP)
 bench-layers: $(STAMP)
 	$(PY) benchmarks/layers.py --out benchmarks/results/layers.md
 
-bench: bench-layers $(STAMP)
+# The full suite (up to about an hour on 2 cores); each script prints its progress.
+bench: bench-layers $(BENCH_STAMP)
 	$(PY) benchmarks/guides.py --out benchmarks/results/guides.md
 	$(PY) benchmarks/autoflow_accuracy.py --out benchmarks/results/autoflow_accuracy.md
+	$(PY) benchmarks/posteriordb/validate.py --out benchmarks/results/posteriordb_validation.md
+	$(PY) benchmarks/accuracy.py --out benchmarks/results/accuracy.md
+	$(PY) benchmarks/speed.py --out benchmarks/results/speed.md
+	$(PY) benchmarks/time_to_accuracy.py --out benchmarks/results/time_to_accuracy.md
+	$(PY) benchmarks/scaling.py --out benchmarks/results/scaling.md
+
+# A reduced run of the same code paths, under 5 minutes; writes to out/bench-quick, not results/.
+bench-quick: $(BENCH_STAMP)
+	mkdir -p out/bench-quick
+	$(PY) benchmarks/accuracy.py --quick --out out/bench-quick/accuracy.md
+	$(PY) benchmarks/speed.py --quick --out out/bench-quick/speed.md
+	$(PY) benchmarks/time_to_accuracy.py --quick --out out/bench-quick/time_to_accuracy.md
+	$(PY) benchmarks/scaling.py --quick --out out/bench-quick/scaling.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache
