@@ -1,7 +1,9 @@
 """Flow layers as Pyro ``TransformModule``s, one family per module, behind one registry.
 
 ``available()`` lists the registered names, ``info(name)`` their metadata, ``register`` adds a
-layer and ``build_flow(spec, dim)`` composes a flow from a spec such as ``"planar*8"``.
+layer and ``build_flow(spec, dim)`` composes a flow from a spec such as ``"planar*8"``. The
+conditional twins (:mod:`pyro_nf.transforms.conditional`) have ``available_conditional()`` and
+``build_conditional_flow(spec, dim, context_dim)``.
 """
 
 from pyro_nf.transforms import (  # noqa: F401  (importing registers the layers)
@@ -23,6 +25,11 @@ from pyro_nf.transforms.autoregressive import (
     SplineAutoregressive,
 )
 from pyro_nf.transforms.base import Flow, InverseNotConvergedError, inverse_tolerance
+from pyro_nf.transforms.conditional import (
+    available_conditional,
+    build_conditional_flow,
+    register_conditional,
+)
 from pyro_nf.transforms.coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
 from pyro_nf.transforms.elementwise import DiagonalScale, ElementwiseAffine
 from pyro_nf.transforms.householder import Householder
@@ -40,4 +47,5 @@ __all__ = [
     "Autoregressive", "AffineAutoregressive", "SplineAutoregressive",
     "ElementwiseAffine", "DiagonalScale", "Permutation", "Reverse", "RandomPermutation",
     "LULinear", "ActNorm", "Householder",
+    "available_conditional", "build_conditional_flow", "register_conditional",
 ]

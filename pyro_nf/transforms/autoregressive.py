@@ -28,6 +28,49 @@ Tensor = torch.Tensor
 DIRECTIONS = ("iaf", "maf")
 
 
+def check_direction(direction: str, layer: str) -> str:
+    """Validate an autoregressive layer's direction (``"iaf"`` or ``"maf"``)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"{layer}: direction must be 'iaf' (fast sampling) or 'maf' (fast "
+                         f"density), got {direction!r}")
+    return direction
+
+
+def _one_pass(u: Tensor, transformer: Transformer, made: MADE,
+              context: Tensor | None) -> tuple[Tensor, Tensor]:
+    v, ladj = transformer.forward(u, made(u, context))
+    return v, ladj.sum(-1)
+
+
+def _sequential_inverse(v: Tensor, transformer: Transformer, made: MADE,
+                        context: Tensor | None) -> tuple[Tensor, Tensor]:
+    # After pass i, coordinates <= i are exact; the last pass's log-det is exact everywhere.
+    batch = v.shape[:-1] if context is None else torch.broadcast_shapes(v.shape[:-1],
+                                                                         context.shape[:-1])
+    u = v.new_zeros(batch + v.shape[-1:])
+    for _ in range(v.shape[-1]):
+        u, ladj = transformer.inverse(v, made(u, context))
+    return u, ladj.sum(-1)
+
+
+def autoregressive_pass(v: Tensor, transformer: Transformer, made: MADE, direction: str,
+                        context: Tensor | None = None, *,
+                        inverse: bool) -> tuple[Tensor, Tensor]:
+    """The forward (``inverse=False``) or inverse pass of an autoregressive layer
+    ``G(u)_i = T(u_i; MADE(u_{<i}[, h])_i)``: ``(output, log|det J_f|)``, the log-det of the
+    layer's forward map at the pre-image.
+
+    ``direction="iaf"`` makes the forward map G (one pass) and the inverse D passes;
+    ``"maf"`` the other way round. ``context`` h (a conditional layer's, fed to the MADE's
+    first hidden layer) broadcasts against ``v``'s batch dimensions."""
+    one_pass = (direction == "iaf") != inverse
+    if one_pass:
+        out, ladj = _one_pass(v, transformer, made, context)
+    else:
+        out, ladj = _sequential_inverse(v, transformer, made, context)
+    return out, (ladj if direction == "iaf" else -ladj)
+
+
 class Autoregressive(Flow):
     """Generic autoregressive layer ``G(u)_i = T(u_i; MADE(u_{<i}))`` in either direction.
 
@@ -46,35 +89,18 @@ class Autoregressive(Flow):
                  hidden: int | Sequence[int] | None = None, direction: str = "iaf",
                  activation: str = "elu") -> None:
         super().__init__(dim)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"{type(self).__name__}: direction must be 'iaf' (fast sampling) "
-                             f"or 'maf' (fast density), got {direction!r}")
-        self.direction, self.transformer = direction, transformer
+        self.direction = check_direction(direction, type(self).__name__)
+        self.transformer = transformer
         self.made = MADE(dim, transformer.num_params, _hidden_tuple(hidden, dim),
                          activation=activation)
 
-    def _one_pass(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        v, ladj = self.transformer.forward(u, self.made(u))
-        return v, ladj.sum(-1)
-
-    def _sequential_inverse(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        # After pass i, coordinates <= i are exact; the last pass's log-det is exact everywhere.
-        u = torch.zeros_like(v)
-        for _ in range(self.dim):
-            u, ladj = self.transformer.inverse(v, self.made(u))
-        return u, ladj.sum(-1)
-
     def forward_and_log_det(self, x):
-        if self.direction == "iaf":
-            return self._one_pass(x)
-        y, ladj_inv = self._sequential_inverse(x)
-        return y, -ladj_inv
+        return autoregressive_pass(x, self.transformer, self.made, self.direction,
+                                   inverse=False)
 
     def inverse_and_log_det(self, y):
-        if self.direction == "iaf":
-            return self._sequential_inverse(y)
-        x, ladj_inv = self._one_pass(y)
-        return x, -ladj_inv
+        return autoregressive_pass(y, self.transformer, self.made, self.direction,
+                                   inverse=True)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, direction={self.direction!r}, transformer={self.transformer}"

@@ -25,6 +25,32 @@ from pyro_nf.transforms.transformers import (
 Tensor = torch.Tensor
 
 
+def check_split(dim: int, split: int | None, layer: str) -> int:
+    """Validate a coupling layer's D >= 2 and split d in [1, D - 1] (default D // 2)."""
+    if dim < 2:
+        raise ValueError(f"{layer}: coupling layers need dim >= 2, got {dim}")
+    split = dim // 2 if split is None else int(split)
+    if not 1 <= split < dim:
+        raise ValueError(f"{layer}: split must be in [1, {dim - 1}], got {split}")
+    return split
+
+
+def coupling_pass(v: Tensor, split: int, transformer: Transformer, conditioner: MLP,
+                  context: Tensor | None = None, *, inverse: bool) -> tuple[Tensor, Tensor]:
+    """One coupling pass: ``(y, log|det J|)`` with y_a = v_a and y_b = T(v_b; NN(v_a[, h])),
+    or the inverse (``inverse=True``; log-det of the forward map at the pre-image).
+
+    ``conditioner`` maps ``v[..., :split]`` (and the ``context`` h, concatenated, for a
+    conditional layer) to the flat parameters of ``transformer``; batch dimensions of ``v``
+    and ``context`` broadcast."""
+    va, vb = v[..., :split], v[..., split:]
+    params = conditioner(va, context).unflatten(-1, (-1, v.shape[-1] - split))
+    step = transformer.inverse if inverse else transformer.forward
+    out_b, ladj = step(vb, params)
+    va = va.expand(out_b.shape[:-1] + va.shape[-1:])
+    return torch.cat([va, out_b], -1), ladj.sum(-1)
+
+
 class Coupling(Flow):
     """Generic coupling layer: ``y_b = T(x_b; NN(x_a))`` with ``x_a = x[..., :split]``.
 
@@ -43,28 +69,16 @@ class Coupling(Flow):
                  hidden: int | Sequence[int] | None = None, split: int | None = None,
                  activation: str = "elu") -> None:
         super().__init__(dim)
-        if dim < 2:
-            raise ValueError(f"{type(self).__name__}: coupling layers need dim >= 2, got {dim}")
-        split = dim // 2 if split is None else int(split)
-        if not 1 <= split < dim:
-            raise ValueError(f"{type(self).__name__}: split must be in [1, {dim - 1}], "
-                             f"got {split}")
+        split = check_split(dim, split, type(self).__name__)
         self.split, self.transformer = split, transformer
         self.conditioner = MLP(split, (dim - split) * transformer.num_params,
                                _hidden_tuple(hidden, dim), activation=activation)
 
-    def _params(self, xa: Tensor) -> Tensor:
-        return self.conditioner(xa).unflatten(-1, (-1, self.dim - self.split))
-
     def forward_and_log_det(self, x):
-        xa, xb = x[..., :self.split], x[..., self.split:]
-        yb, ladj = self.transformer.forward(xb, self._params(xa))
-        return torch.cat([xa, yb], -1), ladj.sum(-1)
+        return coupling_pass(x, self.split, self.transformer, self.conditioner, inverse=False)
 
     def inverse_and_log_det(self, y):
-        ya, yb = y[..., :self.split], y[..., self.split:]
-        xb, ladj = self.transformer.inverse(yb, self._params(ya))
-        return torch.cat([ya, xb], -1), ladj.sum(-1)
+        return coupling_pass(y, self.split, self.transformer, self.conditioner, inverse=True)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, split={self.split}, transformer={self.transformer}"

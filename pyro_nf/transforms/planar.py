@@ -51,6 +51,81 @@ from pyro_nf.transforms.registry import register
 Tensor = torch.Tensor
 
 
+def planar_constrain(u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """(u_hat, q) for raw u, w of shape (..., D): u_hat = u + (m(w^T u) - w^T u) w / ||w||^2
+    and q = 1 + w^T u_hat = softplus(w^T u) >= 0 (q = 1 and u_hat = u where w = 0).
+
+    Batched over the leading dimensions, so an unconditional layer (shape (D,)) and a
+    hypernetwork's per-data-point parameters (shape (N, D)) share the same constraint."""
+    wu = torch.linalg.vecdot(w, u)
+    norm_sq = torch.linalg.vecdot(w, w)
+    # below sqrt(tiny), 1/||w||^2 and its gradient (1/||w||^4) would overflow: treat as w = 0
+    nonzero = norm_sq > torch.finfo(w.dtype).tiny ** 0.5
+    safe_norm_sq = torch.where(nonzero, norm_sq, torch.ones_like(norm_sq))
+    shift = torch.where(nonzero, softplus_exact(-wu) - 1, torch.zeros_like(wu))  # m(wu) - wu
+    u_hat = u + (shift / safe_norm_sq)[..., None] * w
+    q = torch.where(nonzero, softplus_exact(wu), torch.ones_like(wu))
+    return u_hat, q
+
+
+def _planar_log_det(a: Tensor, q: Tensor) -> Tensor:
+    # log(1 + h'(a) w^T u_hat) = log(tanh^2(a) + sech^2(a) q), both terms >= 0
+    value = torch.tanh(a) ** 2 + sech2(a) * q
+    return torch.log(value.clamp_min(torch.finfo(a.dtype).tiny))
+
+
+def planar_forward(x: Tensor, u_hat: Tensor, w: Tensor, b: Tensor,
+                   q: Tensor) -> tuple[Tensor, Tensor]:
+    """``(f(x), log|det J_f(x)|)`` for f(x) = x + u_hat tanh(w^T x + b).
+
+    ``u_hat``, ``q`` from :func:`planar_constrain`; ``u_hat``, ``w`` of shape (..., D) and
+    ``b``, ``q`` of shape (...), broadcast against ``x`` of shape (..., D)."""
+    a = torch.linalg.vecdot(x, w) + b
+    return x + u_hat * torch.tanh(a)[..., None], _planar_log_det(a, q)
+
+
+def planar_inverse(y: Tensor, u_hat: Tensor, w: Tensor, b: Tensor, q: Tensor, *,
+                   layer: str) -> tuple[Tensor, Tensor]:
+    """``(f^{-1}(y), log|det J_f|)`` at the pre-image, by the bracketed scalar solve of the
+    module docstring with implicit gradients; shapes as in :func:`planar_forward`. ``layer``
+    names the layer in a non-convergence error."""
+    k = q - 1  # w^T u_hat >= -1
+    c = torch.linalg.vecdot(y, w) + b
+    tiny = torch.finfo(y.dtype).tiny
+    with torch.no_grad():
+        k_, q_, c_ = k.detach(), q.detach(), c.detach()
+
+        def g(a: Tensor) -> tuple[Tensor, Tensor]:
+            t = torch.tanh(a)
+            return a + k_ * t, t * t + q_ * sech2(a)
+
+        # |k tanh(a)| <= |k| brackets the root; a few ulps of slack for rounding in c -+ |k|
+        slack = k_.abs() + 8 * torch.finfo(y.dtype).eps * torch.maximum(
+            c_.abs(), k_.abs()).clamp_min(1.0)
+        a_star = solve_monotone(g, c_, c_ - slack, c_ + slack, layer=layer)
+        # the Newton step inside implicit_newton_step also polishes the value; keep it only
+        # where it lowers the residual (a near-singular g' could send it astray)
+        value, deriv = g(a_star)
+        step = (value - c_) / deriv.clamp_min(tiny)
+        polished = a_star - step
+        better = torch.isfinite(polished) & ((g(polished)[0] - c_).abs()
+                                             <= (value - c_).abs())
+    t_star = torch.tanh(a_star)
+    residual = a_star + k * t_star - c  # from the detached root, with graph to u, w, b, y
+    residual = torch.where(better, residual, residual - residual.detach())
+    deriv = (t_star * t_star + q * sech2(a_star)).clamp_min(tiny)
+    a = implicit_newton_step(a_star, residual, deriv)
+    return y - u_hat * torch.tanh(a)[..., None], _planar_log_det(a, q)
+
+
+def planar_init(dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Raw (u, w, b) of an identity planar map: w a random unit vector, u = c w with
+    softplus(c) = 1 (so w^T u_hat = m(c) = 0 and u_hat = 0), b = 0."""
+    direction = torch.randn(dim)
+    direction = direction / direction.norm().clamp_min(1e-6)
+    return softplus_inverse(1.0) * direction, direction, torch.zeros(())
+
+
 @register("planar", paper="Rezende & Mohamed (2015), Variational Inference with Normalizing "
           "Flows: planar flow", inverse="numerical", kind="residual")
 class Planar(Flow):
@@ -73,66 +148,23 @@ class Planar(Flow):
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
-        direction = torch.randn(dim)
-        direction = direction / direction.norm().clamp_min(1e-6)
-        self.w = nn.Parameter(direction)
-        self.u = nn.Parameter(softplus_inverse(1.0) * direction)
-        self.b = nn.Parameter(torch.zeros(()))
+        u, w, b = planar_init(dim)
+        self.w = nn.Parameter(w)
+        self.u = nn.Parameter(u)
+        self.b = nn.Parameter(b)
 
     def u_hat(self) -> Tensor:
         """The constrained u_hat = u + (m(w^T u) - w^T u) w / ||w||^2, with w^T u_hat >= -1."""
-        return self._constrained()[0]
+        return planar_constrain(self.u, self.w)[0]
 
     def _constrained(self) -> tuple[Tensor, Tensor]:
         """(u_hat, q) with q = 1 + w^T u_hat = softplus(w^T u) >= 0 (1 where w = 0)."""
-        w, u = self.w, self.u
-        wu = w @ u
-        norm_sq = w @ w
-        # below sqrt(tiny), 1/||w||^2 and its gradient (1/||w||^4) would overflow: treat as w = 0
-        nonzero = norm_sq > torch.finfo(w.dtype).tiny ** 0.5
-        safe_norm_sq = torch.where(nonzero, norm_sq, torch.ones_like(norm_sq))
-        shift = torch.where(nonzero, softplus_exact(-wu) - 1, torch.zeros_like(wu))  # m(wu) - wu
-        u_hat = u + shift * (w / safe_norm_sq)
-        q = torch.where(nonzero, softplus_exact(wu), torch.ones_like(wu))
-        return u_hat, q
-
-    @staticmethod
-    def _log_det(a: Tensor, q: Tensor) -> Tensor:
-        # log(1 + h'(a) w^T u_hat) = log(tanh^2(a) + sech^2(a) q), both terms >= 0
-        value = torch.tanh(a) ** 2 + sech2(a) * q
-        return torch.log(value.clamp_min(torch.finfo(a.dtype).tiny))
+        return planar_constrain(self.u, self.w)
 
     def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        u_hat, q = self._constrained()
-        a = x @ self.w + self.b
-        return x + u_hat * torch.tanh(a)[..., None], self._log_det(a, q)
+        u_hat, q = planar_constrain(self.u, self.w)
+        return planar_forward(x, u_hat, self.w, self.b, q)
 
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        u_hat, q = self._constrained()
-        k = q - 1  # w^T u_hat >= -1
-        c = y @ self.w + self.b
-        tiny = torch.finfo(y.dtype).tiny
-        with torch.no_grad():
-            k_, q_, c_ = k.detach(), q.detach(), c.detach()
-
-            def g(a: Tensor) -> tuple[Tensor, Tensor]:
-                t = torch.tanh(a)
-                return a + k_ * t, t * t + q_ * sech2(a)
-
-            # |k tanh(a)| <= |k| brackets the root; a few ulps of slack for rounding in c -+ |k|
-            slack = k_.abs() + 8 * torch.finfo(y.dtype).eps * torch.maximum(
-                c_.abs(), k_.abs()).clamp_min(1.0)
-            a_star = solve_monotone(g, c_, c_ - slack, c_ + slack, layer=self._name())
-            # the Newton step inside implicit_newton_step also polishes the value; keep it only
-            # where it lowers the residual (a near-singular g' could send it astray)
-            value, deriv = g(a_star)
-            step = (value - c_) / deriv.clamp_min(tiny)
-            polished = a_star - step
-            better = torch.isfinite(polished) & ((g(polished)[0] - c_).abs()
-                                                 <= (value - c_).abs())
-        t_star = torch.tanh(a_star)
-        residual = a_star + k * t_star - c  # from the detached root, with graph to u, w, b, y
-        residual = torch.where(better, residual, residual - residual.detach())
-        deriv = (t_star * t_star + q * sech2(a_star)).clamp_min(tiny)
-        a = implicit_newton_step(a_star, residual, deriv)
-        return y - u_hat * torch.tanh(a)[..., None], self._log_det(a, q)
+        u_hat, q = planar_constrain(self.u, self.w)
+        return planar_inverse(y, u_hat, self.w, self.b, q, layer=self._name())

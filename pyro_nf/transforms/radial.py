@@ -60,6 +60,58 @@ def _safe_sqrt(v: Tensor) -> Tensor:
                        torch.zeros_like(v))
 
 
+def radial_alpha_s(raw_alpha: Tensor, raw_beta: Tensor) -> tuple[Tensor, Tensor]:
+    """(alpha, s) with alpha = softplus(raw_alpha) > 0 (floored at sqrt(tiny)) and
+    s = alpha + beta = softplus(raw_beta) >= 0, elementwise (any batch shape)."""
+    floor = torch.finfo(raw_alpha.dtype).tiny ** 0.5
+    return softplus_exact(raw_alpha).clamp_min(floor), softplus_exact(raw_beta)
+
+
+def _radial_log_det(r: Tensor, alpha: Tensor, s: Tensor, dim: int) -> Tensor:
+    tiny = torch.finfo(r.dtype).tiny
+    log_denom = torch.log(alpha + r)
+    log_scale = torch.log((r + s).clamp_min(tiny)) - log_denom  # log(1 + beta h)
+    log_last = torch.log((r * (2 * alpha + r) + alpha * s).clamp_min(tiny)) - 2 * log_denom
+    return (dim - 1) * log_scale + log_last
+
+
+def radial_forward(x: Tensor, z0: Tensor, alpha: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """``(f(x), log|det J_f(x)|)`` for f(x) = z0 + (r + s) / (alpha + r) (x - z0).
+
+    ``z0`` of shape (..., D) and ``alpha``, ``s`` (from :func:`radial_alpha_s`) of shape (...)
+    broadcast against ``x`` of shape (..., D)."""
+    diff = x - z0
+    r = safe_norm(diff)
+    y = z0 + ((r + s) / (alpha + r))[..., None] * diff
+    return y, _radial_log_det(r, alpha, s, x.shape[-1])
+
+
+def radial_inverse(y: Tensor, z0: Tensor, alpha: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """``(f^{-1}(y), log|det J_f|)`` at the pre-image, through the radius quadratic of the module
+    docstring; shapes as in :func:`radial_forward`."""
+    diff = y - z0
+    r_y = safe_norm(diff)
+    B = s - r_y  # alpha + beta - r_y
+    root_disc = _safe_sqrt(B * B + 4 * alpha * r_y)
+    positive = B > 0
+    # both branches are finite everywhere, so the unused one cannot poison gradients
+    r = torch.where(positive,
+                    2 * alpha * r_y / torch.where(positive, B + root_disc, torch.ones_like(B)),
+                    (root_disc - B) / 2)
+    denom = r + s  # 0 only when r_y = 0 and s = 0, where diff = 0 anyway
+    ok = denom > 0
+    inv_scale = torch.where(ok, (alpha + r) / torch.where(ok, denom, torch.ones_like(denom)),
+                            torch.ones_like(denom))
+    return z0 + inv_scale[..., None] * diff, _radial_log_det(r, alpha, s, y.shape[-1])
+
+
+def radial_init(dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Raw (z0, raw_alpha, raw_beta) of an identity radial map: z0 ~ N(0, 0.01^2 I), alpha = 1
+    and raw_beta = softplus^-1(alpha), so that beta = 0."""
+    start = torch.tensor(softplus_inverse(1.0))
+    return 0.01 * torch.randn(dim), start, start.clone()
+
+
 @register("radial", paper="Rezende & Mohamed (2015), Variational Inference with Normalizing "
           "Flows: radial flow", inverse="exact", kind="residual")
 class Radial(Flow):
@@ -79,47 +131,22 @@ class Radial(Flow):
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
-        self.z0 = nn.Parameter(0.01 * torch.randn(dim))
-        self.raw_alpha = nn.Parameter(torch.tensor(softplus_inverse(1.0)))
-        self.raw_beta = nn.Parameter(torch.tensor(softplus_inverse(1.0)))
+        z0, raw_alpha, raw_beta = radial_init(dim)
+        self.z0 = nn.Parameter(z0)
+        self.raw_alpha = nn.Parameter(raw_alpha)
+        self.raw_beta = nn.Parameter(raw_beta)
 
     def _alpha_s(self) -> tuple[Tensor, Tensor]:
         """(alpha, s) with alpha > 0 and s = alpha + beta = softplus(raw_beta) >= 0."""
-        floor = torch.finfo(self.raw_alpha.dtype).tiny ** 0.5
-        return softplus_exact(self.raw_alpha).clamp_min(floor), softplus_exact(self.raw_beta)
+        return radial_alpha_s(self.raw_alpha, self.raw_beta)
 
     def alpha_beta(self) -> tuple[Tensor, Tensor]:
         """(alpha, beta) with alpha > 0 and beta >= -alpha."""
         alpha, s = self._alpha_s()
         return alpha, s - alpha
 
-    def _log_det(self, r: Tensor, alpha: Tensor, s: Tensor) -> Tensor:
-        tiny = torch.finfo(r.dtype).tiny
-        log_denom = torch.log(alpha + r)
-        log_scale = torch.log((r + s).clamp_min(tiny)) - log_denom  # log(1 + beta h)
-        log_last = torch.log((r * (2 * alpha + r) + alpha * s).clamp_min(tiny)) - 2 * log_denom
-        return (self.dim - 1) * log_scale + log_last
-
     def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        alpha, s = self._alpha_s()
-        diff = x - self.z0
-        r = safe_norm(diff)
-        y = self.z0 + ((r + s) / (alpha + r))[..., None] * diff
-        return y, self._log_det(r, alpha, s)
+        return radial_forward(x, self.z0, *self._alpha_s())
 
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        alpha, s = self._alpha_s()
-        diff = y - self.z0
-        r_y = safe_norm(diff)
-        B = s - r_y  # alpha + beta - r_y
-        root_disc = _safe_sqrt(B * B + 4 * alpha * r_y)
-        positive = B > 0
-        # both branches are finite everywhere, so the unused one cannot poison gradients
-        r = torch.where(positive,
-                        2 * alpha * r_y / torch.where(positive, B + root_disc, torch.ones_like(B)),
-                        (root_disc - B) / 2)
-        denom = r + s  # 0 only when r_y = 0 and s = 0, where diff = 0 anyway
-        ok = denom > 0
-        inv_scale = torch.where(ok, (alpha + r) / torch.where(ok, denom, torch.ones_like(denom)),
-                                torch.ones_like(denom))
-        return self.z0 + inv_scale[..., None] * diff, self._log_det(r, alpha, s)
+        return radial_inverse(y, self.z0, *self._alpha_s())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,14 +40,24 @@ class FlowInfo:
     def accepts(self, option: str) -> bool:
         return option in self.options
 
+    @property
+    def conditional_twin(self) -> bool:
+        """Whether a conditional layer of the same name is registered
+        (:func:`pyro_nf.transforms.available_conditional`)."""
+        from pyro_nf.transforms.conditional.registry import available_conditional
+
+        return self.name in available_conditional()
+
 
 _REGISTRY: dict[str, FlowInfo] = {}
 
 
-def _signature_options(fn: Callable) -> dict[str, Any]:
+def _signature_options(fn: Callable, positional: int = 1) -> dict[str, Any]:
+    """The options of a constructor: its parameters after the first ``positional`` ones (dim,
+    and context_dim for conditional layers), with their defaults."""
     params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
     out = {}
-    for p in params[1:]:  # the first is dim
+    for p in params[positional:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         name = p.name
@@ -139,28 +149,34 @@ _GRAMMAR = ("a flow spec is a name ('maf'), a repeated name ('planar*8'), a list
             "(name, options) pairs or modules, or a callable dim -> module(s)")
 
 
-def _expand(spec: Any) -> list[tuple[str | None, dict[str, Any] | TransformModule | Callable]]:
-    """Flatten a spec into ``(name, options)`` items and ``(None, module_or_callable)`` items."""
+def _expand(spec: Any, entries: Mapping[str, FlowInfo] | None = None,
+            unknown: Callable[[object], str] = _unknown,
+            ) -> list[tuple[str | None, dict[str, Any] | TransformModule | Callable]]:
+    """Flatten a spec into ``(name, options)`` items and ``(None, module_or_callable)`` items,
+    with names looked up in ``entries`` (default: this registry; the conditional registry
+    passes its own, and ``unknown`` for its error message)."""
+    if entries is None:
+        entries = _REGISTRY
     if isinstance(spec, TransformModule):
         return [(None, spec)]
     if isinstance(spec, str):
         m = _ITEM.match(spec)
         if m is None:
             raise ValueError(f"malformed flow spec {spec!r}: {_GRAMMAR}; available flows: "
-                             f"{', '.join(available())}")
+                             f"{', '.join(sorted(entries))}")
         name, times = m.group(1), int(m.group(2) or 1)
-        if name not in _REGISTRY:
-            raise ValueError(_unknown(name))
+        if name not in entries:
+            raise ValueError(unknown(name))
         if times < 1:
             raise ValueError(f"flow spec {spec!r}: the repeat count must be at least 1")
         return [(name, {})] * times
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) \
             and isinstance(spec[1], dict):
-        return [(name, {**spec[1]}) for name, _ in _expand(spec[0])]
+        return [(name, {**spec[1]}) for name, _ in _expand(spec[0], entries, unknown)]
     if isinstance(spec, (list, tuple)):
         if not spec:
             raise ValueError(f"empty flow spec: {_GRAMMAR}")
-        return [item for part in spec for item in _expand(part)]
+        return [item for part in spec for item in _expand(part, entries, unknown)]
     if callable(spec):
         return [(None, spec)]
     raise ValueError(f"malformed flow spec {spec!r} of type {type(spec).__name__}: {_GRAMMAR}")
@@ -191,50 +207,74 @@ def build_flow(spec: FlowSpec, dim: int, *, permutation: str | None = "reverse",
     from pyro_nf.transforms.base import check_dim
 
     check_dim(dim, "build_flow")
+
+    def other(payload: Any) -> list[Any]:
+        built = payload if isinstance(payload, TransformModule) else payload(dim)
+        mods = list(built) if isinstance(built, (list, tuple)) else [built]
+        for mod in mods:
+            if not isinstance(mod, torch.distributions.Transform):
+                raise ValueError(f"a callable flow spec returned {type(mod).__name__}, "
+                                 "not a Transform")
+        return mods
+
+    layers = assemble(spec, dim, permutation=permutation, seed=seed, options=options,
+                      entries=_REGISTRY, unknown=_unknown,
+                      build_named=lambda name, **kw: build_layer(name, dim, **kw),
+                      build_other=other)
+    return ComposeTransformModule(layers)
+
+
+def assemble(spec: Any, dim: int, *, permutation: str | None, seed: int,
+             options: dict[str, Any], entries: Mapping[str, FlowInfo],
+             unknown: Callable[[object], str], build_named: Callable[..., Any],
+             build_other: Callable[[Any], list[Any]]) -> list[Any]:
+    """The layers of a flow spec, with permutations between consecutive mixing layers: the
+    machinery shared by :func:`build_flow` and
+    :func:`~pyro_nf.transforms.conditional.build_conditional_flow`.
+
+    ``entries`` is the registry the names are looked up in, ``build_named(name, **options)``
+    builds one named layer (also ``"reverse"`` and ``"permute"``, the inserted permutations)
+    and ``build_other(payload)`` turns a module or callable item of the spec into modules.
+    """
     if permutation not in ("reverse", "random", None):
         raise ValueError(f"permutation must be 'reverse', 'random' or None, got {permutation!r}")
-    items = _expand(spec)
+    items = _expand(spec, entries, unknown)
     used: set[str] = set()
-    layers: list[TransformModule] = []
+    layers: list[Any] = []
     kinds: list[str | None] = []
     for name, payload in items:
         if name is None:
-            built = payload if isinstance(payload, TransformModule) else payload(dim)
-            mods = list(built) if isinstance(built, (list, tuple)) else [built]
-            for mod in mods:
-                if not isinstance(mod, torch.distributions.Transform):
-                    raise ValueError(f"a callable flow spec returned {type(mod).__name__}, "
-                                     "not a Transform")
+            for mod in build_other(payload):
                 layers.append(mod)
                 kinds.append(_kind_of(mod))
             continue
-        entry = _REGISTRY[name]
+        entry = entries[name]
         own = {k: v for k, v in options.items() if entry.accepts(k)}
         used.update(own)
-        layer = build_layer(name, dim, **{**own, **payload})
-        layers.append(layer)
+        layers.append(build_named(name, **{**own, **payload}))
         kinds.append(entry.kind)
     unused = set(options) - used
     if unused:
         raise ValueError(f"option(s) {sorted(unused)} are accepted by none of the layers in "
                          f"the flow spec {spec!r}")
-    out: list[TransformModule] = []
+    out: list[Any] = []
     for i, (layer, kind) in enumerate(zip(layers, kinds)):
         if (permutation is not None and i > 0 and kind in _MIXING_KINDS
                 and kinds[i - 1] in _MIXING_KINDS and dim > 1):
             perm = "reverse" if permutation == "reverse" else "permute"
             extra = {"seed": seed + i} if perm == "permute" else {}
-            out.append(build_layer(perm, dim, **extra))
+            out.append(build_named(perm, **extra))
         out.append(layer)
-    return ComposeTransformModule(out)
+    return out
 
 
 def markdown_table() -> str:
     """The registry as a markdown table (used by the README and ``pyro-nf flows``)."""
-    lines = ["| name | kind | inverse | volume preserving | min D | paper |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| name | kind | inverse | volume preserving | min D | conditional twin | paper |",
+             "|---|---|---|---|---|---|---|"]
     for name in available():
         e = _REGISTRY[name]
         lines.append(f"| `{name}` | {e.kind} | {e.inverse} | "
-                     f"{'yes' if e.volume_preserving else 'no'} | {e.min_dim} | {e.paper} |")
+                     f"{'yes' if e.volume_preserving else 'no'} | {e.min_dim} | "
+                     f"{'yes' if e.conditional_twin else 'no'} | {e.paper} |")
     return "\n".join(lines)

@@ -121,6 +121,163 @@ def _log_factor(pre: Tensor, prod: Tensor, k: Tensor) -> Tensor:
     return torch.where(prod >= 0, torch.log1p(sech2(pre) * prod), torch.log(_factor(pre, k)))
 
 
+def _vecmat(x: Tensor, m: Tensor) -> Tensor:
+    """x^T M over the last dimension of ``x`` (..., D) for M (D, K) or batched (..., D, K)."""
+    if m.dim() == 2:
+        return x @ m
+    return (x.unsqueeze(-2) @ m).squeeze(-2)
+
+
+def sylvester_triangles(r_diag: Tensor, r_upper: Tensor, rt_diag: Tensor, rt_upper: Tensor,
+                        rows: Tensor, cols: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(R, R~, diag R, diag R~, k)`` from raw diagonals (..., M) and packed strict upper
+    triangles (..., M (M - 1) / 2) at ``(rows, cols)``; k = 1 + diag R * diag R~ > 0 (see
+    :func:`_diagonals`). Batched over the leading dimensions."""
+    rd, rtd, k = _diagonals(r_diag, rt_diag, DIAGONAL_MARGIN)
+    r = torch.diag_embed(rd)
+    rt = torch.diag_embed(rtd)
+    if r_diag.dim() == 1:
+        r = r.index_put((rows, cols), r_upper)
+        rt = rt.index_put((rows, cols), rt_upper)
+    else:  # a fresh tensor: the in-place write is recorded by autograd
+        r[..., rows, cols] = r_upper
+        rt[..., rows, cols] = rt_upper
+    return r, rt, rd, rtd, k
+
+
+def sylvester_forward(x: Tensor, q: Tensor, r: Tensor, rt: Tensor, b: Tensor, rd: Tensor,
+                      rtd: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """``(f(x), log|det J_f(x)|)`` for f(z) = z + Q R tanh(R~ Q^T z + b).
+
+    Q (D, M) or (..., D, M); R, R~ (..., M, M) and the diagonals from
+    :func:`sylvester_triangles`; b (..., M); all broadcast against ``x`` (..., D)."""
+    pre = _vecmat(_vecmat(x, q), rt.mT) + b  # r = R~ Q^T z + b
+    y = x + _vecmat(_vecmat(torch.tanh(pre), r.mT), q.mT)
+    return y, _log_factor(pre, rd * rtd, k).sum(-1)
+
+
+def sylvester_inverse(y: Tensor, q: Tensor, r: Tensor, rt: Tensor, b: Tensor, rd: Tensor,
+                      rtd: Tensor, k: Tensor, *, layer: str) -> tuple[Tensor, Tensor]:
+    """``(f^{-1}(y), log|det J_f|)`` at the pre-image by back-substitution, one bracketed
+    scalar solve per component with implicit gradients (module docstring); shapes as in
+    :func:`sylvester_forward`. ``layer`` names the layer in a non-convergence error."""
+    t = _vecmat(y, q)  # Q^T y, shape (..., M)
+    eps = torch.finfo(y.dtype).eps
+    m = t.shape[-1]
+    batch = torch.broadcast_shapes(t.shape[:-1], b.shape[:-1], r.shape[:-2])
+    t = t.expand(batch + (m,))
+    solved: list[Tensor] = []  # v_{i+1}, ..., v_{M-1} (graph-carrying), nearest first
+    tanhs: list[Tensor] = []  # h(r_j) for the same components
+    for i in range(m - 1, -1, -1):
+        if solved:
+            later_v = torch.stack(solved[::-1], -1)  # v_{i+1..M-1} in order
+            later_h = torch.stack(tanhs[::-1], -1)
+            c = b[..., i] + (later_v * rt[..., i, i + 1:]).sum(-1)
+            target = t[..., i] - (later_h * r[..., i, i + 1:]).sum(-1)
+        else:
+            c = b[..., i].expand(batch)
+            target = t[..., i]
+        rd_i, rtd_i, k_i = rd[..., i], rtd[..., i], k[..., i]
+        with torch.no_grad():
+            rd_, rtd_, k_, c_, target_ = (rd_i.detach(), rtd_i.detach(), k_i.detach(),
+                                          c.detach(), target.detach())
+
+            def g(s: Tensor, rd_=rd_, rtd_=rtd_, k_=k_, c_=c_) -> tuple[Tensor, Tensor]:
+                pre_ = rtd_ * s + c_
+                return s + rd_ * torch.tanh(pre_), _factor(pre_, k_)
+
+            # |R_ii h| <= |R_ii| brackets the root; a few ulps of slack for the rounding
+            slack = rd_.abs() + 8 * eps * target_.abs().clamp_min(1.0)
+            v_star = solve_monotone(g, target_, target_ - slack, target_ + slack, layer=layer)
+            # keep the Newton polish of implicit_newton_step only where it lowers the
+            # residual (where dF_i/dv_i is near its lower bound it could overshoot)
+            value, deriv_ = g(v_star)
+            polished = v_star - (value - target_) / deriv_
+            better = torch.isfinite(polished) & (
+                (g(polished)[0] - target_).abs() <= (value - target_).abs())
+        pre_star = rtd_i * v_star + c
+        residual = v_star + rd_i * torch.tanh(pre_star) - target  # graph to params, y
+        residual = torch.where(better, residual, residual - residual.detach())
+        v_i = implicit_newton_step(v_star, residual, _factor(pre_star, k_i))
+        solved.append(v_i)
+        tanhs.append(torch.tanh(rtd_i * v_i + c))
+    v = torch.stack(solved[::-1], -1)
+    pre = _vecmat(v, rt.mT) + b
+    x = y + _vecmat(v - t, q.mT)
+    return x, _log_factor(pre, rd * rtd, k).sum(-1)
+
+
+def sylvester_init(m: int) -> dict[str, Tensor]:
+    """Raw parameters of an identity Sylvester map with M columns (see :class:`Sylvester`):
+    ``r_diag``, ``r_upper``, ``b`` zero; ``rt_diag`` ~ 0.1 N(0, 1) and ``rt_upper`` ~
+    0.1 N(0, 1) / sqrt(M)."""
+    n_upper = m * (m - 1) // 2
+    return {"r_diag": torch.zeros(m), "r_upper": torch.zeros(n_upper),
+            "rt_diag": 0.1 * torch.randn(m), "rt_upper": 0.1 * torch.randn(n_upper) / math.sqrt(m),
+            "b": torch.zeros(m)}
+
+
+def check_m(m: object, dim: int, layer: str) -> int:
+    """Validate the number of columns M (default min(D, 16)) and return it."""
+    if m is None:
+        m = default_m(dim)
+    if isinstance(m, bool) or not isinstance(m, int):
+        raise TypeError(f"{layer}: m must be an int, got {m!r}")
+    if not 1 <= m <= dim:
+        raise ValueError(f"{layer}: m must satisfy 1 <= m <= dim={dim}, got m={m}")
+    return m
+
+
+def bjorck(raw: Tensor, *, max_iter: int, polish_steps: int, layer: str,
+           raw_name: str = "q_raw") -> Tensor:
+    """The orthonormal polar factor of ``raw`` (D, M) or (..., D, M), by Björck's iteration
+    Q <- Q (I + (I - Q^T Q) / 2) from raw / ||raw||_F until the largest ||Q^T Q - I||_F of the
+    batch is below sqrt(eps), then ``polish_steps`` more; differentiable through all steps.
+
+    Raises:
+        RuntimeError: naming ``layer``, when it does not converge in ``max_iter`` steps.
+    """
+    norm = torch.linalg.matrix_norm(raw)[..., None, None]
+    q = raw / norm.clamp_min(torch.finfo(raw.dtype).tiny)
+    m = raw.shape[-1]
+    eye = torch.eye(m, dtype=raw.dtype, device=raw.device)
+    tol = math.sqrt(torch.finfo(raw.dtype).eps)
+    err = float("nan")
+    for _ in range(max_iter):
+        gram = q.mT @ q
+        err = float(torch.linalg.matrix_norm(gram.detach() - eye).max())
+        if not math.isfinite(err):
+            break
+        if err < tol:
+            for _ in range(polish_steps):
+                q = q @ (1.5 * eye - 0.5 * (q.mT @ q))
+            return q
+        q = q @ (1.5 * eye - 0.5 * gram)
+    raise RuntimeError(
+        f"{layer}: Björck orthogonalisation of Q did not converge in {max_iter} iterations "
+        f"(||Q^T Q - I||_F = {err:.3g}, tolerance {tol:.2g}); the raw matrix {raw_name} is "
+        "numerically rank-deficient or not finite. Re-initialise it with orthonormal columns "
+        "(e.g. torch.linalg.qr) or raise max_iter")
+
+
+def householder_q(vectors: Tensor, m: int) -> Tensor:
+    """The first M columns of H_1 ... H_K, H_k = I - 2 u_k u_k^T with u_k = v_k / ||v_k||, for
+    ``vectors`` (K, D) or batched (..., K, D); a v_k of (numerically) zero norm is no
+    reflection. Returns (D, M) or (..., D, M)."""
+    v = vectors
+    dim = v.shape[-1]
+    sq = (v * v).sum(-1, keepdim=True)
+    nonzero = sq > torch.finfo(v.dtype).tiny ** 0.5
+    u = torch.where(nonzero, v * torch.rsqrt(torch.where(nonzero, sq, torch.ones_like(sq))),
+                    torch.zeros_like(v))
+    q = torch.eye(dim, m, dtype=v.dtype, device=v.device)
+    for j in range(v.shape[-2] - 1, -1, -1):  # H_1 (H_2 (... (H_K E)))
+        uj = u[..., j, :]
+        q = q - 2 * uj[..., :, None] * _vecmat(uj, q)[..., None, :]
+    return q
+
+
 class Sylvester(Flow):
     """Base of the three Sylvester variants, f(z) = z + Q R tanh(R~ Q^T z + b); subclasses
     define :meth:`q`, the D x M matrix with orthonormal columns.
@@ -146,23 +303,12 @@ class Sylvester(Flow):
 
     def __init__(self, dim: int, m: int | None = None) -> None:
         super().__init__(dim)
-        if m is None:
-            m = default_m(self.dim)
-        if isinstance(m, bool) or not isinstance(m, int):
-            raise TypeError(f"{type(self).__name__}: m must be an int, got {m!r}")
-        if not 1 <= m <= self.dim:
-            raise ValueError(f"{type(self).__name__}: m must satisfy 1 <= m <= dim={self.dim}, "
-                             f"got m={m}")
-        self.m = m
+        self.m = m = check_m(m, self.dim, type(self).__name__)
         rows, cols = torch.triu_indices(m, m, offset=1)
         self.register_buffer("triu_rows", rows, persistent=False)
         self.register_buffer("triu_cols", cols, persistent=False)
-        n_upper = rows.numel()
-        self.r_diag = nn.Parameter(torch.zeros(m))
-        self.r_upper = nn.Parameter(torch.zeros(n_upper))
-        self.rt_diag = nn.Parameter(0.1 * torch.randn(m))
-        self.rt_upper = nn.Parameter(0.1 * torch.randn(n_upper) / math.sqrt(m))
-        self.b = nn.Parameter(torch.zeros(m))
+        for name, value in sylvester_init(m).items():
+            setattr(self, name, nn.Parameter(value))
 
     # -- parametrisation -------------------------------------------------------------------
     def q(self) -> Tensor:
@@ -172,66 +318,17 @@ class Sylvester(Flow):
     def triangles(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(R, R~, diag R, diag R~, k)`` with k = 1 + diag R * diag R~ > 0 (see
         :func:`_diagonals`)."""
-        rd, rtd, k = _diagonals(self.r_diag, self.rt_diag, DIAGONAL_MARGIN)
-        index = (self.triu_rows, self.triu_cols)
-        r = torch.diag_embed(rd).index_put(index, self.r_upper)
-        rt = torch.diag_embed(rtd).index_put(index, self.rt_upper)
-        return r, rt, rd, rtd, k
+        return sylvester_triangles(self.r_diag, self.r_upper, self.rt_diag, self.rt_upper,
+                                   self.triu_rows, self.triu_cols)
 
     # -- the two passes --------------------------------------------------------------------
     def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        q = self.q()
         r, rt, rd, rtd, k = self.triangles()
-        pre = (x @ q) @ rt.mT + self.b  # r = R~ Q^T z + b
-        y = x + (torch.tanh(pre) @ r.mT) @ q.mT
-        return y, _log_factor(pre, rd * rtd, k).sum(-1)
+        return sylvester_forward(x, self.q(), r, rt, self.b, rd, rtd, k)
 
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        q = self.q()
         r, rt, rd, rtd, k = self.triangles()
-        t = y @ q  # Q^T y, shape (..., M)
-        eps = torch.finfo(y.dtype).eps
-        m = self.m
-        solved: list[Tensor] = []  # v_{i+1}, ..., v_{M-1} (graph-carrying), nearest first
-        tanhs: list[Tensor] = []  # h(r_j) for the same components
-        for i in range(m - 1, -1, -1):
-            if solved:
-                later_v = torch.stack(solved[::-1], -1)  # v_{i+1..M-1} in order
-                later_h = torch.stack(tanhs[::-1], -1)
-                c = self.b[i] + (later_v * rt[i, i + 1:]).sum(-1)
-                target = t[..., i] - (later_h * r[i, i + 1:]).sum(-1)
-            else:
-                c = self.b[i].expand(t.shape[:-1])
-                target = t[..., i]
-            rd_i, rtd_i, k_i = rd[i], rtd[i], k[i]
-            with torch.no_grad():
-                rd_, rtd_, k_, c_, target_ = (rd_i.detach(), rtd_i.detach(), k_i.detach(),
-                                              c.detach(), target.detach())
-
-                def g(s: Tensor, rd_=rd_, rtd_=rtd_, k_=k_, c_=c_) -> tuple[Tensor, Tensor]:
-                    pre_ = rtd_ * s + c_
-                    return s + rd_ * torch.tanh(pre_), _factor(pre_, k_)
-
-                # |R_ii h| <= |R_ii| brackets the root; a few ulps of slack for the rounding
-                slack = rd_.abs() + 8 * eps * target_.abs().clamp_min(1.0)
-                v_star = solve_monotone(g, target_, target_ - slack, target_ + slack,
-                                        layer=self._name())
-                # keep the Newton polish of implicit_newton_step only where it lowers the
-                # residual (where dF_i/dv_i is near its lower bound it could overshoot)
-                value, deriv_ = g(v_star)
-                polished = v_star - (value - target_) / deriv_
-                better = torch.isfinite(polished) & (
-                    (g(polished)[0] - target_).abs() <= (value - target_).abs())
-            pre_star = rtd_i * v_star + c
-            residual = v_star + rd_i * torch.tanh(pre_star) - target  # graph to params, y
-            residual = torch.where(better, residual, residual - residual.detach())
-            v_i = implicit_newton_step(v_star, residual, _factor(pre_star, k_i))
-            solved.append(v_i)
-            tanhs.append(torch.tanh(rtd_i * v_i + c))
-        v = torch.stack(solved[::-1], -1)
-        pre = v @ rt.mT + self.b
-        x = y + (v - t) @ q.mT
-        return x, _log_factor(pre, rd * rtd, k).sum(-1)
+        return sylvester_inverse(y, self.q(), r, rt, self.b, rd, rtd, k, layer=self._name())
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, m={self.m}"
@@ -276,27 +373,8 @@ class OrthogonalSylvester(Sylvester):
         self.q_raw = nn.Parameter(torch.linalg.qr(torch.randn(self.dim, self.m))[0])
 
     def q(self) -> Tensor:
-        raw = self.q_raw
-        norm = torch.linalg.matrix_norm(raw)
-        q = raw / norm.clamp_min(torch.finfo(raw.dtype).tiny)
-        eye = torch.eye(self.m, dtype=raw.dtype, device=raw.device)
-        tol = math.sqrt(torch.finfo(raw.dtype).eps)
-        err = float("nan")
-        for _ in range(self.max_iter):
-            gram = q.mT @ q
-            err = float(torch.linalg.matrix_norm(gram.detach() - eye))
-            if not math.isfinite(err):
-                break
-            if err < tol:
-                for _ in range(self.polish_steps):
-                    q = q @ (1.5 * eye - 0.5 * (q.mT @ q))
-                return q
-            q = q @ (1.5 * eye - 0.5 * gram)
-        raise RuntimeError(
-            f"{self._name()}: Björck orthogonalisation of Q did not converge in "
-            f"{self.max_iter} iterations (||Q^T Q - I||_F = {err:.3g}, tolerance {tol:.2g}); "
-            "the raw matrix q_raw is numerically rank-deficient or not finite. Re-initialise "
-            "it with orthonormal columns (e.g. torch.linalg.qr) or raise max_iter")
+        return bjorck(self.q_raw, max_iter=self.max_iter, polish_steps=self.polish_steps,
+                      layer=self._name())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, max_iter={self.max_iter}"
@@ -329,15 +407,7 @@ class HouseholderSylvester(Sylvester):
         self.vectors = nn.Parameter(torch.randn(n, self.dim))
 
     def q(self) -> Tensor:
-        v = self.vectors
-        sq = (v * v).sum(-1, keepdim=True)
-        nonzero = sq > torch.finfo(v.dtype).tiny ** 0.5
-        u = torch.where(nonzero, v * torch.rsqrt(torch.where(nonzero, sq, torch.ones_like(sq))),
-                        torch.zeros_like(v))
-        q = torch.eye(self.dim, self.m, dtype=v.dtype, device=v.device)
-        for j in range(self.reflections - 1, -1, -1):  # H_1 (H_2 (... (H_K E)))
-            q = q - 2 * torch.outer(u[j], u[j] @ q)
-        return q
+        return householder_q(self.vectors, self.m)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, reflections={self.reflections}"

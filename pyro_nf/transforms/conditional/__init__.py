@@ -1,0 +1,61 @@
+"""Conditional (amortized) twins of the flow layers: ``layer.condition(h)`` is a
+:class:`~pyro_nf.transforms.Flow` batched over data points, for a context h of shape (..., C).
+
+``available_conditional()`` lists the names (those of the unconditional twins),
+``build_conditional_flow(spec, dim, context_dim)`` composes a
+:class:`~pyro.distributions.conditional.ConditionalComposeTransformModule` from a spec such as
+``"planar*10"`` or ``"iaf*2"``, and ``register_conditional`` adds a layer. See
+:mod:`pyro_nf.transforms.conditional.base` for how each family depends on the context.
+"""
+
+from pyro_nf.transforms.conditional import (  # noqa: F401  (importing registers the layers)
+    autoregressive,
+    coupling,
+    permutation,
+    planar,
+    radial,
+    sylvester,
+)
+from pyro_nf.transforms.conditional.autoregressive import (
+    ConditionalAffineAutoregressive,
+    ConditionalAutoregressive,
+    ConditionalSplineAutoregressive,
+)
+from pyro_nf.transforms.conditional.base import (
+    ConditionalFlow,
+    ConditionedFlow,
+    ContextFree,
+    HyperNet,
+)
+from pyro_nf.transforms.conditional.coupling import (
+    ConditionalAdditiveCoupling,
+    ConditionalAffineCoupling,
+    ConditionalCoupling,
+    ConditionalSplineCoupling,
+)
+from pyro_nf.transforms.conditional.planar import ConditionalPlanar
+from pyro_nf.transforms.conditional.radial import ConditionalRadial
+from pyro_nf.transforms.conditional.registry import (
+    available_conditional,
+    build_conditional_flow,
+    build_conditional_layer,
+    conditional_info,
+    register_conditional,
+)
+from pyro_nf.transforms.conditional.sylvester import (
+    ConditionalHouseholderSylvester,
+    ConditionalOrthogonalSylvester,
+    ConditionalSylvester,
+    ConditionalTriangularSylvester,
+)
+
+__all__ = [
+    "available_conditional", "build_conditional_flow", "build_conditional_layer",
+    "conditional_info", "register_conditional",
+    "ConditionalFlow", "ConditionedFlow", "ContextFree", "HyperNet",
+    "ConditionalPlanar", "ConditionalRadial", "ConditionalSylvester",
+    "ConditionalOrthogonalSylvester", "ConditionalHouseholderSylvester",
+    "ConditionalTriangularSylvester", "ConditionalCoupling", "ConditionalAdditiveCoupling",
+    "ConditionalAffineCoupling", "ConditionalSplineCoupling", "ConditionalAutoregressive",
+    "ConditionalAffineAutoregressive", "ConditionalSplineAutoregressive",
+]

@@ -1,0 +1,64 @@
+"""Conditional radial flow: the radial map of Rezende & Mohamed (2015, Sec. 4.1, App. A.2) with
+its parameters produced per data point by a hypernetwork of the context h (their Sec. 4):
+
+    f(z; h) = z + beta(h) / (alpha(h) + ||z - z0(h)||) (z - z0(h)),
+    alpha = softplus(a(h)) > 0,   beta = -alpha + softplus(c(h)) >= -alpha,
+
+so f(. ; h) is invertible for every context. Log-det
+(D - 1) log(1 + beta h) + log(1 + beta h + beta h' r) and the exact inverse through the radius
+quadratic are those of :class:`~pyro_nf.transforms.radial.Radial` (the same functions, batched
+over data points).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from pyro_nf.transforms.conditional.base import ConditionalFlow, HyperNet, hyper_hidden
+from pyro_nf.transforms.conditional.registry import register_conditional
+from pyro_nf.transforms.radial import radial_alpha_s, radial_forward, radial_init, radial_inverse
+
+Tensor = torch.Tensor
+
+ParamsT = tuple[Tensor, Tensor, Tensor]
+
+
+@register_conditional("radial", paper="Rezende & Mohamed (2015), Variational Inference with "
+                      "Normalizing Flows: radial flow, parameters amortized by a network of the "
+                      "context")
+class ConditionalRadial(ConditionalFlow):
+    """Radial flow whose centre z0 and raw alpha, beta are outputs of an MLP of the context.
+
+    Initialisation: the unconditional :class:`~pyro_nf.transforms.radial.Radial`'s identity map
+    (beta = 0) for every context.
+
+    Args:
+        dim: the event size D.
+        context_dim: the context size C.
+        hidden: hypernetwork hidden widths (default ``clip(4 (D + C), 32, 256)`` twice; ``[]``
+            for a linear map of the context).
+        activation: hypernetwork activation.
+    """
+
+    kind = "residual"
+
+    def __init__(self, dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
+                 activation: str = "elu") -> None:
+        super().__init__(dim, context_dim)
+        z0, raw_alpha, raw_beta = radial_init(self.dim)
+        self.hyper = HyperNet(context_dim, {"z0": z0, "raw_alpha": raw_alpha,
+                                            "raw_beta": raw_beta},
+                              hyper_hidden(hidden, self.dim + context_dim), activation)
+
+    def flow_parameters(self, context: Tensor) -> ParamsT:
+        """(z0, alpha, s) per data point, alpha > 0 and s = alpha + beta >= 0."""
+        p = self.hyper(context)
+        return (p["z0"], *radial_alpha_s(p["raw_alpha"], p["raw_beta"]))
+
+    def forward_and_log_det(self, x: Tensor, params: ParamsT) -> tuple[Tensor, Tensor]:
+        return radial_forward(x, *params)
+
+    def inverse_and_log_det(self, y: Tensor, params: ParamsT) -> tuple[Tensor, Tensor]:
+        return radial_inverse(y, *params)
