@@ -18,16 +18,12 @@ from __future__ import annotations
 import argparse
 import functools
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import pyro
-import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import (
     AutoIAFNormal,
     AutoMultivariateNormal,
@@ -37,15 +33,8 @@ from pyro.infer.autoguide import (
 
 from pyro_nf import AutoFlow
 
-
-def make_model(dim: int):
-    data = torch.randn(dim)
-
-    def model():
-        z = pyro.sample("z", dist.Normal(torch.zeros(dim), 1.0).to_event(1))
-        pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=data)
-
-    return model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import make_model, time_guides  # noqa: E402  (benchmarks/ is not a package)
 
 
 def _iterated(n, fn, dim):
@@ -68,32 +57,6 @@ def guides(model, dim: int, hidden: int) -> dict:
 
 PAIRS = {"AutoFlow (iaf x2)": "Pyro AutoIAFNormal (iaf x2)",
          "AutoFlow (planar x8)": "Pyro AutoNormalizingFlow (planar x8)"}
-
-
-def _svi(model, make_guide):
-    guide = make_guide()
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-    for _ in range(5):  # warm-up and lazy set-up
-        svi.step()
-    return svi
-
-
-def time_guides(model, makers: dict, steps: int, rounds: int = 10) -> dict[str, float]:
-    """Median seconds per step of each guide, timed in interleaved blocks (round-robin over
-    the guides, ``rounds`` blocks of ``steps / rounds`` steps each) so that a load change on
-    the machine hits every guide alike."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    svis = {name: _svi(model, make) for name, make in makers.items()}
-    times: dict[str, list[float]] = {name: [] for name in makers}
-    block = max(1, steps // rounds)
-    for _ in range(rounds):
-        for name, svi in svis.items():
-            for _ in range(block):
-                t0 = time.perf_counter()
-                svi.step()
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,98 @@
+"""Smoke tests of the speed and scaling benchmarks: their ``--tiny`` code paths run end to end
+and produce tables with the expected rows and finite positive numbers (about 20 s)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import scaling  # noqa: E402
+import speed  # noqa: E402
+
+
+def _rows(text: str, first_header: str) -> list[list[str]]:
+    """The body rows of the markdown table whose header starts with ``first_header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _positive(cell: str) -> float:
+    value = float(cell.split()[0].rstrip("x").replace(",", ""))
+    assert math.isfinite(value) and value > 0, cell
+    return value
+
+
+def _speed_tables(text: str) -> dict[str, list[list[str]]]:
+    tables = {}
+    for flow in speed.FLOWS:
+        section = text.split(f"## {flow}:", 1)[1]
+        tables[flow] = _rows(section, "D")
+    return tables
+
+
+def test_speed_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "speed.md"
+    assert speed.main(["--tiny", "--out", str(out)]) == 0
+    text = out.read_text()
+    payload = json.loads(out.with_suffix(".json").read_text())
+    tables = _speed_tables(text)
+    zuko_ok = speed.zuko is not None
+    assert payload["zuko_available"] is zuko_ok
+    for flow, rows in tables.items():
+        assert [r[0] for r in rows] == ["6"], (flow, rows)
+        ((_d, hidden, ours, pyro_ms, zuko_ms, r_pyro, r_zuko),) = rows
+        assert hidden == ("-" if flow == "planar" else "64")
+        _positive(ours), _positive(pyro_ms), _positive(r_pyro)
+        if flow == "planar":
+            assert zuko_ms == r_zuko == "n/a"
+        elif zuko_ok:
+            _positive(zuko_ms), _positive(r_zuko)
+        else:
+            assert zuko_ms == r_zuko == "skipped"
+    assert ("zuko is not importable" in text) is (not zuko_ok)
+    for rec in payload["records"]:
+        for lib in ("pyro-nf", "Pyro"):
+            assert math.isfinite(rec["ms_per_step"][lib]) and rec["ms_per_step"][lib] > 0
+
+
+def test_speed_without_zuko_notes_the_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speed, "zuko", None)
+    settings = speed.Settings(**{**speed.TINY, "flows": ("iaf",)})
+    text, payload = speed.run(settings, verbose=False)
+    assert payload["zuko_available"] is False
+    assert speed.ZUKO_SKIPPED in text
+    (row,) = _rows(text.split("## iaf:", 1)[1], "D")
+    assert row[4] == row[6] == "skipped"
+    _positive(row[2]), _positive(row[3]), _positive(row[5])
+
+
+def test_scaling_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "scaling.md"
+    assert scaling.main(["--tiny", "--out", str(out)]) == 0
+    text = out.read_text()
+    payload = json.loads(out.with_suffix(".json").read_text())
+    rows = _rows(text, "D")
+    labels = [label for label, _ in scaling.GUIDES.values()]
+    assert [(r[0], r[1]) for r in rows] == [("8", label) for label in labels]
+    for _d, _label, ms, steps, mem, params in rows:
+        _positive(ms), _positive(steps), _positive(params)
+        assert math.isfinite(float(mem))  # a tiny guide's increase can be within the noise
+    growth = _rows(text, "guide")
+    assert [r[0] for r in growth] == labels
+    assert len(payload["records"]) == 3
+    for rec in payload["records"]:
+        assert rec["mem_method"]
+        assert rec["ms_per_step"] > 0 and math.isfinite(rec["ms_per_step"])
