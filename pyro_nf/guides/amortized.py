@@ -247,14 +247,17 @@ class AmortizedFlow(AutoGuide):
     # ----------------------------------------------------------------------------- guide
     def conditional(self, x: Tensor) -> dist.TorchDistribution:
         """q(z | x) over the unconstrained latent vector, batched over the rows of ``x``:
-        a diagonal Normal base pushed through the flow conditioned on the encoder's features."""
+        a diagonal Normal base pushed through the flow conditioned on the encoder's features.
+        Its ``log_prob`` works at any point (through the layers' inverses)."""
+        base, transform = self._parts(x)
+        return base if transform is None else _FlowPosterior(base, transform, (len(x),))
+
+    def _parts(self, x: Tensor) -> tuple[dist.TorchDistribution, Any]:
         h = self.encoder(x)
         loc = self.loc_head(h)
         scale = nn.functional.softplus(self.scale_head(h)) + torch.finfo(h.dtype).tiny
         base = dist.Normal(loc, scale).to_event(1)
-        if self.flow is None:
-            return base
-        return dist.TransformedDistribution(base, [self.flow.condition(h)])
+        return base, (None if self.flow is None else self.flow.condition(h))
 
     def _plate_and_inputs(self, *args: Any, **kwargs: Any) -> tuple[Any, Tensor]:
         if self.encoder_input is None and self.master is None and self.create_plates is None:
@@ -274,12 +277,12 @@ class AmortizedFlow(AutoGuide):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         plate, x = self._plate_and_inputs(*args, **kwargs)
-        q = self.conditional(x)
-        n = x.shape[0]
-        shape = (n,) + (1,) * (-1 - self._plate_dim)
+        base, transform = self._parts(x)
+        shape = (x.shape[0],) + (1,) * (-1 - self._plate_dim)
         result: dict[str, Tensor] = {}
         with plate:
-            latent = pyro.sample(f"_{self._pyro_name}_latent", _Reshaped(q, shape),
+            latent = pyro.sample(f"_{self._pyro_name}_latent",
+                                 _FlowPosterior(base, transform, shape),
                                  infer={"is_auxiliary": True})
             offset = 0
             for name, fn, event, event_dim in self._sites:
@@ -312,48 +315,68 @@ class _DefaultEncoder(nn.Module):
         return self.net(x)
 
 
-class _Reshaped(dist.TorchDistribution):
-    """A (N,)-batched distribution over vectors seen with batch shape ``shape`` (the plate's
-    size at its dim, ones elsewhere), so that it sits in a plate at any dim."""
+class _FlowPosterior(dist.TorchDistribution):
+    """q(z | x) for N data points, seen with batch shape ``shape`` (the plate's size at its
+    dim, ones elsewhere) so that it sits in a plate at any dim.
+
+    ``rsample`` runs the base draw through the conditioned layers once, returning the output
+    and accumulating log q = log q0(z0) - sum_k log|det J_k| in the same pass; ``log_prob`` of
+    exactly that returned tensor (an identity check, as the layers' own log-det memo) reuses
+    it, and of any other value it inverts the flow (exactly or numerically, per layer).
+    """
 
     arg_constraints: dict = {}
+    support = dist.constraints.real_vector
 
-    def __init__(self, base: dist.TorchDistribution, shape: tuple[int, ...],
+    def __init__(self, base: dist.TorchDistribution, transform: Any, shape: tuple[int, ...],
                  leading: tuple[int, ...] = ()) -> None:
-        self.base, self._shape, self._leading = base, tuple(shape), tuple(leading)
+        self.base, self.transform = base, transform
+        self._shape, self._leading = tuple(shape), tuple(leading)
+        self._memo: tuple[Tensor, Tensor] | None = None
         super().__init__(torch.Size(self._leading + self._shape), base.event_shape,
                          validate_args=False)
 
-    def expand(self, batch_shape: torch.Size | tuple, _instance=None) -> _Reshaped:
+    def expand(self, batch_shape: torch.Size | tuple, _instance=None) -> _FlowPosterior:
         """Extra leading batch dims (e.g. vectorised particles) are independent draws."""
         batch_shape = tuple(batch_shape)
         k = len(self._shape)
         if batch_shape[len(batch_shape) - k:] != self._shape:
             raise ValueError(f"AmortizedFlow: cannot expand a batch of {self._shape} points "
                              f"to {batch_shape}")
-        return _Reshaped(self.base, self._shape, batch_shape[:len(batch_shape) - k])
+        return _FlowPosterior(self.base, self.transform, self._shape,
+                              batch_shape[:len(batch_shape) - k])
 
-    @property
-    def support(self):
-        return self.base.support
-
-    @property
-    def has_rsample(self) -> bool:
-        return self.base.has_rsample
+    has_rsample = True
 
     def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         sample_shape = torch.Size(sample_shape) + self._leading
         z = self.base.rsample(sample_shape)
-        return z.reshape(sample_shape + self._shape + self.event_shape)
+        log_q = self.base.log_prob(z)
+        if self.transform is not None:
+            for part in self.transform.parts:
+                if hasattr(part, "forward_and_log_det"):
+                    z, ladj = part.forward_and_log_det(z)
+                else:
+                    z_next = part(z)
+                    ladj = part.log_abs_det_jacobian(z, z_next)
+                    z = z_next
+                log_q = log_q - ladj
+        out = z.reshape(sample_shape + self._shape + self.event_shape)
+        self._memo = (out, log_q.reshape(out.shape[:-1]))
+        return out
 
     def sample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if self._memo is not None and value is self._memo[0]:
+            return self._memo[1]
         n = self._shape[0]
         flat = value.reshape(value.shape[:value.dim() - len(self._shape) - 1] + (n, -1))
-        return self.base.log_prob(flat).reshape(value.shape[:-1])
+        q = self.base if self.transform is None else dist.TransformedDistribution(
+            self.base, [self.transform])
+        return q.log_prob(flat).reshape(value.shape[:-1])
 
 
 __all__ = ["AmortizedFlow", "DEFAULT_AMORTIZED_FLOW"]
