@@ -68,15 +68,18 @@ class Affine(Transformer):
         self.min_log_scale, self.max_log_scale = float(min_log_scale), float(max_log_scale)
 
     def log_scale(self, raw: Tensor) -> Tensor:
-        return raw.clamp(self.min_log_scale, self.max_log_scale)
+        # hardtanh is clamp with a one-op backward (zero gradient beyond the bounds, as clamp)
+        return F.hardtanh(raw, self.min_log_scale, self.max_log_scale)
 
     def forward(self, x, params):
-        log_s = self.log_scale(params[..., 1, :])
-        return torch.addcmul(params[..., 0, :], torch.exp(log_s), x), log_s
+        shift, raw = params.unbind(-2)
+        log_s = self.log_scale(raw)
+        return torch.addcmul(shift, torch.exp(log_s), x), log_s
 
     def inverse(self, y, params):
-        log_s = self.log_scale(params[..., 1, :])
-        return (y - params[..., 0, :]) * torch.exp(-log_s), log_s
+        shift, raw = params.unbind(-2)
+        log_s = self.log_scale(raw)
+        return (y - shift) * torch.exp(-log_s), log_s
 
     def __repr__(self) -> str:
         return f"Affine(log_scale in [{self.min_log_scale:g}, {self.max_log_scale:g}])"
