@@ -1,0 +1,208 @@
+"""Time to accuracy: the default AutoFlow against NUTS, wall-clock seconds on one machine.
+
+    python benchmarks/time_to_accuracy.py --out benchmarks/results/time_to_accuracy.md
+    python benchmarks/time_to_accuracy.py --quick          # tiny budgets (smoke run)
+
+Posteriors: eight schools (centered) and diamonds from posteriordb (reference: the long-run
+NUTS draws), and ``hier100``: a hierarchical normal model with 100 groups and 101 latent
+dimensions whose posterior is Gaussian and known exactly (reference: 20,000 exact draws):
+
+    mu ~ N(0, 5),  theta_j ~ N(mu, 1) (j = 1..100),  y_jk ~ N(theta_j, 2) (k = 1..5).
+
+AutoFlow (float32): SVI with ClippedAdam(lr 0.02), 8 vectorised particles, checked every
+``--every`` steps against the pass criterion of ``accuracy.py`` (k-hat < 0.7, every
+standardized mean error < 0.1, every sd ratio in [0.9, 1.1], from 2000 draws); the time to
+accuracy is the fitting time up to the first check that passes (the checks' own time is
+excluded and reported apart).
+
+NUTS (Pyro, float64, ``jit_compile=True``, one chain): warm-up, then draws; the time to a bulk
+ESS of 400 on every parameter is the warm-up time plus the sampling time scaled by
+400 / (the lowest bulk ESS) -- measured when the run reaches 400, extrapolated (marked) when it
+does not, since ESS grows linearly with the number of draws. The ratio column is NUTS time /
+AutoFlow time (above 1: AutoFlow is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from pyro.optim import ClippedAdam
+
+import pyro_nf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import posteriordb  # noqa: E402
+from accuracy import machine, passes  # noqa: E402
+
+G, K, TAU, SIGMA = 100, 5, 1.0, 2.0
+
+
+def hier100_data(dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    theta = 1.0 + TAU * torch.randn(G, generator=g, dtype=torch.float64)
+    return (theta[:, None] + SIGMA * torch.randn(G, K, generator=g, dtype=torch.float64)).to(dtype)
+
+
+def hier100_model(y: torch.Tensor):
+    def model() -> None:
+        mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 5.0))
+        with pyro.plate("groups", G):
+            theta = pyro.sample("theta", dist.Normal(mu, TAU))
+            with pyro.plate("obs", K, dim=-2):
+                pyro.sample("y", dist.Normal(theta, SIGMA), obs=y.T)
+    return model
+
+
+def hier100_reference(y: torch.Tensor, draws: int = 20000) -> dict[str, np.ndarray]:
+    """Exact Gaussian posterior of (mu, theta): precision P = A^T A / s^2 + prior precision."""
+    y = y.double()
+    n = G + 1
+    prec = torch.zeros(n, n, dtype=torch.float64)
+    prec[0, 0] = 1 / 25 + G / TAU ** 2
+    prec[0, 1:] = prec[1:, 0] = -1 / TAU ** 2
+    prec[1:, 1:] = torch.eye(G, dtype=torch.float64) * (1 / TAU ** 2 + K / SIGMA ** 2)
+    b = torch.zeros(n, dtype=torch.float64)
+    b[1:] = y.sum(1) / SIGMA ** 2
+    cov = torch.linalg.inv(prec)
+    mean = cov @ b
+    eps = torch.randn(draws, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z = mean + eps @ torch.linalg.cholesky(cov).T
+    return {"mu": z[:, 0].numpy(), "theta": z[:, 1:].numpy()}
+
+
+def problems(quick: bool) -> dict:
+    out = {}
+    names = ["eight_schools-eight_schools_centered"] + ([] if quick else ["diamonds-diamonds"])
+    for name in names:
+        f32 = posteriordb.load(name, dtype=torch.float32)
+        f64 = posteriordb.load(name, dtype=torch.float64)
+        ref = {k: v.reshape((-1,) + v.shape[2:]) for k, v in f32.reference.items()}
+        out[name] = (f32.model, f64.model, ref, f32.dim)
+    y32, y64 = hier100_data(torch.float32), hier100_data(torch.float64)
+    out["hier100 (exact reference)"] = (hier100_model(y32), hier100_model(y64),
+                                        hier100_reference(y64), G + 1)
+    return out
+
+
+def check(model, guide, ref: dict, draws: int = 2000) -> dict:
+    idata = pyro_nf.to_inference_data(model, guide, num_samples=draws)
+    khat = pyro_nf.diagnose(idata).khat
+    table = pyro_nf.compare_posteriors({"guide": idata, "reference": ref},
+                                       reference="reference", var_names=list(ref)).loc["guide"]
+    ratio = table["sd_ratio"].to_numpy()
+    row = {"khat": float(khat), "worst_std_mean_error": float(table["std_mean_error"].max()),
+           "worst_sd_ratio": float(ratio[np.argmax(np.abs(np.log(ratio)))])}
+    row["passes"] = passes(row)
+    return row
+
+
+def autoflow_time(model, ref: dict, max_steps: int, every: int, seed: int = 0) -> dict:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = pyro_nf.AutoFlow(model)
+    elbo = Trace_ELBO(num_particles=8, vectorize_particles=True)
+    svi = SVI(model, guide, ClippedAdam({"lr": 0.02, "clip_norm": 10.0}), elbo)
+    fitting, checking, steps, last = 0.0, 0.0, 0, {}
+    while steps < max_steps:
+        t0 = time.perf_counter()
+        for _ in range(every):
+            svi.step()
+        fitting += time.perf_counter() - t0
+        steps += every
+        t1 = time.perf_counter()
+        last = check(model, guide, ref)
+        checking += time.perf_counter() - t1
+        print(f"    AutoFlow {steps} steps, {fitting:.1f} s: k-hat {last['khat']:.2f}, mean err "
+              f"{last['worst_std_mean_error']:.3f}, sd ratio {last['worst_sd_ratio']:.2f}",
+              flush=True)
+        if last["passes"]:
+            break
+    return {"seconds": fitting, "steps": steps, "check_seconds": checking, **last}
+
+
+def nuts_time(model, params: list[str], warmup: int, samples: int, seed: int = 0) -> dict:
+    pyro.set_rng_seed(seed)
+    marks = {}
+
+    def hook(kernel, params_, stage, i):
+        if stage == "Sample" and "sample_start" not in marks:
+            marks["sample_start"] = time.perf_counter()
+
+    mcmc = MCMC(NUTS(model, jit_compile=True, ignore_jit_warnings=True), num_samples=samples,
+                warmup_steps=warmup, disable_progbar=True, hook_fn=hook)
+    t0 = time.perf_counter()
+    mcmc.run()
+    end = time.perf_counter()
+    warm = marks.get("sample_start", end) - t0
+    draws = {k: v.detach().double().numpy()[None] for k, v in mcmc.get_samples().items()
+             if k in params}
+    ess = az.ess(az.from_dict(posterior=draws), method="bulk")
+    min_ess = float(min(float(ess[k].min()) for k in ess.data_vars))
+    sampling = end - t0 - warm
+    needed = sampling * 400.0 / max(min_ess, 1e-9)
+    return {"seconds": warm + min(sampling, needed), "warmup_seconds": warm,
+            "sampling_seconds": sampling, "min_bulk_ess": min_ess,
+            "extrapolated": min_ess < 400, "warmup": warmup, "samples": samples,
+            "divergences": len(mcmc.diagnostics()["divergences"]["chain 0"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--max-steps", type=int, default=6000)
+    parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.quick:
+        args.max_steps, args.every, args.warmup, args.samples = 100, 50, 30, 30
+    rows = []
+    for name, (m32, m64, ref, dim) in problems(args.quick).items():
+        print(f"[{time.strftime('%H:%M:%S')}] {name} (dim {dim})", flush=True)
+        af = autoflow_time(m32, ref, args.max_steps, args.every)
+        nu = nuts_time(m64, list(ref), args.warmup, args.samples)
+        print(f"    NUTS: {nu['seconds']:.1f} s to bulk ESS 400 (min ESS {nu['min_bulk_ess']:.0f}"
+              f"{', extrapolated' if nu['extrapolated'] else ''})", flush=True)
+        rows.append({"posterior": name, "dim": dim, "autoflow": af, "nuts": nu,
+                     "ratio": nu["seconds"] / af["seconds"] if af["passes"] else None})
+    lines = ["# Time to accuracy: default AutoFlow against NUTS", "",
+             "    python benchmarks/time_to_accuracy.py --out "
+             "benchmarks/results/time_to_accuracy.md", "",
+             f"Machine: {machine()}.", "", __doc__.split("\n\n", 2)[2].strip(), "",
+             "| posterior | dim | AutoFlow: s to pass (steps) | AutoFlow at stop: k-hat / mean "
+             "err / sd ratio | NUTS: s to ESS 400 | NUTS min bulk ESS (draws) | NUTS / AutoFlow |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, n = r["autoflow"], r["nuts"]
+        status = "" if a["passes"] else " (did not pass)"
+        ratio = f"{r['ratio']:.1f}x" if r["ratio"] else "n/a (AutoFlow did not pass)"
+        lines.append(
+            f"| {r['posterior']} | {r['dim']} | {a['seconds']:.1f} ({a['steps']}){status} | "
+            f"{a['khat']:.2f} / {a['worst_std_mean_error']:.3f} / {a['worst_sd_ratio']:.2f} | "
+            f"{n['seconds']:.1f}{' (extrapolated)' if n['extrapolated'] else ''} | "
+            f"{n['min_bulk_ess']:.0f} ({n['samples']} after {n['warmup']} warm-up) | {ratio} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps({"machine": machine(), "rows": rows},
+                                                       indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Smoke tests of the accuracy and time-to-accuracy benchmarks' code paths on tiny budgets
+(the numbers are meaningless; the pipeline, the pass rule and the tables must hold)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import accuracy  # noqa: E402
+import posteriordb  # noqa: E402
+import time_to_accuracy  # noqa: E402
+
+
+def test_accuracy_row_and_table():
+    post = posteriordb.load("kidiq-kidscore_momiq", dtype=torch.float32)
+    rows = [accuracy.evaluate(post, g, steps=10, draws=200)
+            for g in ("AutoNormal", "AutoFlow (default)")]
+    for r in rows:
+        for key in ("khat", "worst_std_mean_error", "worst_sd_ratio", "min_coverage90",
+                    "energy_distance", "seconds"):
+            assert isinstance(r[key], float) and not math.isnan(r[key]), (key, r)
+        assert r["passes"] == accuracy.passes(r)
+        assert r["passes"] or r["why"]  # every failure says which criterion it misses
+        assert r["worst_mean_param"].split("[")[0] in post.reference
+    text = accuracy.markdown(rows, 10, {})
+    assert "| kidiq-kidscore_momiq | 3 |" in text and "AutoFlow (default)" in text
+
+
+def test_pass_rule():
+    good = {"khat": 0.5, "worst_std_mean_error": 0.05, "worst_sd_ratio": 1.05}
+    assert accuracy.passes(good)
+    for key, bad in (("khat", 0.7), ("worst_std_mean_error", 0.1), ("worst_sd_ratio", 0.89),
+                     ("worst_sd_ratio", 1.11)):
+        assert not accuracy.passes({**good, key: bad})
+        assert accuracy.why({**good, key: bad, "worst_mean_param": "a",
+                             "worst_sd_param": "b"})
+
+
+def test_hier100_reference_is_the_exact_posterior():
+    """The exact Gaussian posterior: its draws' mean solves the normal equations."""
+    y = time_to_accuracy.hier100_data(torch.float64)
+    ref = time_to_accuracy.hier100_reference(y, draws=40000)
+    # conditional mean of theta_j given mu: shrinkage of the group mean towards mu
+    k, s2, t2 = time_to_accuracy.K, time_to_accuracy.SIGMA ** 2, time_to_accuracy.TAU ** 2
+    mu = ref["mu"].mean()
+    expected = (y.sum(1).numpy() / s2 + mu / t2) / (k / s2 + 1 / t2)
+    np.testing.assert_allclose(ref["theta"].mean(0), expected, atol=0.03)
+    np.testing.assert_allclose(ref["theta"].std(0), (k / s2 + 1 / t2) ** -0.5, rtol=0.05,
+                               atol=0.0)
+
+
+def test_time_to_accuracy_paths():
+    y32 = time_to_accuracy.hier100_data(torch.float32)
+    ref = time_to_accuracy.hier100_reference(y32.double(), draws=2000)
+    af = time_to_accuracy.autoflow_time(time_to_accuracy.hier100_model(y32), ref,
+                                        max_steps=10, every=5)
+    assert af["steps"] in (5, 10) and af["seconds"] > 0 and "khat" in af
+    nu = time_to_accuracy.nuts_time(time_to_accuracy.hier100_model(y32.double()),
+                                    list(ref), warmup=5, samples=10)
+    assert nu["seconds"] > 0 and nu["min_bulk_ess"] > 0 and nu["extrapolated"]
