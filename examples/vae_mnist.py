@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
+    # seconds accumulate across resumed runs
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     for epoch in range(start, args.epochs):
         total, beta = 0.0, 1.0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
