@@ -38,7 +38,7 @@ import pyro_nf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import posteriordb  # noqa: E402
 
-STEPS = 3000
+STEPS = 2000
 GUIDES = {
     "AutoNormal": lambda m: AutoNormal(m),
     "AutoMultivariateNormal": lambda m: AutoMultivariateNormal(m),
