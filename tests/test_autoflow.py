@@ -23,7 +23,7 @@ from pyro.infer.importance import psis_diagnostic
 from pyro.infer.reparam import NeuTraReparam
 
 import pyro_nf
-from pyro_nf import AutoFlow
+from pyro_nf import AutoFlow, fit
 from pyro_nf.models import EIGHT_SCHOOLS_Y, eight_schools
 
 Y = EIGHT_SCHOOLS_Y
@@ -179,6 +179,20 @@ def test_from_guide_starts_at_the_fitted_gaussian(kind):
                else post.covariance_matrix)
     torch.testing.assert_close(ours.mean(0), mean.detach(), atol=0.03, rtol=0)
     torch.testing.assert_close(torch.cov(ours.T), cov.detach(), atol=0.04, rtol=0.05)
+
+
+@pytest.mark.parametrize("kind", sorted(WARM))
+def test_from_guide_first_call_inside_a_vectorised_elbo(kind):
+    """The warm start's moments are computed at the guide's first call, which fit makes inside
+    the ELBO's trace and particle plate (a regression: the Laplace Hessian's model runs leaked
+    into that trace, 'Multiple sample sites')."""
+    fitted = WARM[kind](correlated)
+    svi = SVI(correlated, fitted, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(50):
+        svi.step()
+    flow_guide = AutoFlow.from_guide(correlated, fitted, flow="iaf*2")
+    result = fit(correlated, flow_guide, num_steps=3, num_particles=4, progress=False)
+    assert all(math.isfinite(v) for v in result.losses)
 
 
 def test_from_guide_errors():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pyro import poutine
 from pyro.infer.autoguide import (
     AutoDiagonalNormal,
     AutoLaplaceApproximation,
@@ -60,7 +61,11 @@ def _moments(fitted: Any, guide: Any, args: tuple, kwargs: dict):
     """(mean, kind, payload): kind 'diag' (scales), 'tril' (L) or 'lowrank' ((W, d))."""
     _check_fitted(fitted)
     if isinstance(fitted, AutoLaplaceApproximation):  # needs autograd for its Hessian
-        return _moments(fitted.laplace_approximation(*args, **kwargs), guide, args, kwargs)
+        # the first guide call may run inside an ELBO's trace (and a vectorised-particle
+        # plate): the Laplace fit's own model runs must not reach those handlers
+        with poutine.block():
+            gaussian = fitted.laplace_approximation(*args, **kwargs)
+        return _moments(gaussian, guide, args, kwargs)
     with torch.no_grad():
         if isinstance(fitted, AutoNormal):
             locs, scales = [], []
