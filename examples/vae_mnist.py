@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         state = torch.load(args.resume, map_location=device, weights_only=False)
         decoder.load_state_dict(state["decoder"])
         guide.load_state_dict(state["guide"])
+        # load_state_dict copies in place into the tensors Pyro's param store already holds,
+        # so the optimiser keeps stepping the very tensors the networks use
         optim.set_state(state["optim"])
-        pyro.get_param_store().set_state(state["params"])
         start, history = state["epoch"], state["history"]
         torch.set_rng_state(state["rng"])
         print(f"resumed from {args.resume} after epoch {start}")
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"epoch {epoch + 1}: train -ELBO {total / steps_per_epoch:.2f} (beta {beta:.2f})"
               f"  valid -ELBO {val['neg_elbo']:.2f}")
         torch.save({"decoder": decoder.state_dict(), "guide": guide.state_dict(),
-                    "optim": optim.get_state(), "params": pyro.get_param_store().get_state(),
+                    "optim": optim.get_state(),
                     "epoch": epoch + 1, "history": history, "rng": torch.get_rng_state()},
                    checkpoint)
     train_seconds = time.perf_counter() - t0
