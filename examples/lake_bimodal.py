@@ -68,7 +68,7 @@ def true_density(n: int = 200, lim: float = 4.0):
     return xs, p / p.sum()
 
 
-def fit_all(steps: int, seed: int) -> dict:
+def fit_all(steps: int, seed: int, draws: int = 4000) -> dict:
     centre = init_to_value(values={"z": torch.zeros(2)})  # every guide starts in the lake
     broad = {"init_loc_fn": centre, "init_scale": 2.0}
     guides = {
@@ -84,8 +84,8 @@ def fit_all(steps: int, seed: int) -> dict:
         guide = make()
         pyro_nf.fit(model, guide, num_steps=steps, num_particles=16, seed=seed, progress=False)
         with torch.no_grad():
-            z = pyro.infer.Predictive(model, guide=guide, num_samples=4000)()["z"].reshape(-1, 2)
-        idata = pyro_nf.to_inference_data(model, guide, num_samples=4000)
+            z = pyro.infer.Predictive(model, guide=guide, num_samples=draws)()["z"].reshape(-1, 2)
+        idata = pyro_nf.to_inference_data(model, guide, num_samples=draws)
         out[name] = {"draws": z, "north": float((z[:, 1] > 0).float().mean()),
                      "khat": pyro_nf.diagnose(idata).khat}
     return out
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     steps = 20 if args.quick else args.steps
-    results = fit_all(steps, args.seed)
+    results = fit_all(steps, args.seed, draws=300 if args.quick else 4000)
     print(f"{'guide':28s} {'mass north of the lake':>24s} {'PSIS k-hat':>11s}")
     print(f"{'truth':28s} {0.5:24.3f}")
     for name, r in results.items():

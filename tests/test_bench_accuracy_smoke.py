@@ -59,8 +59,7 @@ def test_hier100_reference_is_the_exact_posterior():
 def test_time_to_accuracy_paths():
     y32 = time_to_accuracy.hier100_data(torch.float32)
     ref = time_to_accuracy.hier100_reference(y32.double(), draws=2000)
-    af = time_to_accuracy.autoflow_time(time_to_accuracy.hier100_model(y32), ref,
-                                        max_steps=10, every=5)
+    af = time_to_accuracy.autoflow_time(time_to_accuracy.hier100_model(y32), ref, (5, 10))
     assert af["steps"] in (5, 10) and af["seconds"] > 0 and "khat" in af
     nu = time_to_accuracy.nuts_time(time_to_accuracy.hier100_model(y32.double()),
                                     list(ref), warmup=5, samples=10)
