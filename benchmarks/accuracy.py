@@ -163,7 +163,8 @@ def markdown(results: list[dict], steps: int, notes: dict[str, str], lr: float =
     for g in guides:
         rs = [r for r in results if r["guide"] == g]
         ok = sum(r["passes"] for r in rs)
-        lines.append(f"| {g} | {ok} | {np.median([r['seconds'] for r in rs]):.0f} |")
+        secs = [r["seconds"] for r in rs if "seconds" in r]
+        lines.append(f"| {g} | {ok} | {np.median(secs) if secs else float('nan'):.0f} |")
     lines += ["", "## Per posterior", "", "| posterior | dim | " + " | ".join(guides) + " |",
               "|---|---|" + "---|" * len(guides)]
     for n in names:
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-json", nargs="*", default=None,
                         help="tabulate the results of earlier runs (e.g. two halves run in "
                              "parallel) instead of fitting")
+    parser.add_argument("--float64", action="store_true",
+                        help="fit in float64 (gp_pois_regr: its 1e-10 kernel jitter is below "
+                             "float32's resolution)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -238,11 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     notes = json.loads(Path(args.notes).read_text()) if args.notes else {}
     results = []
     for name in names:
-        post = posteriordb.load(name, dtype=torch.float32)
+        post = posteriordb.load(name, dtype=torch.float64 if args.float64 else torch.float32)
         for g in guides:
             print(f"[{time.strftime('%H:%M:%S')}] {name} / {g} ...", flush=True)
             try:
                 r = evaluate(post, g, steps, lr=args.lr, lr_decay=args.lr_decay)
+                r["dtype"] = "float64" if args.float64 else "float32"
                 print(f"    {'pass' if r['passes'] else 'FAIL'} k-hat {r['khat']:.2f}, mean err "
                       f"{r['worst_std_mean_error']:.3f}, sd ratio {r['worst_sd_ratio']:.2f}, "
                       f"{r['seconds']:.0f} s {r['why']}", flush=True)
@@ -251,10 +256,19 @@ def main(argv: list[str] | None = None) -> int:
                 r = {"posterior": name, "guide": g, "dim": post.dim, "passes": False,
                      "error": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}
             results.append(r)
+            if args.out:  # row by row, so that a killed run keeps what it measured
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                with Path(args.out).with_suffix(".jsonl").open("a") as fh:
+                    fh.write(json.dumps(r) + "\n")
     return _write(results, steps, notes, args)
 
 
 def _write(results: list[dict], steps: int, notes: dict, args: argparse.Namespace) -> int:
+    if args.out:  # the raw rows first, so that a table bug cannot lose a long run
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(
+            {"machine": machine(), "steps": steps, "lr": args.lr, "lr_decay": args.lr_decay,
+             "results": results}, indent=1))
     text = markdown(results, steps, notes, args.lr, args.lr_decay)
     print(text)
     if args.out:
