@@ -165,6 +165,11 @@ def markdown(results: list[dict], steps: int, notes: dict[str, str], lr: float =
         ok = sum(r["passes"] for r in rs)
         secs = [r["seconds"] for r in rs if "seconds" in r]
         lines.append(f"| {g} | {ok} | {np.median(secs) if secs else float('nan'):.0f} |")
+    if any(r.get("from_log") for r in results):
+        lines += ["", "Rows marked * were rebuilt from their run's progress log by "
+                  "`benchmarks/accuracy_from_log.py` (that run was killed before writing its "
+                  "JSON): their coverage, energy distance and ELBO were not recorded (nan)."]
+    wide = {r["posterior"] for r in results if r.get("dtype") == "float64"}
     lines += ["", "## Per posterior", "", "| posterior | dim | " + " | ".join(guides) + " |",
               "|---|---|" + "---|" * len(guides)]
     for n in names:
@@ -177,9 +182,11 @@ def markdown(results: list[dict], steps: int, notes: dict[str, str], lr: float =
                 cells.append("error")
             else:
                 cells.append(f"{'pass' if r['passes'] else 'FAIL'} {r['khat']:.2f} / "
-                             f"{r['worst_std_mean_error']:.2f} / {r['worst_sd_ratio']:.2f}")
+                             f"{r['worst_std_mean_error']:.2f} / {r['worst_sd_ratio']:.2f}"
+                             f"{'*' if r.get('from_log') else ''}")
         dim = next(r.get("dim", "") for r in results if r["posterior"] == n)
-        lines.append(f"| {n} | {dim} | " + " | ".join(cells) + " |")
+        label = f"{n} (float64)" if n in wide else n
+        lines.append(f"| {label} | {dim} | " + " | ".join(cells) + " |")
     lines += ["", "## Why each failure of the default AutoFlow fails", "",
               "| posterior | criteria missed | diagnosis and fix |", "|---|---|---|"]
     for r in results:

@@ -160,13 +160,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=int, nargs="*", default=[500, 1000, 2000, 4000])
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--only", nargs="*", default=None, help="posterior names (as printed)")
+    parser.add_argument("--from-json", nargs="*", default=None,
+                        help="tabulate earlier runs' rows (e.g. posteriors run in parallel)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
         args.budgets, args.warmup, args.samples = [20, 40], 30, 30
     rows = []
-    for name, (m32, m64, ref, dim) in problems(args.quick).items():
+    if args.from_json:
+        rows = [r for p in args.from_json for r in json.loads(Path(p).read_text())["rows"]]
+    for name, (m32, m64, ref, dim) in ({} if args.from_json else problems(args.quick)).items():
+        if args.only and name not in args.only:
+            continue
         print(f"[{time.strftime('%H:%M:%S')}] {name} (dim {dim})", flush=True)
         af = autoflow_time(m32, ref, tuple(args.budgets))
         nu = nuts_time(m64, list(ref), args.warmup, args.samples)
