@@ -126,12 +126,14 @@ def save_grids(decoder: Decoder, guide, x: torch.Tensor, out: Path, latent: int)
         images = images.reshape(rows, -1, 28, 28).cpu()
         return images.permute(0, 2, 1, 3).reshape(rows * 28, -1)
 
+    # the test rows are sorted by digit: take 32 spread over the set to show every digit
+    shown = x[torch.linspace(0, len(x) - 1, 32, device=x.device).long()]
     with torch.no_grad():
         z = torch.randn(64, latent, dtype=x.dtype, device=x.device)
         samples = torch.sigmoid(decoder(z))
-        q = guide.conditional(x[:32])
+        q = guide.conditional(shown)
         recon = torch.sigmoid(decoder(q.sample()))
-    pairs = torch.stack([x[:32], recon], 1).reshape(64, PIXELS)
+    pairs = torch.stack([shown, recon], 1).reshape(64, PIXELS)
     files = [out / "samples.png", out / "reconstructions.png"]
     plt.imsave(files[0], grid(samples, 8).numpy(), cmap="gray")
     plt.imsave(files[1], grid(pairs, 8).numpy(), cmap="gray")
