@@ -123,11 +123,7 @@ class AmortizedFlow(AutoGuide):
                              f"{sorted(plates)}; give each plate its own AmortizedFlow")
         frame = next(iter(frames.values()))
         self._plate, self._plate_dim = frame.name, frame.dim
-        self._sites: list[tuple[str, Any, torch.Size, int]] = []
-
-        def frame_dim(site_name: str) -> int:
-            return frames[site_name].dim
-
+        self._sites: list[tuple[str, Any, torch.Size, int]] = []  # name, fn, event, size
         dim = 0
         for name, site in latents:
             fn = site["fn"]
@@ -138,14 +134,14 @@ class AmortizedFlow(AutoGuide):
             batch_dims = unconstrained.dim() - fn.event_dim
             event = unconstrained.shape[batch_dims:]
             batch = unconstrained.shape[:batch_dims]
-            others = [s for i, s in enumerate(batch) if i != batch_dims + frame_dim(name)]
+            others = [s for i, s in enumerate(batch) if i != batch_dims + frames[name].dim]
             if any(s != 1 for s in others):
                 raise ValueError(
                     f"AmortizedFlow: site {name!r} has batch shape {tuple(batch)} with "
                     f"dimensions outside plate {frames[name].name!r}; declare them as event "
                     f"dimensions (.to_event) so that each data point owns one latent vector")
             size = max(1, math.prod(event))
-            self._sites.append((name, fn, event, fn.event_dim))
+            self._sites.append((name, fn, event, size))
             dim += size
         self.latent_dim = dim
         proto = latents[0][1]["value"]
@@ -285,8 +281,7 @@ class AmortizedFlow(AutoGuide):
                                  _FlowPosterior(base, transform, shape),
                                  infer={"is_auxiliary": True})
             offset = 0
-            for name, fn, event, event_dim in self._sites:
-                size = max(1, math.prod(event))
+            for name, fn, event, size in self._sites:
                 u = latent[..., offset:offset + size].reshape(latent.shape[:-1] + tuple(event))
                 offset += size
                 transform = biject_to(fn.support)
@@ -296,7 +291,7 @@ class AmortizedFlow(AutoGuide):
                 if extra > 0:
                     log_density = log_density.sum(tuple(range(-extra, 0)))
                 result[name] = pyro.sample(name, dist.Delta(value, log_density=log_density,
-                                                            event_dim=event_dim))
+                                                            event_dim=fn.event_dim))
         return result
 
 
