@@ -195,6 +195,22 @@ def test_from_guide_first_call_inside_a_vectorised_elbo(kind):
     assert all(math.isfinite(v) for v in result.losses)
 
 
+def test_from_guide_laplace_without_a_curvature_is_a_clear_error_every_time():
+    """At a minimum of the density the Laplace covariance is not positive definite: a
+    ValueError saying so, and the same error again on the next call (not a half-built guide)."""
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.factor("bowl", 2.0 * x ** 2)  # log p = 1.5 x^2 near 0: curvature of the wrong sign
+
+    laplace = AutoLaplaceApproximation(model, init_loc_fn=init_to_value(values={
+        "x": torch.tensor(0.0)}))
+    laplace()
+    guide = AutoFlow.from_guide(model, laplace)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not positive definite.*degenerate"):
+            guide()
+
+
 def test_from_guide_errors():
     with pytest.raises(TypeError, match="AutoNormal"):
         AutoFlow.from_guide(correlated, object())

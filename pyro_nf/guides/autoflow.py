@@ -167,6 +167,15 @@ class AutoFlow(AutoContinuous):
 
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         super()._setup_prototype(*args, **kwargs)
+        try:
+            self._build_from_prototype(args, kwargs)
+        except Exception:
+            # a failed set-up (a bad model, a warm start that cannot be used) is redone on
+            # the next call with the same clear error, not left half built
+            self.prototype_trace = None
+            raise
+
+    def _build_from_prototype(self, args: tuple, kwargs: dict) -> None:
         from pyro_nf.guides.checks import check_global_continuous
 
         check_global_continuous(self, self.prototype_trace)

@@ -64,7 +64,15 @@ def _moments(fitted: Any, guide: Any, args: tuple, kwargs: dict):
         # the first guide call may run inside an ELBO's trace (and a vectorised-particle
         # plate): the Laplace fit's own model runs must not reach those handlers
         with poutine.block():
-            gaussian = fitted.laplace_approximation(*args, **kwargs)
+            try:
+                gaussian = fitted.laplace_approximation(*args, **kwargs)
+            except torch.linalg.LinAlgError as err:
+                raise ValueError(
+                    "AutoFlow.from_guide: the Laplace approximation's covariance (the inverse "
+                    "Hessian at the fitted MAP) is not positive definite, so it cannot start "
+                    "the flow: the MAP is degenerate (e.g. a funnel's scale going to 0) or not "
+                    "converged. Fit the AutoLaplaceApproximation longer, or warm-start from "
+                    "an AutoNormal or AutoMultivariateNormal instead") from err
         return _moments(gaussian, guide, args, kwargs)
     with torch.no_grad():
         if isinstance(fitted, AutoNormal):
