@@ -16,3 +16,13 @@ class InverseModule(nn.Module):
 
     def forward(self, y):
         return self.layer.inverse_and_log_det(y)
+
+
+def assert_grads(layer: nn.Module, what: str) -> None:
+    """Every parameter of ``layer`` got a finite gradient that is not all zero."""
+    import torch
+
+    for pname, p in layer.named_parameters():
+        assert p.grad is not None, f"{what}: no gradient reached {pname}"
+        assert torch.isfinite(p.grad).all(), f"{what}: non-finite gradient in {pname}"
+        assert (p.grad != 0).any(), f"{what}: gradient of {pname} is all zero"

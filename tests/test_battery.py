@@ -14,6 +14,7 @@ import io
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import assert_grads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -147,13 +148,6 @@ def test_only_permutations_have_no_parameters():
         assert info(name).kind == "permutation", name
 
 
-def _assert_grads(layer, what):
-    for pname, p in layer.named_parameters():
-        assert p.grad is not None, f"{what}: no gradient reached {pname}"
-        assert torch.isfinite(p.grad).all(), f"{what}: non-finite gradient in {pname}"
-        assert (p.grad != 0).any(), f"{what}: gradient of {pname} is all zero"
-
-
 @pytest.mark.parametrize("name", PARAMETRISED)
 def test_gradients_reach_every_parameter(name):
     dim = _smallest_dim(name, 5)
@@ -162,11 +156,11 @@ def test_gradients_reach_every_parameter(name):
     y = flow_dist.rsample((64,))
     loss = (y ** 2).sum() + flow_dist.log_prob(y).sum()
     loss.backward()
-    _assert_grads(layer, "through sampling")
+    assert_grads(layer, "through sampling")
     layer.zero_grad()
     fresh = torch.randn(64, dim, dtype=torch.float64) * 2
     (-flow_dist.log_prob(fresh).mean()).backward()
-    _assert_grads(layer, "through log_prob of fresh points")
+    assert_grads(layer, "through log_prob of fresh points")
 
 
 # ----------------------------------------------------------------------------- identity

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import assert_grads
 from pyro.distributions.conditional import (
     ConditionalComposeTransformModule,
     ConditionalTransformedDistribution,
@@ -176,13 +177,6 @@ def test_log_det_matches_autograd_jacobian_per_data_point(name, dim, dtype):
 
 
 # ----------------------------------------------------------------------------- gradients
-def _assert_grads(layer, what):
-    for pname, p in layer.named_parameters():
-        assert p.grad is not None, f"{what}: no gradient reached {pname}"
-        assert torch.isfinite(p.grad).all(), f"{what}: non-finite gradient in {pname}"
-        assert (p.grad != 0).any(), f"{what}: gradient of {pname} is all zero"
-
-
 @pytest.mark.parametrize("name", PARAMETRISED)
 def test_gradients_reach_every_network_parameter(name):
     dim = _dim(name, 5)
@@ -193,11 +187,11 @@ def test_gradients_reach_every_network_parameter(name):
     assert y.shape == (4, 8, dim)
     loss = (y ** 2).sum() + q.condition(context).log_prob(y).sum()
     loss.backward()
-    _assert_grads(layer, "through rsample")
+    assert_grads(layer, "through rsample")
     layer.zero_grad()
     fresh = 2 * torch.randn(8, dim, dtype=F64)
     (-q.condition(context).log_prob(fresh).mean()).backward()
-    _assert_grads(layer, "through log_prob of fresh points")
+    assert_grads(layer, "through log_prob of fresh points")
 
 
 # ----------------------------------------------------------------------------- the context
