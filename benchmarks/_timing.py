@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 import platform
 import statistics
@@ -184,3 +185,15 @@ def machine_line(info: Mapping[str, Any] | None = None) -> str:
             f"commit {info.get('git_commit')}"
             f"{' with uncommitted changes' if info.get('pyro_nf_uncommitted_changes') else ''}"
             f" (source sha256 {info.get('pyro_nf_sha256')}).")
+
+
+def write_report(out: Path | str | None, text: str, payload: Any) -> None:
+    """Print the markdown report; with ``out``, write it there and the JSON payload beside it
+    (same name, ``.json``)."""
+    print(text)
+    if out is None:
+        return
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -278,14 +278,8 @@ def _write(results: list[dict], steps: int, notes: dict, args: argparse.Namespac
              "results": results}, indent=1))
     text = markdown(results, steps, notes, args.lr, args.lr_decay)
     print(text)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps(
-            {"machine": machine(), "steps": steps, "lr": args.lr, "lr_decay": args.lr_decay,
-             "results": results},
-            indent=1))
+    if args.out:  # (the JSON is already there)
+        Path(args.out).write_text(text)
     return 0
 
 

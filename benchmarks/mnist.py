@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CONFIGS = [("none", 1, "plain VAE (diagonal Gaussian encoder)"),
            ("planar", 10, "planar, K = 10"),
@@ -92,12 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                 for f, _, _ in CONFIGS]
     else:
         rows = run(Path(args.work), args.epochs, args.warmup, args.iw, args.quick)
-    text = table(rows)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(
-            [{k: v for k, v in r.items()} for r in rows], indent=1))
+    from _timing import write_report
+
+    write_report(args.out, table(rows), rows)
     return 0
 
 

@@ -59,6 +59,7 @@ from _timing import (  # noqa: E402  (benchmarks/ is not a package)
     make_model,
     prepare_svi,
     time_interleaved,
+    write_report,
 )
 
 GUIDES: dict[str, tuple[str, Callable[[Callable], Callable]]] = {
@@ -315,11 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/scaling.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
     text, payload = run(settings, command=command.strip())
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_report(args.out, text, payload)
     return 0
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 from collections.abc import Callable
@@ -64,6 +63,7 @@ from _timing import (  # noqa: E402  (benchmarks/ is not a package)
     make_model,
     prepare_svi,
     time_interleaved,
+    write_report,
 )
 
 try:
@@ -318,11 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**overrides)
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text, payload = run(settings, use_zuko=not args.no_zuko, command=command.strip())
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_report(args.out, text, payload)
     return 0
 
 

@@ -43,6 +43,7 @@ import pyro_nf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import posteriordb  # noqa: E402
+from _timing import write_report  # noqa: E402
 from accuracy import machine, passes  # noqa: E402
 
 G, K, TAU, SIGMA = 100, 5, 1.0, 2.0
@@ -197,14 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{a['khat']:.2f} / {a['worst_std_mean_error']:.3f} / {a['worst_sd_ratio']:.2f} | "
             f"{n['seconds']:.1f}{' (extrapolated)' if n['extrapolated'] else ''} | "
             f"{n['min_bulk_ess']:.0f} ({n['samples']} after {n['warmup']} warm-up) | {ratio} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps({"machine": machine(), "rows": rows},
-                                                       indent=1))
+    write_report(args.out, "\n".join(lines) + "\n", {"machine": machine(), "rows": rows})
     return 0
 
 
