@@ -65,6 +65,14 @@ def _signature_options(fn: Callable, positional: int = 1) -> dict[str, Any]:
     return out
 
 
+def check_metadata(inverse: str, kind: str) -> None:
+    """The checks every registry (plain or conditional) applies to a layer's metadata."""
+    if inverse not in ("exact", "numerical"):
+        raise ValueError(f"inverse must be 'exact' or 'numerical', got {inverse!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
 def register(
     name: str,
     *,
@@ -96,10 +104,7 @@ def register(
     """
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"flow name must match [a-z][a-z0-9_]*, got {name!r}")
-    if inverse not in ("exact", "numerical"):
-        raise ValueError(f"inverse must be 'exact' or 'numerical', got {inverse!r}")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_metadata(inverse, kind)
 
     def decorator(fn: Callable[..., TransformModule]) -> Callable[..., TransformModule]:
         if name in _REGISTRY and not overwrite:

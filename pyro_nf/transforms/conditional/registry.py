@@ -21,7 +21,7 @@ from pyro.distributions.conditional import (
 
 from pyro_nf.transforms import registry as _flows
 from pyro_nf.transforms.base import check_dim
-from pyro_nf.transforms.registry import KINDS, FlowInfo, _signature_options, assemble
+from pyro_nf.transforms.registry import FlowInfo, _signature_options, assemble, check_metadata
 
 _CONDITIONAL: dict[str, FlowInfo] = {}
 
@@ -61,10 +61,7 @@ def register_conditional(
     inverse, kind = pick(inverse, "inverse"), pick(kind, "kind")
     volume_preserving = pick(volume_preserving, "volume_preserving")
     min_dim = pick(min_dim, "min_dim")
-    if inverse not in ("exact", "numerical"):
-        raise ValueError(f"inverse must be 'exact' or 'numerical', got {inverse!r}")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_metadata(inverse, kind)
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _CONDITIONAL and not overwrite:
