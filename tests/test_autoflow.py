@@ -255,11 +255,20 @@ def test_from_guide_with_random_permutations_keeps_correlations():
     svi = SVI(correlated, fitted, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
     for _ in range(300):
         svi.step()
-    flow_guide = AutoFlow.from_guide(correlated, fitted, flow="iaf*3", permutation="random")
+    cov = fitted.get_posterior().covariance_matrix.detach()
+    # coupling layers: permutation layers move the data, undone by the output map
+    flow_guide = AutoFlow.from_guide(correlated, fitted, flow="realnvp*3", permutation="random")
     flow_guide()
     assert flow_guide.output_order is not None  # a non-trivial net permutation
     ours = flow_guide.sample_latent_batch(40000)
-    cov = fitted.get_posterior().covariance_matrix.detach()
+    torch.testing.assert_close(torch.cov(ours.T), cov, atol=0.04, rtol=0.05)
+    # autoregressive layers: the MADEs' orders vary instead, nothing is moved
+    flow_guide = AutoFlow.from_guide(correlated, fitted, flow="iaf*3", permutation="random")
+    flow_guide()
+    assert flow_guide.output_order is None
+    assert not torch.equal(flow_guide.flow.parts[1].made.order,
+                           torch.arange(flow_guide.latent_dim))
+    ours = flow_guide.sample_latent_batch(40000)
     torch.testing.assert_close(torch.cov(ours.T), cov, atol=0.04, rtol=0.05)
 
 

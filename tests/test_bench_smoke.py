@@ -96,3 +96,22 @@ def test_scaling_tiny(tmp_path: Path) -> None:
     for rec in payload["records"]:
         assert rec["mem_method"]
         assert rec["ms_per_step"] > 0 and math.isfinite(rec["ms_per_step"])
+
+
+def test_autoflow_accuracy_rows_merge_over_seeds(tmp_path):
+    import autoflow_accuracy as aa
+
+    refs = aa.reference_moments()
+    rows = [aa.run_one("funnel", "AutoNormal", 3, seed, refs) for seed in (0, 1)]
+    assert [r["seed"] for r in rows] == [0, 1] and rows[0]["khat"] != rows[1]["khat"]
+    parts = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for row, part in zip(rows, parts):
+        part.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "table.md"
+    assert aa.main(["--from-jsonl", *map(str, parts), "--out", str(out)]) == 0
+    (row,) = _rows(out.read_text(), "posterior")
+    assert row[:2] == ["funnel", "AutoNormal"]
+    assert row[2] == ", ".join(f"{r['khat']:.2f}" for r in rows)
+    assert row[3] == f"{sum(r['khat'] < 0.5 for r in rows)} of 2"
+    mean_err = max(abs(r["moments"]["v"][0]) / 3.0 for r in rows)
+    assert row[4].startswith(f"v: {mean_err:.2f} / ")

@@ -308,11 +308,30 @@ def _types(flow):
             for t in flow.transforms]
 
 
+@pytest.mark.parametrize("name", ["iaf", "maf", "spline_autoregressive"])
+def test_autoregressive_stack_with_alternating_orders_is_exact(name):
+    torch.manual_seed(0)
+    flow = build_conditional_flow(f"{name}*2", 4, C).to(F64)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    h = torch.randn(C, dtype=F64)
+    conditioned = flow.condition(h)
+    x = torch.randn(4, dtype=F64)
+    y = conditioned(x)
+    jac = torch.autograd.functional.jacobian(conditioned, x)
+    torch.testing.assert_close(conditioned.log_abs_det_jacobian(x, y),
+                               torch.linalg.slogdet(jac)[1], atol=1e-8, rtol=1e-8)
+    torch.testing.assert_close(conditioned.inv(y.clone()), x, atol=1e-8, rtol=1e-7)
+
+
 def test_spec_grammar_and_permutation_insertion():
     flow = build_conditional_flow("iaf*3", 4, C)
     assert isinstance(flow, ConditionalComposeTransformModule)
-    assert _types(flow) == ["ConditionalAffineAutoregressive", "Reverse"] * 2 + [
-        "ConditionalAffineAutoregressive"]
+    # consecutive autoregressive layers alternate their MADE's order instead of moving data
+    assert _types(flow) == ["ConditionalAffineAutoregressive"] * 3
+    assert [t.made.order.tolist() for t in flow.transforms] == [[0, 1, 2, 3], [3, 2, 1, 0],
+                                                                [0, 1, 2, 3]]
     assert _types(build_conditional_flow("planar*10", 4, C)) == ["ConditionalPlanar"] * 10
     assert _types(build_conditional_flow(["realnvp", "reverse"] * 2, 4, C)) == [
         "ConditionalAffineCoupling", "Reverse"] * 2

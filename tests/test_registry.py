@@ -42,12 +42,32 @@ def test_every_flow_of_the_issue_is_registered_with_metadata():
 
 
 def test_repeated_spec_and_permutation_insertion():
-    flow = build_flow("maf*3", 4)
+    flow = build_flow("realnvp*3", 4)
     assert isinstance(flow, ComposeTransformModule)
     kinds = [type(p).__name__ for p in flow.parts]
-    assert kinds == ["AffineAutoregressive", "Reverse", "AffineAutoregressive", "Reverse",
-                     "AffineAutoregressive"]
+    assert kinds == ["AffineCoupling", "Reverse", "AffineCoupling", "Reverse", "AffineCoupling"]
     assert [type(p).__name__ for p in build_flow("planar*8", 4).parts] == ["Planar"] * 8
+    # an autoregressive layer next to a coupling layer still gets a permutation layer
+    kinds = [type(p).__name__ for p in build_flow(["iaf", "realnvp", "maf"], 4).parts]
+    assert kinds == ["AffineAutoregressive", "Reverse", "AffineCoupling", "Reverse",
+                     "AffineAutoregressive"]
+
+
+@pytest.mark.parametrize("permutation", ["reverse", "random"])
+def test_consecutive_autoregressive_layers_vary_their_order_instead(permutation):
+    flow = build_flow("maf*3", 5, permutation=permutation, seed=2)
+    assert [type(p).__name__ for p in flow.parts] == ["AffineAutoregressive"] * 3
+    orders = [p.made.order for p in flow.parts]
+    assert torch.equal(orders[0], torch.arange(5))
+    if permutation == "reverse":
+        assert torch.equal(orders[1], torch.arange(4, -1, -1))
+        assert torch.equal(orders[2], torch.arange(5))
+    else:  # the order of the previous layer, permuted by the seeded permutation
+        perms = [RandomPermutation(5, seed=2 + i).perm for i in (1, 2)]
+        assert torch.equal(orders[1], perms[0]) and torch.equal(orders[2], perms[0][perms[1]])
+    assert len(build_flow("maf*3", 5, permutation=None).parts) == 3
+    assert all(torch.equal(p.made.order, torch.arange(5))
+               for p in build_flow("maf*3", 5, permutation=None).parts)
 
 
 def test_explicit_permutations_are_not_doubled():

@@ -8,7 +8,9 @@ z in R^D. Its posterior over z is
     ``base="full"``),   u = f_K o ... o f_1 (b),   z = loc + scale * u[order],
 
 so log q(z) = log base(b) - sum_k log|det J_k| - sum_i log scale_i (change of variables);
-``order`` is the permutation undoing the net reordering of the flow's fixed permutation layers.
+``order`` is the permutation undoing the net reordering of the flow's fixed permutation layers
+(coupling stacks have them; consecutive autoregressive layers vary their MADE's order instead
+and move no data, so for an IAF stack ``order`` is the identity and costs nothing).
 The flow acts on standardised coordinates, where its layers' active ranges (spline bounds,
 tanh kinks) are meaningful, and the elementwise affine map puts the result where the posterior
 is. Flow layers start at the identity, so before any step the samples have mean ``loc`` (from

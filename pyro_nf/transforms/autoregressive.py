@@ -103,7 +103,11 @@ class Autoregressive(Flow):
                                    inverse=True)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, direction={self.direction!r}, transformer={self.transformer}"
+        order = self.made.order
+        shown = "" if torch.equal(order, torch.arange(self.dim, device=order.device)) else \
+            f", order={order.tolist()}"
+        return (f"dim={self.dim}, direction={self.direction!r}, "
+                f"transformer={self.transformer}{shown}")
 
 
 class AffineAutoregressive(Autoregressive):

@@ -93,10 +93,15 @@ class MaskedLinear(nn.Linear):
 class MADE(nn.Module):
     """Masked autoencoder for distribution estimation (Germain et al., 2015).
 
-    Output ``[..., p, i]`` (parameter p of dimension i) depends only on inputs ``x[..., :i]``
-    (natural order; flows insert permutations between layers), so the Jacobian of any
-    transformer driven by it is triangular. Hidden units get degrees 1..D-1 cyclically; for
-    D = 1 they get degree 0 and the single output is a learned constant.
+    Output ``[..., p, i]`` (parameter p of dimension i) depends only on the inputs that come
+    before i in the autoregressive ``order`` (by default the natural order, so on
+    ``x[..., :i]``), so the Jacobian of any transformer driven by it is triangular up to that
+    order. Input ``order[k]`` gets degree k + 1; hidden units get degrees 1..D-1 cyclically
+    (for D = 1 they get degree 0 and the single output is a learned constant).
+
+    :meth:`set_order` changes the order of an untrained MADE by recomputing its masks: a flow
+    then varies the order from layer to layer without moving any data (``build_flow`` does
+    this instead of inserting permutation layers between autoregressive layers).
 
     Args:
         dim: D.
@@ -109,28 +114,51 @@ class MADE(nn.Module):
                  context_dim: int = 0, activation: str = "elu") -> None:
         super().__init__()
         self.dim, self.params_per_dim = dim, params_per_dim
-        in_deg = torch.arange(1, dim + 1)
-        degrees = [in_deg]
-        for h in hidden:
-            if dim > 1:
-                degrees.append(torch.arange(h) % (dim - 1) + 1)
-            else:
-                degrees.append(torch.zeros(h, dtype=torch.long))
+        self.hidden = tuple(hidden)
+        masks = self._masks(torch.arange(dim))
         layers: list[nn.Module] = []
-        for k, (d_in, d_out) in enumerate(zip(degrees[:-1], degrees[1:])):
-            mask = (d_out[:, None] >= d_in[None, :]).float()
-            layers.append(MaskedLinear(len(d_in), len(d_out), mask))
+        for k, mask in enumerate(masks[:-1]):
+            layers.append(MaskedLinear(mask.shape[1], mask.shape[0], mask))
             if k == 0 and context_dim:
-                self.context = nn.Linear(context_dim, len(d_out), bias=False)
+                self.context = nn.Linear(context_dim, mask.shape[0], bias=False)
             layers.append(_activation(activation))
-        out_deg = in_deg.repeat(params_per_dim)  # output unit p * D + i has degree i + 1
-        mask = (out_deg[:, None] > degrees[-1][None, :]).float()
-        last = MaskedLinear(len(degrees[-1]), dim * params_per_dim, mask)
+        last = MaskedLinear(masks[-1].shape[1], masks[-1].shape[0], masks[-1])
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         layers.append(last)
         self.layers = nn.ModuleList(layers)
         self.context_dim = context_dim
+        self.register_buffer("order", torch.arange(dim))
+
+    def _masks(self, order: Tensor) -> list[Tensor]:
+        dim = self.dim
+        in_deg = torch.empty(dim, dtype=torch.long)
+        in_deg[order] = torch.arange(1, dim + 1)
+        degrees = [in_deg]
+        for h in self.hidden:
+            if dim > 1:
+                degrees.append(torch.arange(h) % (dim - 1) + 1)
+            else:
+                degrees.append(torch.zeros(h, dtype=torch.long))
+        masks = [(d_out[:, None] >= d_in[None, :]).float()
+                 for d_in, d_out in zip(degrees[:-1], degrees[1:])]
+        out_deg = in_deg.repeat(self.params_per_dim)  # output unit p * D + i: degree of input i
+        masks.append((out_deg[:, None] > degrees[-1][None, :]).float())
+        return masks
+
+    @torch.no_grad()
+    def set_order(self, order: Tensor) -> None:
+        """Make ``order[0]`` the first coordinate, ``order[1]`` the second, ...: recompute the
+        masks in place (on their device and dtype)."""
+        order = torch.as_tensor(order, dtype=torch.long).cpu()
+        if order.shape != (self.dim,) or not torch.equal(order.sort().values,
+                                                         torch.arange(self.dim)):
+            raise ValueError(f"MADE.set_order: order must be a permutation of "
+                             f"range({self.dim}), got {order.tolist()}")
+        masked = [m for m in self.layers if isinstance(m, MaskedLinear)]
+        for layer, mask in zip(masked, self._masks(order)):
+            layer.mask.copy_(mask)
+        self.order.copy_(order)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         h = self.layers[0](x)

@@ -199,9 +199,11 @@ def build_flow(spec: FlowSpec, dim: int, *, permutation: str | None = "reverse",
         spec: ``"planar*8"``; ``["realnvp", "reverse"] * 4``; ``[("maf", {"hidden": 64})]``;
             a ``TransformModule``; or a callable ``dim -> module or list of modules``.
         dim: the event size D.
-        permutation: inserted between two consecutive coupling/autoregressive layers that have
-            no other layer between them: ``"reverse"``, ``"random"`` (seeded by ``seed`` and
-            the position) or ``None`` to insert nothing.
+        permutation: how two consecutive coupling/autoregressive layers that have no other
+            layer between them are mixed: ``"reverse"``, ``"random"`` (seeded by ``seed`` and
+            the position) or ``None`` for no mixing. Between two autoregressive layers the
+            second layer's MADE takes the permuted order (no data moves, no extra layer);
+            elsewhere a permutation layer is inserted.
         seed: seed of the random permutations.
         **options: passed to every named layer that accepts them (e.g. ``hidden=64``); an
             option that no layer in the spec accepts is an error.
@@ -268,9 +270,24 @@ def assemble(spec: Any, dim: int, *, permutation: str | None, seed: int,
                 and kinds[i - 1] in _MIXING_KINDS and dim > 1):
             perm = "reverse" if permutation == "reverse" else "permute"
             extra = {"seed": seed + i} if perm == "permute" else {}
-            out.append(build_named(perm, **extra))
+            mixer = build_named(perm, **extra)
+            previous = _made_of(layers[i - 1])
+            current = _made_of(layer)
+            if previous is not None and current is not None:
+                # two autoregressive layers: vary the MADE's order instead of moving the data
+                # (the same family of flows as with the permutation layer, one layer fewer)
+                perm_vector = getattr(mixer, "layer", mixer).perm  # ContextFree wraps
+                current.set_order(previous.order[perm_vector])
+            else:
+                out.append(mixer)
         out.append(layer)
     return out
+
+
+def _made_of(layer: Any) -> Any:
+    """The MADE conditioner of an autoregressive layer whose order may be set, else None."""
+    made = getattr(layer, "made", None)
+    return made if _kind_of(layer) == "autoregressive" and hasattr(made, "set_order") else None
 
 
 def markdown_table() -> str:
