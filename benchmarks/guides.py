@@ -7,8 +7,8 @@
 The model is a D-dimensional Gaussian latent with one observation per dimension. For each D
 the guides are timed in one run, one after the other, with Trace_ELBO, one particle and Adam:
 Pyro's AutoNormal and AutoMultivariateNormal (references), Pyro's AutoIAFNormal with K = 2
-IAF layers of one ReLU hidden layer of width H against AutoFlow with the same two IAF layers (and
-a reversal between them, which Pyro's random-order MADEs do not need), and Pyro's
+IAF layers of one ReLU hidden layer of width H against AutoFlow with the same two IAF layers
+(their MADEs in natural and reversed order; AutoFlow adds its learnable loc/scale map), and Pyro's
 AutoNormalizingFlow with 8 planar layers against AutoFlow("planar*8"). The ratio column is
 AutoFlow / Pyro for the same architecture (below 1.0: pyro-nf is faster).
 """

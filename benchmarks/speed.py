@@ -18,7 +18,8 @@ Contenders, with the same architecture (L layers; MADE conditioners with two hid
 width H = max(64, D), ReLU; Pyro's AutoRegressiveNN needs H >= D):
 
 * pyro-nf: ``AutoFlow(model, flow=[(name, {"hidden": [H, H], "activation": "relu", ...})] * L)``
-  (a reversal between autoregressive layers, and AutoFlow's elementwise loc/scale map);
+  (consecutive MADEs in alternating orders, and AutoFlow's learnable elementwise loc/scale
+  map, which Pyro's guides lack);
 * Pyro: ``AutoIAFNormal(model, hidden_dim=[H, H], num_transforms=L)`` for IAF, and
   ``AutoNormalizingFlow`` with ``SplineAutoregressive`` (quadratic order, bound 5, built with
   an ``AutoRegressiveNN(param_dims=[K, K, K - 1])`` since Pyro's ``spline_autoregressive``

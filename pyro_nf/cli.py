@@ -89,7 +89,7 @@ def cmd_flows(args) -> int:
 def cmd_demo(args) -> int:
     from pyro_nf.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, steps=args.steps)
+    run_demo(args.out, posterior=args.posterior, quick=args.quick, steps=args.steps)
     return 0
 
 
@@ -164,10 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "posteriors for Pyro models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="AutoNormal vs AutoFlow vs NUTS on eight schools")
+    p = sub.add_parser("demo", help="AutoNormal vs AutoFlow vs NUTS on Neal's funnel or "
+                       "eight schools")
     p.add_argument("--out", default="pyro-nf-demo", help="output folder")
+    p.add_argument("--posterior", choices=["funnel", "schools"], default="funnel",
+                   help="Neal's funnel in 10-D (exact reference draws) or eight schools, "
+                   "centered (posteriordb reference draws)")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
-    p.add_argument("--steps", type=int, default=3000, help="SVI steps per guide")
+    p.add_argument("--steps", type=int, default=5000, help="SVI steps per guide")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("fit", help="fit AutoFlow to a model in a Python file")
     p.add_argument("target", help="FILE.py:MODEL")

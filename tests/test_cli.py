@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from pyro_nf.cli import main
@@ -60,8 +61,24 @@ def test_errors_are_one_line_with_nonzero_exit(files, capsys, argv, message):
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_demo_quick(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+@pytest.mark.parametrize("posterior, reference", [("funnel", "exact"),
+                                                   ("schools", "posteriordb")])
+def test_demo_quick(tmp_path, capsys, posterior, reference):
+    assert main(["demo", "--quick", "--posterior", posterior, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "Verdicts:" in out and (tmp_path / "pair.png").exists()
-    assert (tmp_path / "AutoFlow.nc").exists() and (tmp_path / "elbo.png").exists()
+    assert "divergent transitions" in out
+    for name in ("AutoNormal", "AutoFlow", "NUTS", reference):
+        assert (tmp_path / f"{name}.nc").exists(), name
+    assert (tmp_path / "elbo.png").exists()
+
+
+def test_funnel_reference_is_exact():
+    from pyro_nf.demo import funnel_reference
+
+    post = funnel_reference(200000, seed=1).posterior
+    v, x = post["v"].values.ravel(), post["x"].values.reshape(-1, 9)
+    assert abs(v.mean()) < 0.03 and abs(v.std() - 3.0) < 0.03
+    # x_i / exp(v / 2) is standard normal, independent of v
+    u = x / np.exp(v / 2)[:, None]
+    assert np.all(np.abs(u.std(0) - 1) < 0.01) and abs(np.corrcoef(u[:, 0], v)[0, 1]) < 0.01

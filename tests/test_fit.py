@@ -46,20 +46,20 @@ def test_seeded_runs_are_reproducible():
 
 
 def test_checkpoint_and_resume_continue_exactly(tmp_path):
-    # (a constant learning rate: a decaying one depends on the planned num_steps, which an
-    # interrupted run and its resumption share but this emulation cannot)
+    # (a fixed schedule: the default decay and warm-up depend on the planned num_steps, which
+    # an interrupted run and its resumption share but this emulation cannot)
     straight = fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=40, seed=1,
-                   progress=False, lr_decay=None)
+                   progress=False, lr_decay=None, warmup_steps=5)
     expected = _params()
     pyro.clear_param_store()
     path = tmp_path / "run.pt"
     fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=25, seed=1, progress=False,
-        checkpoint=path, checkpoint_every=10, lr_decay=None)
+        checkpoint=path, checkpoint_every=10, lr_decay=None, warmup_steps=5)
     assert path.exists()
     pyro.clear_param_store()
     pyro.set_rng_seed(999)  # whatever state the new process is in
     resumed = fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=40, progress=False,
-                  checkpoint=path, resume=True, lr_decay=None)
+                  checkpoint=path, resume=True, lr_decay=None, warmup_steps=5)
     assert resumed.steps == 40 and resumed.losses == straight.losses
     got = _params()
     assert set(got) == set(expected)
@@ -93,6 +93,44 @@ def test_non_finite_steps_are_skipped_and_the_learning_rate_lowered():
     assert all(math.isfinite(v) for v in result.losses)
     lrs = {g["lr"] for opt in optim.optim_objs.values() for g in opt.param_groups}
     assert lrs == {0.01 * 0.25}
+
+
+def test_a_non_finite_loss_undoes_the_last_update():
+    state = {"step": -1, "glitch": None}
+
+    def schedule(step):
+        state["step"] = step
+        return 1.0
+
+    def flaky(data=DATA):
+        conjugate(data)
+        if state["step"] == state["glitch"]:
+            pyro.factor("glitch", torch.tensor(float("nan")))
+
+    common = {"progress": False, "seed": 0, "lr_decay": None, "warmup_steps": 0,
+              "lr_schedule": schedule}
+    fit(flaky, AutoFlow(flaky, flow="iaf"), num_steps=1, **common)
+    after_one = _params()
+    pyro.clear_param_store()
+    state["glitch"] = 2  # steps 0 and 1 update; step 2's loss is NaN: back to after step 0
+    result = fit(flaky, AutoFlow(flaky, flow="iaf"), num_steps=3, **common)
+    assert result.skipped_steps == 1 and len(result.losses) == 2
+    got = _params()
+    assert all(torch.equal(got[k], v) for k, v in after_one.items())
+
+
+def test_learning_rate_warms_up_linearly():
+    optim = pyro.optim.Adam({"lr": 0.02})
+    fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=5, optim=optim,
+        progress=False, lr_decay=None, warmup_steps=10)
+    lrs = {g["lr"] for opt in optim.optim_objs.values() for g in opt.param_groups}
+    assert lrs == {0.02 * 5 / 10}
+    optim = pyro.optim.Adam({"lr": 0.02})
+    fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=5, optim=optim,
+        progress=False, lr_decay=None, warmup_steps=0)
+    assert {g["lr"] for o in optim.optim_objs.values() for g in o.param_groups} == {0.02}
+    with pytest.raises(ValueError, match="warmup_steps"):
+        fit(conjugate, AutoFlow(conjugate), num_steps=1, warmup_steps=-1)
 
 
 def test_repeated_non_finite_losses_raise_naming_the_parameters():
