@@ -80,6 +80,14 @@ def plot_pair(posteriors: dict[str, Any], var_names: list[str], *, title: str | 
     k = len(names)
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False)
+    # axis ranges from the pooled central 99% of every posterior: a heavy tail (a funnel's
+    # wide end) would otherwise squash the bulk into one bin
+    limits = {}
+    for name in names:
+        pooled = np.concatenate([flat[name] for flat in flats.values()])
+        lo, hi = np.quantile(pooled[np.isfinite(pooled)], [0.005, 0.995])
+        pad = 0.05 * (hi - lo) if hi > lo else 1.0
+        limits[name] = (lo - pad, hi + pad)
     for i in range(k):
         for j in range(k):
             ax = axes[i, j]
@@ -89,11 +97,14 @@ def plot_pair(posteriors: dict[str, Any], var_names: list[str], *, title: str | 
             for (label, flat), color in zip(flats.items(), COLORS):
                 x, y = flat[names[j]], flat[names[i]]
                 if i == j:
-                    ax.hist(x, bins=40, density=True, histtype="step", color=color,
-                            label=label)
+                    ax.hist(x, bins=40, range=limits[names[j]], density=True,
+                            histtype="step", color=color, label=label)
                 else:
                     idx = rng.choice(len(x), min(max_points, len(x)), replace=False)
                     ax.scatter(x[idx], y[idx], s=2, alpha=0.35, color=color)
+            ax.set_xlim(limits[names[j]])
+            if i != j:
+                ax.set_ylim(limits[names[i]])
             if i == k - 1:
                 ax.set_xlabel(names[j], fontsize=8)
             if j == 0 and i > 0:
