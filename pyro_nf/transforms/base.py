@@ -67,6 +67,15 @@ def check_dim(dim: object, layer: str) -> int:
     return dim
 
 
+def check_permutation(perm: object, dim: int, what: str) -> Tensor:
+    """Validate a permutation of ``range(dim)`` (``what`` names it in the error) and return it
+    as a CPU long tensor."""
+    perm = torch.as_tensor(perm, dtype=torch.long).cpu()
+    if perm.shape != (dim,) or not torch.equal(perm.sort().values, torch.arange(dim)):
+        raise ValueError(f"{what} must be a permutation of range({dim}), got {perm.tolist()}")
+    return perm
+
+
 class Flow(TransformModule):
     """Base class of pyro-nf's flow layers: a learnable bijection of R^D (event_dim 1).
 

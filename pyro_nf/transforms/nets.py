@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyro_nf.transforms.base import check_permutation
+
 Tensor = torch.Tensor
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU,
@@ -150,11 +152,7 @@ class MADE(nn.Module):
     def set_order(self, order: Tensor) -> None:
         """Make ``order[0]`` the first coordinate, ``order[1]`` the second, ...: recompute the
         masks in place (on their device and dtype)."""
-        order = torch.as_tensor(order, dtype=torch.long).cpu()
-        if order.shape != (self.dim,) or not torch.equal(order.sort().values,
-                                                         torch.arange(self.dim)):
-            raise ValueError(f"MADE.set_order: order must be a permutation of "
-                             f"range({self.dim}), got {order.tolist()}")
+        order = check_permutation(order, self.dim, "MADE.set_order: order")
         masked = [m for m in self.layers if isinstance(m, MaskedLinear)]
         for layer, mask in zip(masked, self._masks(order)):
             layer.mask.copy_(mask)

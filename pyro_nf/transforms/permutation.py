@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pyro_nf.transforms.base import Flow
+from pyro_nf.transforms.base import Flow, check_permutation
 from pyro_nf.transforms.registry import register
 
 Tensor = torch.Tensor
@@ -22,10 +22,7 @@ class Permutation(Flow):
 
     def __init__(self, dim: int, permutation: Tensor) -> None:
         super().__init__(dim)
-        perm = torch.as_tensor(permutation, dtype=torch.long)
-        if perm.shape != (dim,) or not torch.equal(perm.sort().values, torch.arange(dim)):
-            raise ValueError(f"{type(self).__name__}: permutation must be a permutation of "
-                             f"range({dim}), got {perm.tolist()}")
+        perm = check_permutation(permutation, dim, f"{type(self).__name__}: permutation")
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
 
