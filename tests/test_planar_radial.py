@@ -60,8 +60,9 @@ def test_planar_starts_at_the_identity_and_gradients_reach_u():
     torch.testing.assert_close(y, x, atol=1e-6, rtol=0)
     assert float(ladj.detach().abs().max()) < 1e-6
     ((y - 1.0) ** 2).sum().backward()
-    for name in ("u", "w"):
-        assert float(getattr(layer, name).grad.abs().max()) > 1e-3, name
+    grad_u, grad_w, _ = layer.params.grad.split([5, 5, 1])
+    for name, grad in (("u", grad_u), ("w", grad_w)):
+        assert float(grad.abs().max()) > 1e-3, name
 
 
 @pytest.mark.parametrize("factor", [-50.0, -1e3])
@@ -163,9 +164,10 @@ def test_planar_softplus_is_exact_for_large_w_dot_u():
 
 
 def test_planar_inverse_gradients_are_the_implicit_ones():
-    """gradcheck (finite differences) through the numerical inverse, w.r.t. y and u, w, b."""
+    """gradcheck (finite differences) through the numerical inverse, w.r.t. y and u, w, b
+    (the one ``params`` tensor)."""
     wrapper = InverseModule(_planar(dim=2, seed=1))
-    names = ("layer.u", "layer.w", "layer.b")
+    names = ("layer.params",)
     params = [dict(wrapper.named_parameters())[n].detach().clone().requires_grad_(True)
               for n in names]
     y = torch.randn(3, 2, dtype=F64, requires_grad=True)
@@ -191,6 +193,23 @@ def test_planar_density_of_points_never_sampled():
     torch.testing.assert_close(lp, expected, rtol=1e-4, atol=1e-4)
     (-lp.mean()).backward()
     assert all(torch.isfinite(p.grad).all() and (p.grad != 0).any() for p in layer.parameters())
+
+
+def test_planar_parameters_are_one_tensor_and_the_former_layout_loads():
+    """u, w and b are views of one ``params`` tensor (one Adam state instead of three); a
+    state dict with separate u, w, b (the layout before) loads into the same map."""
+    layer = _planar(dim=3, seed=2)
+    assert [name for name, _ in layer.named_parameters()] == ["params"]
+    legacy = {"u": layer.u.detach().clone(), "w": layer.w.detach().clone(),
+              "b": layer.b.detach().clone()}
+    fresh = build_layer("planar", 3).to(F64)
+    fresh.load_state_dict(legacy)
+    z = torch.randn(4, 3, dtype=F64)
+    for a, b in zip(fresh.forward_and_log_det(z), layer.forward_and_log_det(z)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():
+        layer.b.fill_(0.25)  # writing through a view changes the parameter
+    assert float(layer.params[-1]) == 0.25
 
 
 def test_planar_nonconvergence_is_a_clear_error():

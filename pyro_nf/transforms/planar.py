@@ -24,13 +24,14 @@ log|det J| stays finite when softplus underflows (q = 0, a = 0: a singular Jacob
 
 Inverse (numerical). With a = w^T z + b, the output satisfies
 
-    c := w^T y + b = a + k tanh(a) =: g(a),   k = w^T u_hat = q - 1 >= -1,
+    c := w^T y + b = a + k tanh(a) =: g(a),   k = w^T u_hat >= -1
 
-and g'(a) = tanh^2(a) + q sech^2(a) >= 0, so g is increasing and its root lies in
-[c - |k|, c + |k|] (because |k tanh(a)| <= |k|). The root is found by the bracketed Newton
-solver :func:`~pyro_nf.transforms.base.solve_monotone` without autograd, and given its implicit
-gradients (da = -(dg/dtheta) / g'(a), with respect to u, w, b and y) by
-:func:`~pyro_nf.transforms.base.implicit_newton_step`. Then z = y - u_hat tanh(a).
+(k is computed from u_hat as the forward map uses it, so the root is that map's own even where
+rounding separates it from q - 1), and g'(a) = tanh^2(a) + q sech^2(a) >= 0, so g is
+increasing and its root lies in [c - |k|, c + |k|] (because |k tanh(a)| <= |k|). The root is
+found by the bracketed Newton solver :func:`~pyro_nf.transforms.base.solve_monotone` without
+autograd, and given its implicit gradients (da = -(dg/dtheta) / g'(a), with respect to u, w, b
+and y) by :func:`~pyro_nf.transforms.base.implicit_newton_step`. Then z = y - u_hat tanh(a).
 """
 
 from __future__ import annotations
@@ -89,7 +90,10 @@ def planar_inverse(y: Tensor, u_hat: Tensor, w: Tensor, b: Tensor, q: Tensor, *,
     """``(f^{-1}(y), log|det J_f|)`` at the pre-image, by the bracketed scalar solve of the
     module docstring with implicit gradients; shapes as in :func:`planar_forward`. ``layer``
     names the layer in a non-convergence error."""
-    k = q - 1  # w^T u_hat >= -1
+    # w^T u_hat as the forward map has it (never below -1): equal to q - 1 in exact arithmetic,
+    # but a large raw u makes u_hat's rounding (eps |u| |w|) visible, and the root must be the
+    # forward map's own
+    k = torch.linalg.vecdot(w, u_hat).clamp_min(-1.0)
     c = torch.linalg.vecdot(y, w) + b
     tiny = torch.finfo(y.dtype).tiny
     with torch.no_grad():
@@ -140,6 +144,12 @@ class Planar(Flow):
     -0.31 w / ||w||^2.) Because u_hat depends on u and w, and tanh(w^T z + b) != 0, the
     gradients reach u, w and b from the first step.
 
+    Parameters: one tensor ``params = [u, w, b]`` of length 2D + 1, with ``u``, ``w`` and
+    ``b`` as views of it. One tensor instead of three matters for speed: Pyro's optimisers
+    keep one torch optimiser per parameter tensor, and that per-tensor overhead was a fifth of
+    an SVI step of an eight-layer planar guide at D = 10 (see ``benchmarks/speed.py``). A
+    state dict of the former layout (separate ``u``, ``w``, ``b``) still loads.
+
     Args:
         dim: the event size D.
     """
@@ -149,9 +159,29 @@ class Planar(Flow):
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
         u, w, b = planar_init(dim)
-        self.w = nn.Parameter(w)
-        self.u = nn.Parameter(u)
-        self.b = nn.Parameter(b)
+        self.params = nn.Parameter(torch.cat([u, w, b.reshape(1)]))
+
+    @property
+    def u(self) -> Tensor:
+        """Raw u (a view of ``params``)."""
+        return self.params[:self.dim]
+
+    @property
+    def w(self) -> Tensor:
+        """w (a view of ``params``)."""
+        return self.params[self.dim:2 * self.dim]
+
+    @property
+    def b(self) -> Tensor:
+        """b, a scalar (a view of ``params``)."""
+        return self.params[2 * self.dim]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        keys = [prefix + name for name in ("u", "w", "b")]
+        if all(k in state_dict for k in keys) and prefix + "params" not in state_dict:
+            u, w, b = (state_dict.pop(k) for k in keys)  # the layout before one ``params``
+            state_dict[prefix + "params"] = torch.cat([u, w, b.reshape(1)])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def u_hat(self) -> Tensor:
         """The constrained u_hat = u + (m(w^T u) - w^T u) w / ||w||^2, with w^T u_hat >= -1."""
@@ -161,10 +191,14 @@ class Planar(Flow):
         """(u_hat, q) with q = 1 + w^T u_hat = softplus(w^T u) >= 0 (1 where w = 0)."""
         return planar_constrain(self.u, self.w)
 
+    def _map_args(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # (u_hat, w, b, q) for planar_forward / planar_inverse, from one split of ``params``
+        u, w, b = self.params.split([self.dim, self.dim, 1])
+        u_hat, q = planar_constrain(u, w)
+        return u_hat, w, b.squeeze(-1), q
+
     def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        u_hat, q = planar_constrain(self.u, self.w)
-        return planar_forward(x, u_hat, self.w, self.b, q)
+        return planar_forward(x, *self._map_args())
 
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        u_hat, q = planar_constrain(self.u, self.w)
-        return planar_inverse(y, u_hat, self.w, self.b, q, layer=self._name())
+        return planar_inverse(y, *self._map_args(), layer=self._name())
