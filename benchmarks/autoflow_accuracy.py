@@ -5,6 +5,7 @@
     python benchmarks/autoflow_accuracy.py --out benchmarks/results/autoflow_accuracy.md
     python benchmarks/autoflow_accuracy.py --posteriors funnel --jsonl part.jsonl  # one half
     python benchmarks/autoflow_accuracy.py --from-jsonl a.jsonl b.jsonl --out ...   # merge
+    python benchmarks/autoflow_accuracy.py --guides AutoFlow --jsonl new.jsonl  # some rows
 
 Posteriors: eight schools, centered (reference: posteriordb's long NUTS draws of the same
 posterior in its noncentered form), and Neal's funnel in 10 dimensions (v ~ N(0, 3),
@@ -128,6 +129,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--posteriors", nargs="+", choices=sorted(POSTERIORS),
                         default=["schools", "funnel"])
+    parser.add_argument("--guides", nargs="+", default=None, metavar="TEXT",
+                        help="run only the guides whose label contains one of these texts")
     parser.add_argument("--jsonl", type=Path, default=None,
                         help="append every row to this file as it finishes")
     parser.add_argument("--from-jsonl", type=Path, nargs="+", default=None,
@@ -144,8 +147,12 @@ def main(argv=None) -> int:
         steps = rows[0]["steps"] if rows else steps
         seeds = sorted({r["seed"] for r in rows})
     else:
+        names = [name for name in GUIDES
+                 if args.guides is None or any(text in name for text in args.guides)]
+        if not names:
+            parser.error(f"--guides {args.guides} matches none of {list(GUIDES)}")
         for label in args.posteriors:
-            for name in GUIDES:
+            for name in names:
                 for seed in seeds:
                     row = run_one(label, name, steps, seed, refs)
                     rows.append(row)

@@ -134,6 +134,24 @@ def test_autoregressive_layer_in_any_order(name):
         layer.made.set_order(torch.tensor([0, 0, 1, 2, 3]))
 
 
+@pytest.mark.parametrize("name,bounds", [("iaf", (-5.0, 6.0)), ("maf", (-5.0, 6.0)),
+                                         ("realnvp", (-5.0, 3.0))])
+def test_affine_layers_clamp_their_log_scale_at_the_documented_bounds(name, bounds):
+    """IAF/MAF layers may scale by up to e^6 per layer (an AutoFlow started at scale 0.1
+    needs more than Pyro's e^3 on wide posteriors); coupling layers keep [e^-5, e^3]."""
+    dim = 4
+    layer = build_layer(name, dim).double()
+    last = [m for m in layer.modules() if isinstance(m, torch.nn.Linear)][-1]
+    x = torch.randn(3, dim, dtype=torch.float64)
+    sign = 1.0 if name != "maf" else -1.0  # MAF's forward map is the inverse of G
+    for raw, bound in ((10.0, bounds[1]), (-10.0, bounds[0])):
+        with torch.no_grad():
+            last.bias[last.bias.numel() // 2:].fill_(raw)  # second half: raw log-scales
+        _, ladj = layer.forward_and_log_det(x)
+        active = dim if name != "realnvp" else dim - dim // 2  # coupling: the moved half
+        torch.testing.assert_close(ladj, torch.full_like(ladj, sign * bound * active))
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_log_det_right_for_any_pair_not_only_the_cached_one(name):
     dim = _smallest_dim(name, 3)

@@ -115,3 +115,16 @@ def test_autoflow_accuracy_rows_merge_over_seeds(tmp_path):
     assert row[3] == f"{sum(r['khat'] < 0.5 for r in rows)} of 2"
     mean_err = max(abs(r["moments"]["v"][0]) / 3.0 for r in rows)
     assert row[4].startswith(f"v: {mean_err:.2f} / ")
+
+
+def test_autoflow_accuracy_runs_only_the_guides_asked_for(tmp_path, capsys):
+    import autoflow_accuracy as aa
+
+    out = tmp_path / "table.md"
+    assert aa.main(["--quick", "--posteriors", "funnel", "--guides", "AutoNormal",
+                    "--out", str(out)]) == 0
+    rows = _rows(out.read_text(), "posterior")
+    assert [row[:2] for row in rows] == [["funnel", "AutoNormal"]]
+    with pytest.raises(SystemExit):
+        aa.main(["--quick", "--guides", "NoSuchGuide"])
+    assert "matches none of" in capsys.readouterr().err

@@ -209,7 +209,7 @@ def test_planar_parameters_are_one_tensor_and_the_former_layout_loads():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with torch.no_grad():
         layer.b.fill_(0.25)  # writing through a view changes the parameter
-    assert float(layer.params[-1]) == 0.25
+    assert float(layer.params[-1].detach()) == 0.25
 
 
 def test_planar_nonconvergence_is_a_clear_error():

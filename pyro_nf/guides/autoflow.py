@@ -42,7 +42,7 @@ from pyro_nf.transforms.permutation import Permutation
 from pyro_nf.transforms.registry import _expand, build_flow
 
 #: The default flow of :class:`AutoFlow`; see the README for how it was chosen.
-DEFAULT_FLOW = "iaf*6"
+DEFAULT_FLOW = "iaf*3"
 BASES = ("diagonal", "lowrank", "full")
 
 

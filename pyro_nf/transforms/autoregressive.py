@@ -115,7 +115,7 @@ class AffineAutoregressive(Autoregressive):
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
                  direction: str = "iaf", activation: str = "elu",
-                 min_log_scale: float = -5.0, max_log_scale: float = 3.0) -> None:
+                 min_log_scale: float = -5.0, max_log_scale: float = 6.0) -> None:
         super().__init__(dim, Affine(min_log_scale, max_log_scale), hidden=hidden,
                          direction=direction, activation=activation)
 
@@ -123,7 +123,7 @@ class AffineAutoregressive(Autoregressive):
 @register("maf", paper="Papamakarios, Pavlakou & Murray (2017), Masked Autoregressive Flow",
           inverse="exact", kind="autoregressive")
 def maf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "elu",
-        min_log_scale: float = -5.0, max_log_scale: float = 3.0) -> AffineAutoregressive:
+        min_log_scale: float = -5.0, max_log_scale: float = 6.0) -> AffineAutoregressive:
     """Affine autoregressive layer, MAF direction: one-pass density, D-pass sampling."""
     return AffineAutoregressive(dim, hidden, "maf", activation, min_log_scale, max_log_scale)
 
@@ -131,7 +131,7 @@ def maf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "
 @register("iaf", paper="Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling (2016), "
           "Inverse Autoregressive Flow", inverse="exact", kind="autoregressive")
 def iaf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "elu",
-        min_log_scale: float = -5.0, max_log_scale: float = 3.0) -> AffineAutoregressive:
+        min_log_scale: float = -5.0, max_log_scale: float = 6.0) -> AffineAutoregressive:
     """Affine autoregressive layer, IAF direction: one-pass sampling, D-pass density."""
     return AffineAutoregressive(dim, hidden, "iaf", activation, min_log_scale, max_log_scale)
 

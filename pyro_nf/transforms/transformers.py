@@ -54,9 +54,11 @@ class Affine(Transformer):
 
     Log-space parametrisation (RealNVP, Dinh et al., 2017; IAF, Kingma et al., 2016):
     log|dy/dx| = log_s exactly, no log of a small number. The clamp bounds each layer's
-    scale to [e^-5, e^3] by default (Pyro's bounds for its affine autoregressive layer): wider
-    bounds let early SVI steps blow a guide up (seen on eight schools with e^5), and the
-    gradient is zero beyond them. Raw zero gives the identity.
+    scale; the gradient is zero beyond it. The default [e^-5, e^3] is Pyro's (coupling layers
+    and the conditional twins keep it); the unconditional IAF/MAF layers default to
+    [e^-5, e^6], because an AutoFlow started at scale 0.1 on a wide posterior needs its layers
+    to expand by more than e^3: on Neal's funnel the raw log-scales sat beyond 3 after 5000
+    steps and the funnel's mouth came out too narrow. Raw zero gives the identity.
     """
 
     num_params = 2
