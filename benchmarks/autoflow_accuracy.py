@@ -106,7 +106,13 @@ def table(rows: list[dict], refs: dict) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["posterior"], r["guide"]), []).append(r)
-    for (label, name), rs in groups.items():
+    def position(key: tuple[str, str]) -> tuple[int, int]:  # rows merged from several runs
+        label, name = key
+        names = list(GUIDES)
+        return (list(POSTERIORS).index(label) if label in POSTERIORS else len(POSTERIORS),
+                names.index(name) if name in names else len(names))
+
+    for (label, name), rs in sorted(groups.items(), key=lambda item: position(item[0])):
         rs = sorted(rs, key=lambda r: r["seed"])
         khats = ", ".join(f"{r['khat']:.2f}" for r in rs)
         ok = sum(r["khat"] < 0.5 for r in rs)

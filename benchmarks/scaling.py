@@ -4,7 +4,7 @@
     python benchmarks/scaling.py --quick         # D in {10, 100}, few steps (under a minute)
     python benchmarks/scaling.py --out benchmarks/results/scaling.md  # also writes scaling.json
 
-Guides, each with its library defaults: ``pyro_nf.AutoFlow(model)`` (``"iaf*6"``, MADE
+Guides, each with its library defaults: ``pyro_nf.AutoFlow(model)`` (``"iaf*3"``, MADE
 conditioners of width clip(4 D, 32, 256)), Pyro's ``AutoMultivariateNormal(model)`` (a full
 Cholesky factor) and Pyro's ``AutoIAFNormal(model)`` (one IAF layer of width 3 D + 1). The model
 is ``_timing.make_model`` (z ~ N(0, I_D), x ~ N(z, I) observed).
@@ -49,7 +49,7 @@ import pyro
 import torch
 from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal
 
-from pyro_nf import AutoFlow
+from pyro_nf import DEFAULT_FLOW, AutoFlow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import (  # noqa: E402  (benchmarks/ is not a package)
@@ -63,7 +63,7 @@ from _timing import (  # noqa: E402  (benchmarks/ is not a package)
 )
 
 GUIDES: dict[str, tuple[str, Callable[[Callable], Callable]]] = {
-    "autoflow": ("AutoFlow(model) (iaf*6)", lambda model: AutoFlow(model)),
+    "autoflow": (f"AutoFlow(model) ({DEFAULT_FLOW})", lambda model: AutoFlow(model)),
     "mvn": ("Pyro AutoMultivariateNormal", lambda model: AutoMultivariateNormal(model)),
     "iaf": ("Pyro AutoIAFNormal (1 layer, H = 3D+1)", lambda model: AutoIAFNormal(model)),
 }
