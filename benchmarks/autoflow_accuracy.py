@@ -143,6 +143,9 @@ def main(argv=None) -> int:
                         help="build the table from rows written by earlier runs")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.from_jsonl and args.guides:
+        parser.error("--guides chooses the guides to fit; --from-jsonl tabulates every row of "
+                     "its files (filter the files instead)")
     steps = 100 if args.quick else args.steps
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     refs = reference_moments()

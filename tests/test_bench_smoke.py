@@ -115,6 +115,12 @@ def test_autoflow_accuracy_rows_merge_over_seeds(tmp_path):
     assert row[3] == f"{sum(r['khat'] < 0.5 for r in rows)} of 2"
     mean_err = max(abs(r["moments"]["v"][0]) / 3.0 for r in rows)
     assert row[4].startswith(f"v: {mean_err:.2f} / ")
+    # rows merged from several runs come out in the benchmark's guide order, not file order
+    other = tmp_path / "c.jsonl"
+    other.write_text(json.dumps({**rows[0], "guide": "AutoMultivariateNormal"}) + "\n")
+    assert aa.main(["--from-jsonl", str(other), *map(str, parts), "--out", str(out)]) == 0
+    assert [r[1] for r in _rows(out.read_text(), "posterior")] == [
+        "AutoNormal", "AutoMultivariateNormal"]
 
 
 def test_autoflow_accuracy_runs_only_the_guides_asked_for(tmp_path, capsys):
@@ -128,3 +134,6 @@ def test_autoflow_accuracy_runs_only_the_guides_asked_for(tmp_path, capsys):
     with pytest.raises(SystemExit):
         aa.main(["--quick", "--guides", "NoSuchGuide"])
     assert "matches none of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # merging tabulates every row it is given
+        aa.main(["--from-jsonl", str(out), "--guides", "AutoNormal"])
+    assert "--guides" in capsys.readouterr().err

@@ -149,7 +149,8 @@ class Planar(Flow):
     keep one torch optimiser per parameter tensor, and three tensors per layer cost 13-19% of
     an SVI step of an eight-layer planar AutoFlow at D = 10-1000 (measured side by side with
     the one-tensor layout). A state dict of the former layout (separate ``u``, ``w``, ``b``)
-    still loads.
+    still loads; to set them, write through the views under ``torch.no_grad()``
+    (``layer.u.copy_(...)``), and read gradients from ``params.grad``.
 
     Args:
         dim: the event size D.
