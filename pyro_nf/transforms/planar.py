@@ -187,11 +187,12 @@ class Planar(Flow):
 
     def u_hat(self) -> Tensor:
         """The constrained u_hat = u + (m(w^T u) - w^T u) w / ||w||^2, with w^T u_hat >= -1."""
-        return planar_constrain(self.u, self.w)[0]
+        return self._map_args()[0]
 
     def _constrained(self) -> tuple[Tensor, Tensor]:
         """(u_hat, q) with q = 1 + w^T u_hat = softplus(w^T u) >= 0 (1 where w = 0)."""
-        return planar_constrain(self.u, self.w)
+        u_hat, _, _, q = self._map_args()
+        return u_hat, q
 
     def _map_args(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         # (u_hat, w, b, q) for planar_forward / planar_inverse, from one split of ``params``
