@@ -179,6 +179,25 @@ def test_gradient_clipping_bounds_sgd_updates():
     assert float((guide.loc.detach() - before).norm()) <= 1e-3 + 1e-7
 
 
+def test_gradient_clipping_is_per_parameter_tensor():
+    """A huge gradient on one parameter must not shrink another parameter's update (global
+    clipping would scale b's gradient 0.5 by 1 / 1000 here)."""
+
+    def model():
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.sample("b", dist.Normal(0.0, 1.0))
+
+    def guide():  # point masses: the loss is (a^2 + b^2) / 2 + const, gradients a and b
+        pyro.sample("a", dist.Delta(pyro.param("a_loc", torch.tensor(1000.0))))
+        pyro.sample("b", dist.Delta(pyro.param("b_loc", torch.tensor(0.5))))
+
+    pyro.clear_param_store()
+    fit(model, guide, num_steps=1, optim=pyro.optim.SGD({"lr": 1.0}), clip_norm=1.0,
+        warmup_steps=0, lr_decay=None, progress=False)
+    assert pyro.param("a_loc").item() == pytest.approx(999.0)  # clipped to norm 1
+    assert pyro.param("b_loc").item() == pytest.approx(0.0, abs=1e-6)  # its own full step
+
+
 @pytest.mark.parametrize("elbo", [
     Trace_ELBO(),
     TraceMeanField_ELBO(),
