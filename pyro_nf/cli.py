@@ -89,7 +89,8 @@ def cmd_flows(args) -> int:
 def cmd_demo(args) -> int:
     from pyro_nf.demo import run_demo
 
-    run_demo(args.out, posterior=args.posterior, quick=args.quick, steps=args.steps)
+    run_demo(args.out, posterior=args.posterior, quick=args.quick, steps=args.steps,
+             seed=args.seed)
     return 0
 
 
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "centered (posteriordb reference draws)")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
     p.add_argument("--steps", type=int, default=10000, help="SVI steps per guide")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fits and of NUTS")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("fit", help="fit AutoFlow to a model in a Python file")
     p.add_argument("target", help="FILE.py:MODEL")

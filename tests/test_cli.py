@@ -73,6 +73,20 @@ def test_demo_quick(tmp_path, capsys, posterior, reference):
     assert (tmp_path / "elbo.png").exists()
 
 
+
+def test_demo_seed_option_reproduces_and_varies_the_fits(tmp_path):
+    from pyro_nf.diagnostics import _arviz
+
+    def autoflow_draws(seed: int, folder: str):
+        out = tmp_path / folder
+        assert main(["demo", "--quick", "--seed", str(seed), "--out", str(out)]) == 0
+        return _arviz.from_netcdf(out / "AutoFlow.nc").posterior["v"].values
+
+    first, again, other = autoflow_draws(1, "a"), autoflow_draws(1, "b"), autoflow_draws(2, "c")
+    assert (first == again).all()
+    assert not (first == other).all()
+
+
 def test_funnel_reference_is_exact():
     from pyro_nf.demo import funnel_reference
 

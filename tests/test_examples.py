@@ -24,3 +24,12 @@ def test_example_quick_mode_runs(name, tmp_path):
     assert result, f"{name}.main returned nothing to check"
     for value in result.values():
         assert math.isfinite(value)
+
+
+def test_eight_schools_example_fits_eight_schools(tmp_path):
+    """The example runs the demo's workflow on eight schools, not on the demo's funnel."""
+    from pyro_nf.diagnostics import _arviz
+
+    _load("eight_schools").main(["--quick", "--out", str(tmp_path)])
+    posterior = _arviz.from_netcdf(tmp_path / "AutoFlow.nc").posterior
+    assert {"mu", "tau", "theta"} <= set(posterior.data_vars)
