@@ -4,6 +4,7 @@ and the sticking-the-landing estimator."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -92,7 +93,30 @@ def test_non_finite_steps_are_skipped_and_the_learning_rate_lowered():
     assert result.skipped_steps == 2 and result.steps == 20
     assert all(math.isfinite(v) for v in result.losses)
     lrs = {g["lr"] for opt in optim.optim_objs.values() for g in opt.param_groups}
-    assert lrs == {0.01 * 0.25}
+    assert lrs == {0.01 * 0.25} and result.lr_factor == 0.25
+
+
+def test_a_stalled_learning_rate_is_reported():
+    """Eight isolated non-finite steps halve the learning rate eight times (1/256): fit
+    finishes but warns that it has probably stalled; two do not warn."""
+    calls = {"n": 0, "bad": set(range(3, 19, 2))}
+
+    def flaky(data=DATA):
+        calls["n"] += 1
+        conjugate(data)
+        if calls["n"] in calls["bad"]:
+            pyro.factor("glitch", torch.tensor(float("nan")))
+
+    options = {"num_steps": 30, "progress": False, "seed": 0, "lr_decay": None}
+    with pytest.warns(RuntimeWarning, match="256 times lower: the fit has probably stalled"):
+        result = fit(flaky, AutoFlow(flaky, flow="iaf"), **options)
+    assert result.skipped_steps == 8 and result.lr_factor == 0.5 ** 8
+    pyro.clear_param_store()
+    calls.update(n=0, bad={3, 5})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(flaky, AutoFlow(flaky, flow="iaf"), **options)
+    assert not [w for w in caught if "stalled" in str(w.message)]
 
 
 def test_a_non_finite_loss_undoes_the_last_update():

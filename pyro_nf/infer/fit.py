@@ -6,6 +6,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
 from pyro_nf.infer.elbo import STLTrace_ELBO
+
+#: ``fit`` warns when the non-finite guard has cut the learning rate this far (7 halvings)
+STALLED_LR_FACTOR = 0.5 ** 7
 
 
 @dataclass
@@ -34,6 +38,7 @@ class FitResult:
         converged: whether the smoothed loss stopped changing (see :func:`fit`).
         converged_at: the step at which that was first detected, or None.
         skipped_steps: steps skipped by the non-finite guard.
+        lr_factor: what the guard left of the learning rate (each skipped step halves it).
     """
 
     guide: Any
@@ -43,6 +48,7 @@ class FitResult:
     converged: bool = False
     converged_at: int | None = None
     skipped_steps: int = 0
+    lr_factor: float = 1.0
 
     @property
     def final_elbo(self) -> float:
@@ -187,7 +193,10 @@ def fit(
             finite (or whose update makes a parameter non-finite), restores the parameters
             from before the last update (the last ones whose loss was finite) and halves the
             learning rate; after this many consecutive bad steps it raises
-            :class:`NonFiniteLossError` naming the affected parameters.
+            :class:`NonFiniteLossError` naming the affected parameters. Isolated bad steps
+            do not raise, but once they have cut the learning rate 128-fold (7 of them) the
+            fit ends with a ``RuntimeWarning`` that it has probably stalled;
+            ``FitResult.lr_factor`` says what is left of the learning rate.
 
     Returns:
         a :class:`FitResult`.
@@ -294,6 +303,14 @@ def fit(
     if path is not None:
         _checkpoint(path, optim, result, lr_factor)
     result.seconds = time.perf_counter() - start
+    result.lr_factor = lr_factor
+    if lr_factor <= STALLED_LR_FACTOR:
+        warnings.warn(
+            f"fit: {result.skipped_steps} non-finite steps were skipped, each halving the "
+            f"learning rate, which ended {1 / lr_factor:.3g} times lower: the fit has probably "
+            "stalled. Lower lr, start the guide closer to the posterior (e.g. "
+            "AutoFlow.from_guide with a Laplace approximation), or look for values in the "
+            "model that overflow.", RuntimeWarning, stacklevel=2)
     return result
 
 
