@@ -262,11 +262,9 @@ def fit(
             result.skipped_steps += 1
             _raise_if_stuck(bad_in_a_row, max_bad_steps, bad, "gradients", loss)
             continue
-        if clip_norm is not None:
-            for p in params:
-                if p.grad is not None:
-                    torch.nn.utils.clip_grad_norm_(p, clip_norm)
         for p in params:
+            if clip_norm is not None and p.grad is not None:  # per tensor: see the docstring
+                torch.nn.utils.clip_grad_norm_(p, clip_norm)
             buf = snapshot.get(p)
             if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
                 snapshot[p] = p.detach().clone()
