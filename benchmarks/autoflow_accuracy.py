@@ -49,6 +49,8 @@ GUIDES = {
     "Pyro AutoIAFNormal (2 layers)": lambda m: AutoIAFNormal(m, num_transforms=2),
     f"AutoFlow (default: {pyro_nf.DEFAULT_FLOW})": lambda m: pyro_nf.AutoFlow(m),
     "AutoFlow (default), elbo='stl'": lambda m: pyro_nf.AutoFlow(m),
+    "AutoFlow, centering='model' (the default before 2026-11-23)":
+        lambda m: pyro_nf.AutoFlow(m, centering="model"),
 }
 #: fit options that differ from the common budget
 FIT_OPTIONS = {"AutoFlow (default), elbo='stl'": {"elbo": "stl"}}

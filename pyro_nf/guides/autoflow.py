@@ -16,6 +16,12 @@ tanh kinks) are meaningful, and the elementwise affine map puts the result where
 is. Flow layers start at the identity, so before any step the samples have mean ``loc`` (from
 ``init_loc_fn``) and spread ``init_scale``.
 
+For a model with hierarchical Normal sites (theta ~ N(m, s) with m or s depending on other
+latent sites) the default ``centering="learn"`` adds a last layer, z = C(z'), that re-centres
+those sites with a learned centring lambda (:mod:`pyro_nf.guides.centering`); the statement
+above then holds for z' (the sites' "eta" coordinates), whose mean is the initial location
+mapped by C^{-1}. With ``centering="model"``, or without such sites, z' = z.
+
 References: Rezende & Mohamed (2015), Variational Inference with Normalizing Flows; Kucukelbir
 et al. (2017), Automatic Differentiation Variational Inference (the packing).
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +45,14 @@ from pyro.nn import PyroParam
 from torch import nn
 from torch.distributions import biject_to
 
+from pyro_nf.guides.centering import (
+    CENTERINGS,
+    CENTRING_RATE,
+    Centering,
+    SiteSlot,
+    hierarchical_normal_sites,
+    initial_centring,
+)
 from pyro_nf.transforms.permutation import Permutation
 from pyro_nf.transforms.registry import _expand, build_flow
 
@@ -98,7 +113,8 @@ class AutoFlow(AutoContinuous):
         flow: a flow spec of :func:`pyro_nf.transforms.build_flow` (``"iaf*4"``,
             ``["planar"] * 8``, ``[("maf", {"hidden": 64})]``, a callable ``dim -> module``).
         init_loc_fn: per-site initialisation (Pyro's ``init_to_*``); gives ``loc``.
-        init_scale: initial spread (standard deviation in unconstrained space).
+        init_scale: initial spread (standard deviation in unconstrained space; for re-centred
+            sites, of their eta coordinates).
         base: ``"diagonal"`` (N(0, I); scales live in the affine map), ``"lowrank"``
             (a learnable low-rank-plus-diagonal covariance of rank ``rank``) or ``"full"``
             (a learnable Cholesky factor).
@@ -106,6 +122,12 @@ class AutoFlow(AutoContinuous):
         permutation: passed to ``build_flow`` (``"reverse"``, ``"random"`` or ``None``).
         flow_options: keyword options for every flow layer that accepts them.
         num_quantile_samples: draws used by :meth:`median` and :meth:`quantiles` (Monte Carlo).
+        centering: ``"learn"`` (default): every hierarchical Normal site (its location or
+            scale depends on another latent site) gets a learned partial non-centring, the
+            flow's last layer (:mod:`pyro_nf.guides.centering`; Gorinova et al., 2020). It
+            removes the funnel of a centred hierarchical model (eight schools, Neal's funnel)
+            at the cost of one partial run of the model's prior per guide call; a model
+            without such sites is unaffected. ``"model"``: the model's own parametrisation.
 
     Works with ``Predictive``, ``NeuTraReparam`` (``get_base_dist``/``get_transform``),
     ``AutoGuideList``, ``poutine.block``, ``psis_diagnostic`` and the param store.
@@ -123,12 +145,16 @@ class AutoFlow(AutoContinuous):
         permutation: str | None = "reverse",
         flow_options: dict[str, Any] | None = None,
         num_quantile_samples: int = 4000,
+        centering: str = "learn",
     ) -> None:
         if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale)
                 and init_scale > 0):
             raise ValueError(f"AutoFlow: init_scale must be a positive number, got {init_scale!r}")
         if base not in BASES:
             raise ValueError(f"AutoFlow: base must be one of {BASES}, got {base!r}")
+        if centering not in CENTERINGS:
+            raise ValueError(f"AutoFlow: centering must be one of {CENTERINGS}, got "
+                             f"{centering!r}")
         if rank is not None and (not isinstance(rank, int) or rank < 1):
             raise ValueError(f"AutoFlow: rank must be a positive integer, got {rank!r}")
         if not callable(flow) or isinstance(flow, nn.Module):
@@ -142,6 +168,9 @@ class AutoFlow(AutoContinuous):
         self.num_quantile_samples = int(num_quantile_samples)
         self._warm_start: Any = None
         self._shadow: nn.Module | None = None
+        self._centering = centering
+        self._centering_model = model
+        self._slots: dict[str, SiteSlot] = {}
         super().__init__(model, init_loc_fn=init_loc_fn)
 
     # ------------------------------------------------------------------ construction
@@ -160,6 +189,10 @@ class AutoFlow(AutoContinuous):
         from pyro_nf.guides.warm_start import infer_base
 
         base = infer_base(fitted_guide)  # a clear TypeError for unsupported guides
+        if options.setdefault("centering", "model") != "model":
+            raise ValueError("AutoFlow.from_guide: a warm start keeps the fitted guide's "
+                             "(the model's) parametrisation, centering='model'; for a learned "
+                             "centring fit AutoFlow(model) from its initial location instead")
         options.setdefault("base", base)
         guide = cls(model, flow, **options)
         # a plain attribute: assigned normally, PyroModule would adopt the fitted guide as a
@@ -185,6 +218,8 @@ class AutoFlow(AutoContinuous):
         dtype, device = init_loc.dtype, init_loc.device
         self._prototype_tensor = init_loc
         D = self.latent_dim
+        if self._centering == "learn":
+            init_loc = self._setup_centering(init_loc, args, kwargs)
         loc, scale = init_loc, torch.full_like(init_loc, self._init_scale)
         base_params: dict[str, torch.Tensor] = {}
         if self._warm_start is not None:
@@ -216,6 +251,69 @@ class AutoFlow(AutoContinuous):
         order = net_permutation(flow)
         self.register_buffer("output_order", None if order is None else order.to(device))
 
+    def _setup_centering(self, init_loc: torch.Tensor, args: tuple, kwargs: dict
+                         ) -> torch.Tensor:
+        """Find the hierarchical Normal sites, lay out the packed vector for the prior runs,
+        start lambda from the curvature at the initial values (:func:`initial_centring`) and
+        return the initial location in the flow's (eta) coordinates."""
+        trace = self.prototype_trace
+        hierarchical = hierarchical_normal_sites(self.model, args, kwargs, trace)
+        if not hierarchical:  # nothing to re-centre: the guide is AutoFlow(centering="model")
+            self._slots = {}
+            return init_loc
+        nesting = max([-f.dim for _, site in trace.iter_stochastic_nodes()
+                       for f in site["cond_indep_stack"] if f.vectorized] + [0])
+        slots, pos, count = {}, 0, 0
+        for name, site in trace.iter_stochastic_nodes():
+            shape = tuple(self._unconstrained_shapes[name])
+            size = math.prod(shape)
+            event_dim = site["fn"].event_dim + len(shape) - site["value"].dim()
+            centring = None
+            if name in hierarchical:
+                centring = slice(count, count + size)
+                count += size
+            slots[name] = SiteSlot(name, pos, size, shape,
+                                   nesting - (len(shape) - event_dim), centring)
+            pos += size
+        self._slots = slots
+        self._supports = {name: site["fn"].support
+                          for name, site in trace.iter_stochastic_nodes()}
+        start = initial_centring(self.model, args, kwargs, trace, hierarchical)
+        lam = torch.cat([start[name].reshape(-1) for name in slots if name in start])
+        self.centering_logit = nn.Parameter(torch.logit(lam.to(init_loc)) / CENTRING_RATE)
+        with torch.no_grad():
+            return self._centering_transform(args, kwargs).inv(init_loc)
+
+    @property
+    def centering_lambda(self) -> torch.Tensor:
+        """lambda = sigmoid(CENTRING_RATE * centering_logit), every re-centred element packed."""
+        return torch.sigmoid(CENTRING_RATE * self.centering_logit)
+
+    def set_centering(self, lam: torch.Tensor) -> None:
+        """Set every re-centred element's lambda (packed, in (0, 1))."""
+        with torch.no_grad():
+            self.centering_logit.copy_(torch.logit(torch.as_tensor(lam).to(
+                self.centering_logit)) / CENTRING_RATE)
+
+    def _centering_transform(self, args: tuple, kwargs: dict, detach: bool = False
+                             ) -> Centering:
+        if self._centering_model is None:
+            raise RuntimeError("AutoFlow(centering='learn') runs the model's prior at every "
+                               "call, but this guide was unpickled without its model (it "
+                               "could not be pickled): call guide.attach_model(model) first")
+        lam = self.centering_lambda
+        return Centering(self._centering_model, args, kwargs, self._slots, self._supports,
+                         lam.detach() if detach else lam)
+
+    def centering_weights(self) -> dict[str, torch.Tensor]:
+        """Each re-centred site's lambda (1: the model's centred form, 0: non-centred), shaped
+        like the site; empty unless ``centering="learn"`` found hierarchical sites."""
+        if not self._slots:
+            return {}
+        lam = self.centering_lambda.detach()
+        return {name: lam[slot.centring].reshape(slot.shape)
+                for name, slot in self._slots.items() if slot.centring is not None}
+
     # ------------------------------------------------------------------ the posterior
     def get_base_dist(self) -> dist.TorchDistribution:
         """The base distribution over b (see the module docstring)."""
@@ -228,19 +326,22 @@ class AutoFlow(AutoContinuous):
 
     def get_transform(self, *args: Any, **kwargs: Any) -> ComposeTransform:
         """The map b -> z: the flow's layers, then ``z = loc + scale * u``."""
-        return ComposeTransform(self._transforms())
+        return ComposeTransform(self._transforms(args, kwargs))
 
-    def _transforms(self) -> list:
+    def _transforms(self, args: tuple = (), kwargs: dict | None = None) -> list:
         # cache_size=1: log_prob of the sample just drawn finds each layer's input in its cache
         # (the layers compare identities), so a slow inverse (IAF) is never run for it
-        return [*self.flow.parts, LocScale(self.loc, self.scale, self.output_order)]
+        parts = [*self.flow.parts, LocScale(self.loc, self.scale, self.output_order)]
+        if self._slots:
+            parts.append(self._centering_transform(args, kwargs or {}))
+        return parts
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> dist.TransformedDistribution:
         """The posterior over the packed unconstrained latent z; its ``log_prob`` works at
         any z (the layers' inverses)."""
-        return dist.TransformedDistribution(self.get_base_dist(), self._transforms())
+        return dist.TransformedDistribution(self.get_base_dist(), self._transforms(args, kwargs))
 
-    def detached_posterior(self) -> dist.TransformedDistribution:
+    def detached_posterior(self, *args: Any, **kwargs: Any) -> dist.TransformedDistribution:
         """The same posterior with every parameter cut from the autograd graph (a shadow copy
         of the flow sharing the parameters' storage): log q of a reparametrised sample then
         carries only the path derivative, as the sticking-the-landing estimator needs."""
@@ -258,21 +359,36 @@ class AutoFlow(AutoContinuous):
             base = dist.MultivariateNormal(zeros, scale_tril=self.scale_tril.detach())
         else:
             base = dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
-        affine = LocScale(self.loc.detach(), self.scale.detach(), self.output_order)
-        return dist.TransformedDistribution(base, [*self._shadow.parts, affine])
+        parts = [*self._shadow.parts,
+                 LocScale(self.loc.detach(), self.scale.detach(), self.output_order)]
+        if self._slots:
+            parts.append(self._centering_transform(args, kwargs, detach=True))
+        return dist.TransformedDistribution(base, parts)
 
-    def stl_log_densities(self) -> dict:
+    def stl_log_densities(self, *args: Any, **kwargs: Any) -> dict:
         """For :class:`~pyro_nf.infer.STLTrace_ELBO`: this guide's latent site and its
-        log-density with detached parameters."""
+        log-density with detached parameters (``args``: the model's, for ``centering``)."""
         if self.prototype_trace is None:
             return {}
         return {f"_{self._pyro_name}_latent":
-                lambda value: self.detached_posterior().log_prob(value)}
+                lambda value: self.detached_posterior(*args, **kwargs).log_prob(value)}
 
     def __getstate__(self):
         state = super().__getstate__()
         state["_shadow"] = None
+        # Pyro's guides drop their model when pickled; the centring layer needs it at every
+        # call, so keep it where it pickles by reference (a module-level function)
+        try:
+            pickle.dumps(self._centering_model)
+        except Exception:
+            state["_centering_model"] = None
         return state
+
+    def attach_model(self, model: Callable) -> None:
+        """Give an unpickled guide its model back (``centering="learn"`` runs the model's
+        prior at every call; a model that cannot be pickled, such as a lambda or a closure,
+        is not saved with the guide)."""
+        self._centering_model = model
 
     # ------------------------------------------------------------------ summaries
     def sample_latent_batch(self, num_samples: int, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -15,15 +15,16 @@ from pyro.distributions.score_parts import ScoreParts
 from pyro.infer import Trace_ELBO
 
 
-def stl_sites(guide: Any) -> dict[str, Any]:
+def stl_sites(guide: Any, args: tuple = (), kwargs: dict | None = None) -> dict[str, Any]:
     """``{site name: log-density with detached parameters}`` for every pyro-nf guide inside
-    ``guide`` (itself, or the members of an ``AutoGuideList``)."""
+    ``guide`` (itself, or the members of an ``AutoGuideList``), given the model's arguments."""
     out: dict[str, Any] = {}
+    kwargs = kwargs or {}
     if hasattr(guide, "stl_log_densities"):
-        out.update(guide.stl_log_densities())
+        out.update(guide.stl_log_densities(*args, **kwargs))
     for member in getattr(guide, "_modules", {}).values():
         if hasattr(member, "stl_log_densities"):
-            out.update(member.stl_log_densities())
+            out.update(member.stl_log_densities(*args, **kwargs))
     return out
 
 
@@ -54,7 +55,7 @@ class STLTrace_ELBO(Trace_ELBO):
         return model_trace, guide_trace
 
     def _with_guide(self, method, model, guide, *args, **kwargs):
-        self._stl = stl_sites(guide)
+        self._stl = stl_sites(guide, args, kwargs)
         try:
             return method(model, guide, *args, **kwargs)
         finally:

@@ -1,0 +1,259 @@
+"""Learned non-centring of a model's hierarchical Normal sites, on the guide's side.
+
+A site ``theta ~ N(m, s)`` whose location m or scale s depends on other latent sites (a
+hierarchical "centred" parametrisation) gives a funnel: as s shrinks, theta concentrates on m,
+and a flow over (..., log s, theta) must learn a scale exponential in another coordinate.
+Written as ``theta = m + s * eta`` (non-centred) the funnel disappears, but where the data are
+informative the centred form is the better geometry. Gorinova, Moore & Hoffman (2020),
+*Automatic Reparameterisation of Probabilistic Programs*, interpolate between the two with a
+centring lambda in [0, 1] learned with the variational parameters (VIP):
+
+    theta = m + s^(1 - lambda) (eta - lambda m),        log|d theta / d eta| = (1 - lambda) log s,
+
+lambda = 1 is the model's own (centred) parametrisation and lambda = 0 the non-centred one.
+Each element's lambda starts at the share of the likelihood in theta's conditional precision at
+the initial values (:func:`initial_centring`: near 0 where the data are weak, near 1 where they
+pin theta) and is learned with the flow, on a logit scale stretched by :data:`CENTRING_RATE`.
+
+Here the map is the *last layer of the guide's flow*: the flow's output eta (the packed vector
+of every latent site, unconstrained) goes through :class:`Centering`, which runs the model's
+prior, site by site in the model's order, so that each hierarchical site's m and s are computed
+from the values already given to the sites before it. The model stops as soon as the last latent
+site has its value (nothing after it, likelihood included, is evaluated), and nothing it does is
+recorded (``poutine.block``). Pyro's model-side equivalent is ``LocScaleReparam(centered=None)``;
+this guide-side form leaves the model untouched, so every site keeps its name and meaning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from torch.distributions import biject_to, constraints
+
+CENTERINGS = ("model", "learn")
+#: lambda's starting values are kept within [CENTRING_BOUND, 1 - CENTRING_BOUND]
+CENTRING_BOUND = 0.01
+#: lambda = sigmoid(CENTRING_RATE * r) for the learned parameter r: the optimiser's steps in r
+#: move lambda's logit this many times faster (its gradient is weak and noisy)
+CENTRING_RATE = 10.0
+
+
+@dataclass(frozen=True)
+class SiteSlot:
+    """Where a latent site sits in the packed vector, and how to shape its value so that the
+    sample batch lies left of every plate dimension."""
+
+    name: str
+    pos: int
+    size: int
+    shape: tuple[int, ...]  # unconstrained shape, plate dimensions included
+    pad: int  # ones to insert between the batch and ``shape``
+    centring: slice | None  # the site's entries of the lambda vector (hierarchical sites)
+
+
+class _Stop(Exception):
+    """Raised once the last latent site has its value: the rest of the model is not needed."""
+
+
+def _normal_of(fn: Any) -> dist.Normal | None:
+    """The Normal under Pyro's wrappers (Independent, expanded, masked), or None."""
+    while not isinstance(fn, torch.distributions.Normal) and hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn if isinstance(fn, torch.distributions.Normal) else None
+
+
+def _real_support(fn: Any) -> bool:
+    support = fn.support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
+
+
+class _Fill(Messenger):
+    """Give every latent site of the prototype its value, in the model's order:
+    ``visit(name, fn)`` returns it, with ``fn`` the site's prior as the model built it from the
+    values given before. Raises :class:`_Stop` after the last one."""
+
+    def __init__(self, names: list[str], visit: Callable) -> None:
+        super().__init__()
+        self.names, self.visit = set(names), visit
+        self.last = names[-1]
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] != "sample" or msg["name"] not in self.names or msg["is_observed"]:
+            return
+        msg["value"] = self.visit(msg["name"], msg["fn"])
+        msg["is_observed"] = True
+        msg["done"] = True
+
+    def _postprocess_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and msg["name"] == self.last:
+            raise _Stop
+
+
+def run_prior(model: Callable, args: tuple, kwargs: dict, names: list[str],
+              visit: Callable) -> None:
+    """Run ``model`` up to its last latent site, ``visit`` choosing each latent value."""
+    try:
+        with poutine.block(), _Fill(names, visit):
+            model(*args, **kwargs)
+    except _Stop:
+        return
+    except TypeError as error:
+        raise RuntimeError(f"AutoFlow(centering='learn') runs the model's prior to place each "
+                           f"hierarchical site, and the model failed ({error}); pass the "
+                           "model's arguments (get_posterior(*args), get_transform(*args), "
+                           "sample_posterior(n, *args))") from error
+    raise RuntimeError(f"AutoFlow(centering='learn'): the model returned before reaching all "
+                       f"of its latent sites {names}; a model whose latent sites change from "
+                       "run to run needs centering='model'")
+
+
+def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace: Any
+                              ) -> list[str]:
+    """The latent sites whose prior is a Normal (on the real line) with a location or scale
+    that depends on the value of another latent site: found by differentiating the location
+    and scale with respect to the prototype's values."""
+    values = {name: site["value"].detach().clone().requires_grad_(True)
+              for name, site in trace.iter_stochastic_nodes()}
+    found: list[str] = []
+
+    def visit(name: str, fn: Any) -> torch.Tensor:
+        normal = _normal_of(fn)
+        if normal is not None and _real_support(fn):
+            params = [t for t in (normal.loc, normal.scale) if t.requires_grad]
+            others = [v for other, v in values.items() if other != name]
+            if params and others:
+                grads = torch.autograd.grad(sum(p.sum() for p in params), others,
+                                            allow_unused=True, retain_graph=True)
+                if any(g is not None for g in grads):
+                    found.append(name)
+        return values[name]
+
+    with torch.enable_grad():
+        run_prior(model, args, kwargs, list(values), visit)
+    return found
+
+
+def initial_centring(model: Callable, args: tuple, kwargs: dict, trace: Any,
+                     names: list[str]) -> dict[str, torch.Tensor]:
+    """Each hierarchical site's starting lambda, element by element, from the prototype (the
+    initial values): lambda = h / (h + 1 / s^2), the share of the likelihood in theta's
+    conditional precision, with s the prior's scale and h = -d^2/d theta^2 of the log-joint
+    without theta's own prior term (the row sums of that Hessian: exact when the model is
+    conditionally independent across theta's elements, as in a plate).
+
+    For theta ~ N(m, s), y ~ N(theta, sigma) this is s^2 / (s^2 + sigma^2): theta's
+    conditional sd given (m, s) is sqrt(v), v = 1 / (1/s^2 + 1/sigma^2), whose slope in log s
+    is sigma^2 / (s^2 + sigma^2) = 1 - lambda, so eta's conditional sd, sqrt(v) / s^(1 -
+    lambda), is locally free of s: near 0 (non-centred) where the data are weak, near 1
+    (centred) where they pin theta.
+    """
+    values = {name: site["value"].detach().clone().requires_grad_(name in names)
+              for name, site in trace.iter_stochastic_nodes()}
+    out = {}
+    with torch.enable_grad():
+        tr = poutine.block(poutine.trace(poutine.condition(model, data=values)).get_trace)(
+            *args, **kwargs)
+        tr.compute_log_prob()
+        for name in names:
+            theta = values[name]
+            rest = sum(site["log_prob_sum"] for other, site in tr.nodes.items()
+                       if site["type"] == "sample" and other != name)
+            curvature = torch.zeros_like(theta)
+            grad = None
+            if torch.is_tensor(rest) and rest.requires_grad:  # else: nothing below theta
+                (grad,) = torch.autograd.grad(rest, theta, create_graph=True,
+                                              allow_unused=True)
+            if grad is not None and grad.requires_grad:
+                (row_sums,) = torch.autograd.grad(grad.sum(), theta, retain_graph=True,
+                                                  allow_unused=True)
+                if row_sums is not None:
+                    curvature = (-row_sums).clamp(min=0)
+            scale = _normal_of(tr.nodes[name]["fn"]).scale.detach().expand(theta.shape)
+            lam = curvature.detach() / (curvature.detach() + scale.pow(-2))
+            out[name] = lam.clamp(CENTRING_BOUND, 1 - CENTRING_BOUND)
+    return out
+
+
+class Centering(torch.distributions.Transform):
+    """eta -> theta (event_dim 1): the packed flow output to the packed latent, with each
+    hierarchical Normal site re-centred by its learned lambda (module docstring).
+
+    Built per call, like AutoFlow's other light transforms; the model runs once per direction
+    (``_call``/``_inverse``), and the log-det of that run is kept with the pair of tensors it
+    belongs to (``log_abs_det_jacobian`` recomputes it for any other pair).
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, model: Callable, args: tuple, kwargs: dict, slots: dict[str, SiteSlot],
+                 supports: dict[str, Any], lam: torch.Tensor, cache_size: int = 1) -> None:
+        super().__init__(cache_size=cache_size)
+        self.model, self.args, self.kwargs = model, args, kwargs
+        self.slots, self.supports, self.lam = slots, supports, lam
+        self._memo: tuple | None = None
+
+    def _run(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = x.shape[:-1]
+        n = math.prod(batch)
+        flat = x.reshape(n, x.shape[-1])
+        pieces: dict[str, torch.Tensor] = {}
+        ladj = flat.new_zeros(n)
+        tiny = torch.finfo(x.dtype).tiny
+
+        def visit(name: str, fn: Any) -> torch.Tensor:
+            nonlocal ladj
+            slot = self.slots[name]
+            shape = (n,) + (1,) * slot.pad + slot.shape
+            u = flat[:, slot.pos:slot.pos + slot.size].reshape(shape)
+            if slot.centring is None:
+                pieces[name] = u.reshape(n, slot.size)
+                return biject_to(self.supports[slot.name])(u)
+            normal = _normal_of(fn)
+            m = normal.loc.expand(shape)
+            log_s = normal.scale.clamp(min=tiny).log().expand(shape)  # no -inf from underflow
+            lam = self.lam[slot.centring].reshape(slot.shape)
+            if inverse:  # u is theta
+                out = lam * m + (u - m) * torch.exp(-(1 - lam) * log_s)
+                value = u
+            else:  # u is eta
+                out = m + torch.exp((1 - lam) * log_s) * (u - lam * m)
+                value = out
+            ladj = ladj + ((1 - lam) * log_s).reshape(n, -1).sum(-1)
+            pieces[name] = out.reshape(n, slot.size)
+            return value
+
+        run_prior(self.model, self.args, self.kwargs, list(self.slots), visit)
+        if len(pieces) != len(self.slots):
+            missing = sorted(set(self.slots) - set(pieces))
+            raise RuntimeError(f"AutoFlow(centering='learn'): the model skipped the latent "
+                               f"site(s) {missing} of its first run; a model whose latent "
+                               "sites change from run to run needs centering='model'")
+        y = torch.cat([pieces[name] for name in self.slots], -1).reshape(x.shape)
+        return y, ladj.reshape(batch)
+
+    def _call(self, x):
+        y, ladj = self._run(x, inverse=False)
+        self._memo = (x, y, ladj)
+        return y
+
+    def _inverse(self, y):
+        x, ladj = self._run(y, inverse=True)
+        self._memo = (x, y, ladj)
+        return x
+
+    def log_abs_det_jacobian(self, x, y):
+        memo = self._memo
+        if memo is not None and memo[0] is x and memo[1] is y:
+            return memo[2]
+        return self._run(x, inverse=False)[1]
