@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import os
 
+import pyro
+import pytest
 import torch
 
 _DEVICE = os.environ.get("PYRO_NF_TEST_DEVICE")
 if _DEVICE:
     torch.set_default_device(_DEVICE)
+
+
+@pytest.fixture
+def fresh_store():
+    """An empty Pyro param store and a fixed seed (0) for the test, the store emptied after."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()

@@ -36,12 +36,7 @@ def correlated(dtype=torch.float32):
     pyro.sample("s", dist.LogNormal(torch.tensor(0.0, dtype=dtype), 0.5))
 
 
-@pytest.fixture(autouse=True)
-def _fresh_store():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
+pytestmark = pytest.mark.usefixtures("fresh_store")
 
 
 def test_initial_samples_have_init_location_and_scale():

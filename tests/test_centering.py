@@ -25,12 +25,7 @@ from pyro_nf.models import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y, eight_schools, 
 Y = EIGHT_SCHOOLS_Y
 
 
-@pytest.fixture(autouse=True)
-def _fresh_store():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
+pytestmark = pytest.mark.usefixtures("fresh_store")
 
 
 def nested(data=None, dtype=torch.float32):
