@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Neal's funnel in 10-D (exact reference draws) or eight schools, "
                    "centered (posteriordb reference draws)")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
-    p.add_argument("--steps", type=int, default=10000, help="SVI steps per guide")
+    p.add_argument("--steps", type=int, default=5000, help="SVI steps per guide")
     p.add_argument("--seed", type=int, default=0, help="seed of the fits and of NUTS")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("fit", help="fit AutoFlow to a model in a Python file")

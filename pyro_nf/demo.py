@@ -79,7 +79,7 @@ def funnel_reference(num_draws: int, dim: int = FUNNEL_DIM, seed: int = 0) -> An
 
 
 def run_demo(out: str | Path = "pyro-nf-demo", *, posterior: str = "funnel", quick: bool = False,
-             steps: int = 10000, nuts_samples: int = 500, draws: int = 20000, seed: int = 0,
+             steps: int = 5000, nuts_samples: int = 500, draws: int = 20000, seed: int = 0,
              echo=print) -> dict[str, Any]:
     """Run the demo; returns the reports, the comparison table and the files written.
 
