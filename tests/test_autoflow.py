@@ -60,8 +60,8 @@ def test_pyro_machinery_works_unchanged():
     assert any(n.startswith("AutoFlow.flow") for n in names)
     samples = Predictive(schools, guide=guide, num_samples=50)(Y)
     assert samples["theta"].shape == (50, 8) and samples["obs"].shape == (50, 8)
-    # a number, not NaN (after 20 steps it may be inf: "not enough tail samples")
-    assert psis_diagnostic(schools, guide, Y, num_particles=200) >= 0
+    fit(schools, guide, Y, num_steps=300, num_particles=4, progress=False, seed=0)
+    assert math.isfinite(psis_diagnostic(schools, guide, Y, num_particles=500))
     trace = poutine.trace(poutine.block(guide, hide=["theta"])).get_trace(Y)
     assert "theta" not in trace.nodes and "mu" in trace.nodes
 

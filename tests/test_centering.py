@@ -256,3 +256,68 @@ def test_a_model_whose_latent_sites_change_is_a_clear_error():
     guide = _guide(model, True)
     with pytest.raises(RuntimeError, match="centering='model'"):
         guide(False)
+
+
+def test_a_pyro_module_model_is_not_adopted_as_a_submodule():
+    class Schools(pyro.nn.PyroModule):
+        def forward(self, y=Y):
+            eight_schools(y)
+
+    model = Schools()
+    guide = AutoFlow(model, flow="iaf")
+    pyro_nf.fit(model, guide, num_steps=3, progress=False)
+    assert set(guide.centering_weights()) == {"theta"}
+    assert not any("_centering_model" in name for name, _ in guide.named_parameters())
+
+
+def test_an_observed_plate_between_latent_sites_sets_the_batch_layout():
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("data", 10, dim=-2):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=torch.zeros(10, 1))
+        tau = pyro.sample("tau", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("groups", 3):
+            pyro.sample("theta", dist.Normal(mu, tau))
+
+    guide = _guide(model)
+    assert set(guide.centering_weights()) == {"theta"}
+    assert guide.sample_posterior(100)["theta"].shape == (100, 3)
+
+
+def test_a_model_that_does_not_vectorise_keeps_its_parametrisation():
+    def model():  # theta's 8 elements as an event, no plate: a batch cannot broadcast
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+        theta = pyro.sample("theta", dist.Normal(mu * torch.ones(8), tau).to_event(1))
+        pyro.sample("obs", dist.Normal(theta, EIGHT_SCHOOLS_SIGMA).to_event(1), obs=Y)
+
+    with pytest.warns(UserWarning, match="broadcasts over a leading batch dimension"):
+        guide = _guide(model)
+    assert guide.centering_weights() == {}
+    assert guide.sample_posterior(8)["theta"].shape == (8, 8)
+
+
+def test_a_site_hidden_by_block_leaves_its_children_uncentred():
+    """An AutoGuideList member that does not see tau: theta's scale would be a fresh prior
+    draw at every run, making log q random, so theta is not re-centred."""
+    with pytest.warns(UserWarning, match="changes from run to run"):
+        guide = _guide(poutine.block(eight_schools, hide=["tau"]), Y)
+    assert guide.centering_weights() == {}
+    posterior = guide.get_posterior(Y)
+    z = posterior.sample((3,))
+    torch.testing.assert_close(posterior.log_prob(z), guide.get_posterior(Y).log_prob(z))
+
+
+def test_a_type_error_inside_the_model_is_not_blamed_on_its_arguments():
+    state = {"broken": False}
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        if state["broken"]:  # a bug that shows only after set-up
+            raise TypeError("unsupported operand")
+        pyro.sample("theta", dist.Normal(mu, 1.0))
+
+    guide = _guide(model)
+    state["broken"] = True
+    with pytest.raises(TypeError, match="unsupported operand"):
+        guide.sample_posterior(2)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,7 @@ from pyro_nf.guides.centering import (
     SiteSlot,
     hierarchical_normal_sites,
     initial_centring,
+    vectorisation_problem,
 )
 from pyro_nf.transforms.permutation import Permutation
 from pyro_nf.transforms.registry import _expand, build_flow
@@ -169,7 +171,8 @@ class AutoFlow(AutoContinuous):
         self._warm_start: Any = None
         self._shadow: nn.Module | None = None
         self._centering = centering
-        self._centering_model = model
+        # a plain attribute: a PyroModule/nn.Module model must not become a submodule
+        object.__setattr__(self, "_centering_model", model)
         self._slots: dict[str, SiteSlot] = {}
         super().__init__(model, init_loc_fn=init_loc_fn)
 
@@ -261,8 +264,7 @@ class AutoFlow(AutoContinuous):
         if not hierarchical:  # nothing to re-centre: the guide is AutoFlow(centering="model")
             self._slots = {}
             return init_loc
-        nesting = max([-f.dim for _, site in trace.iter_stochastic_nodes()
-                       for f in site["cond_indep_stack"] if f.vectorized] + [0])
+        start, nesting = initial_centring(self.model, args, kwargs, trace, hierarchical)
         slots, pos, count = {}, 0, 0
         for name, site in trace.iter_stochastic_nodes():
             shape = tuple(self._unconstrained_shapes[name])
@@ -275,14 +277,24 @@ class AutoFlow(AutoContinuous):
             slots[name] = SiteSlot(name, pos, size, shape,
                                    nesting - (len(shape) - event_dim), centring)
             pos += size
-        self._slots = slots
-        self._supports = {name: site["fn"].support
-                          for name, site in trace.iter_stochastic_nodes()}
-        start = initial_centring(self.model, args, kwargs, trace, hierarchical)
+        supports = {name: site["fn"].support for name, site in trace.iter_stochastic_nodes()}
         lam = torch.cat([start[name].reshape(-1) for name in slots if name in start])
-        self.centering_logit = nn.Parameter(torch.logit(lam.to(init_loc)) / CENTRING_RATE)
+        lam = lam.to(init_loc)
+        probe = Centering(self._centering_model, args, kwargs, slots, supports, lam)
         with torch.no_grad():
-            return self._centering_transform(args, kwargs).inv(init_loc)
+            eta = probe.inv(init_loc)
+        problem = vectorisation_problem(probe, eta)
+        if problem is not None:
+            warnings.warn("AutoFlow(centering='learn') runs the model's prior on a batch of "
+                          "draws, so it needs a model that broadcasts over a leading batch "
+                          f"dimension (as Pyro's vectorised particles do); this one does not "
+                          f"({problem}). The guide keeps the model's parametrisation "
+                          "(centering='model'); declare the model's batch dimensions with "
+                          "pyro.plate to use the centring.", UserWarning, stacklevel=5)
+            return init_loc
+        self._slots, self._supports = slots, supports
+        self.centering_logit = nn.Parameter(torch.logit(lam) / CENTRING_RATE)
+        return eta
 
     @property
     def centering_lambda(self) -> torch.Tensor:
@@ -388,7 +400,7 @@ class AutoFlow(AutoContinuous):
         """Give an unpickled guide its model back (``centering="learn"`` runs the model's
         prior at every call; a model that cannot be pickled, such as a lambda or a closure,
         is not saved with the guide)."""
-        self._centering_model = model
+        object.__setattr__(self, "_centering_model", model)
 
     # ------------------------------------------------------------------ summaries
     def sample_latent_batch(self, num_samples: int, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -401,7 +413,8 @@ class AutoFlow(AutoContinuous):
     def sample_posterior(self, num_samples: int, *args: Any, **kwargs: Any
                          ) -> dict[str, torch.Tensor]:
         """``num_samples`` joint draws of every latent site, in constrained space, stacked on a
-        leading sample dimension (one vectorised pass, no model execution)."""
+        leading sample dimension (one vectorised pass; the model runs only for the centring
+        layer, up to its last latent site)."""
         latent = self.sample_latent_batch(num_samples, *args, **kwargs)
         return self.unpack_batch(latent)
 

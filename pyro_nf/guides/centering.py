@@ -26,7 +26,9 @@ this guide-side form leaves the model untouched, so every site keeps its name an
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +60,7 @@ class SiteSlot:
     centring: slice | None  # the site's entries of the lambda vector (hierarchical sites)
 
 
-class _Stop(Exception):
+class _Stop(BaseException):  # not an Exception: a model's own `except Exception` lets it pass
     """Raised once the last latent site has its value: the rest of the model is not needed."""
 
 
@@ -107,10 +109,15 @@ def run_prior(model: Callable, args: tuple, kwargs: dict, names: list[str],
     except _Stop:
         return
     except TypeError as error:
-        raise RuntimeError(f"AutoFlow(centering='learn') runs the model's prior to place each "
-                           f"hierarchical site, and the model failed ({error}); pass the "
-                           "model's arguments (get_posterior(*args), get_transform(*args), "
-                           "sample_posterior(n, *args))") from error
+        try:
+            inspect.signature(model).bind(*args, **kwargs)
+        except (TypeError, ValueError):  # the arguments are missing: say so
+            raise RuntimeError(
+                f"AutoFlow(centering='learn') runs the model's prior to place each "
+                f"hierarchical site, and the model could not be called with these arguments "
+                f"({error}); pass the model's arguments (get_posterior(*args), "
+                "get_transform(*args), sample_posterior(n, *args))") from error
+        raise
     raise RuntimeError(f"AutoFlow(centering='learn'): the model returned before reaching all "
                        f"of its latent sites {names}; a model whose latent sites change from "
                        "run to run needs centering='model'")
@@ -120,17 +127,25 @@ def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace:
                               ) -> list[str]:
     """The latent sites whose prior is a Normal (on the real line) with a location or scale
     that depends on the value of another latent site: found by differentiating the location
-    and scale with respect to the prototype's values."""
+    and scale with respect to the prototype's values.
+
+    The model runs twice, under two seeds: a site whose location or scale changes between the
+    runs depends on something random that the guide does not give (a site hidden by
+    ``poutine.block`` inside the model, as in an ``AutoGuideList`` member), so re-centring it
+    would make log q random; it is left as the model wrote it, with a warning."""
     values = {name: site["value"].detach().clone().requires_grad_(True)
               for name, site in trace.iter_stochastic_nodes()}
     found: list[str] = []
+    seen: list[dict[str, torch.Tensor]] = [{}, {}]
 
-    def visit(name: str, fn: Any) -> torch.Tensor:
+    def visit(run: int, name: str, fn: Any) -> torch.Tensor:
         normal = _normal_of(fn)
         if normal is not None and _real_support(fn):
+            seen[run][name] = torch.cat([normal.loc.detach().reshape(-1),
+                                         normal.scale.detach().reshape(-1)])
             params = [t for t in (normal.loc, normal.scale) if t.requires_grad]
             others = [v for other, v in values.items() if other != name]
-            if params and others:
+            if run == 0 and params and others:
                 grads = torch.autograd.grad(sum(p.sum() for p in params), others,
                                             allow_unused=True, retain_graph=True)
                 if any(g is not None for g in grads):
@@ -138,12 +153,43 @@ def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace:
         return values[name]
 
     with torch.enable_grad():
-        run_prior(model, args, kwargs, list(values), visit)
-    return found
+        run_prior(model, args, kwargs, list(values), lambda name, fn: visit(0, name, fn))
+    with torch.random.fork_rng(devices=[]):  # the second run leaves the global RNG as it was
+        torch.manual_seed(torch.initial_seed() + 1)
+        run_prior(model, args, kwargs, list(values), lambda name, fn: visit(1, name, fn))
+    random = [name for name in found
+              if seen[0][name].shape != seen[1][name].shape
+              or not torch.equal(seen[0][name], seen[1][name])]
+    if random:
+        warnings.warn(f"AutoFlow(centering='learn'): the prior location or scale of {random} "
+                      "changes from run to run with the same latent values (a latent site the "
+                      "guide does not see, e.g. one hidden with poutine.block?); these sites "
+                      "keep the model's parametrisation", UserWarning, stacklevel=6)
+    return [name for name in found if name not in random]
+
+
+def vectorisation_problem(layer: Centering, x0: torch.Tensor) -> str | None:
+    """Check that the model broadcasts over a leading batch dimension, as the centring layer
+    (like Pyro's vectorised particles) needs: a batch of n points around ``x0`` (n larger than
+    every site dimension, so that a missing plate cannot broadcast silently) must map as the
+    points do one by one. Returns what went wrong, or None."""
+    n = 2 + max([d for slot in layer.slots.values() for d in slot.shape] + [1])
+    gen = torch.Generator(device=x0.device).manual_seed(0)
+    x = x0 + 0.1 * torch.randn((n,) + x0.shape, generator=gen, device=x0.device,
+                               dtype=x0.dtype)
+    with torch.no_grad():
+        try:
+            batched = layer._run(x, inverse=False)[0]
+        except Exception as error:  # a model that cannot take a batch
+            return f"{type(error).__name__}: {error}"
+        rows = torch.cat([layer._run(x[i:i + 1], inverse=False)[0] for i in range(n)])
+    if not torch.allclose(batched, rows, rtol=1e-4, atol=1e-5):
+        return "a batch of draws gives other values than the draws one by one"
+    return None
 
 
 def initial_centring(model: Callable, args: tuple, kwargs: dict, trace: Any,
-                     names: list[str]) -> dict[str, torch.Tensor]:
+                     names: list[str]) -> tuple[dict[str, torch.Tensor], int]:
     """Each hierarchical site's starting lambda, element by element, from the prototype (the
     initial values): lambda = h / (h + 1 / s^2), the share of the likelihood in theta's
     conditional precision, with s the prior's scale and h = -d^2/d theta^2 of the log-joint
@@ -155,6 +201,9 @@ def initial_centring(model: Callable, args: tuple, kwargs: dict, trace: Any,
     is sigma^2 / (s^2 + sigma^2) = 1 - lambda, so eta's conditional sd, sqrt(v) / s^(1 -
     lambda), is locally free of s: near 0 (non-centred) where the data are weak, near 1
     (centred) where they pin theta.
+
+    Also returns the model's plate nesting, counted over every sample site of that run,
+    observed ones included (the prototype trace holds only the latent sites).
     """
     values = {name: site["value"].detach().clone().requires_grad_(name in names)
               for name, site in trace.iter_stochastic_nodes()}
@@ -180,7 +229,9 @@ def initial_centring(model: Callable, args: tuple, kwargs: dict, trace: Any,
             scale = _normal_of(tr.nodes[name]["fn"]).scale.detach().expand(theta.shape)
             lam = curvature.detach() / (curvature.detach() + scale.pow(-2))
             out[name] = lam.clamp(CENTRING_BOUND, 1 - CENTRING_BOUND)
-    return out
+    nesting = max([-f.dim for site in tr.nodes.values() if site["type"] == "sample"
+                   for f in site["cond_indep_stack"] if f.vectorized] + [0])
+    return out, nesting
 
 
 class Centering(torch.distributions.Transform):
