@@ -170,10 +170,11 @@ def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace:
 
 def vectorisation_problem(layer: Centering, x0: torch.Tensor) -> str | None:
     """Check that the model broadcasts over a leading batch dimension, as the centring layer
-    (like Pyro's vectorised particles) needs: a batch of n points around ``x0`` (n larger than
-    every site dimension, so that a missing plate cannot broadcast silently) must map as the
+    (like Pyro's vectorised particles) needs: a batch of n points around ``x0`` (n equal to
+    no site dimension, so that a missing plate cannot broadcast silently) must map as the
     points do one by one. Returns what went wrong, or None."""
-    n = 2 + max([d for slot in layer.slots.values() for d in slot.shape] + [1])
+    dims = {d for slot in layer.slots.values() for d in slot.shape}
+    n = next(k for k in range(2, len(dims) + 3) if k not in dims)
     gen = torch.Generator(device=x0.device).manual_seed(0)
     x = x0 + 0.1 * torch.randn((n,) + x0.shape, generator=gen, device=x0.device,
                                dtype=x0.dtype)
