@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import arviz as az
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -40,6 +39,7 @@ import torch
 from pyro.infer import MCMC, NUTS
 
 import pyro_nf
+from pyro_nf.diagnostics import _arviz
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import posteriordb  # noqa: E402
@@ -145,8 +145,7 @@ def nuts_time(model, params: list[str], warmup: int, samples: int, seed: int = 0
     warm = marks.get("sample_start", end) - t0
     draws = {k: v.detach().double().numpy()[None] for k, v in mcmc.get_samples().items()
              if k in params}
-    ess = az.ess(az.from_dict(posterior=draws), method="bulk")
-    min_ess = float(min(float(ess[k].min()) for k in ess.data_vars))
+    min_ess = float(min(float(_arviz.ess(v).min()) for v in draws.values()))
     sampling = end - t0 - warm
     needed = sampling * 400.0 / max(min_ess, 1e-9)
     return {"seconds": warm + min(sampling, needed), "warmup_seconds": warm,

@@ -34,9 +34,7 @@ def ess_per_second(model, num_samples: int, seed: int, transform=None,
     seconds = time.perf_counter() - t0
     samples = mcmc.get_samples()
     v = transform(samples) if transform else samples["v"]
-    idata = _arviz.from_dict({"posterior": {"v": np.asarray(v)[None]}}, coords={}, dims={},
-                             attrs={})
-    ess = float(_arviz.summary(idata, var_names=["v"], kind="diagnostics")["ess_bulk"].iloc[0])
+    ess = float(_arviz.ess(np.asarray(v)[None]))
     return {"ess": ess, "seconds": seconds, "ess_per_second": ess / seconds,
             "v_sd": float(np.std(np.asarray(v)))}
 

@@ -97,7 +97,7 @@ def cmd_demo(args) -> int:
 def cmd_fit(args) -> int:
     import pyro
 
-    from pyro_nf.diagnostics import diagnose, to_inference_data
+    from pyro_nf.diagnostics import _arviz, diagnose, to_inference_data
     from pyro_nf.guides import AutoFlow
     from pyro_nf.infer import fit
 
@@ -117,7 +117,7 @@ def cmd_fit(args) -> int:
                               **data)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    idata.to_netcdf(str(out))
+    _arviz.to_netcdf(idata, out)
     print(diagnose(idata, label=f"{args.target} ({args.flow})"))
     print(f"\nsaved {out}")
     return 0

@@ -140,7 +140,7 @@ def run_demo(out: str | Path = "pyro-nf-demo", *, posterior: str = "funnel", qui
     plots.plot_elbo(fits, title="ELBO traces", path=files[1])
     for name, idata in posteriors.items():
         path = out / f"{name}.nc"
-        idata.to_netcdf(str(path))
+        _arviz.to_netcdf(idata, path)
         files.append(path)
     echo(f"\nWrote {', '.join(str(f) for f in files)}")
     return {"reports": reports, "table": table, "files": files, "fits": fits}

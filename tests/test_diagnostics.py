@@ -16,6 +16,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 import pyro_nf
 from pyro_nf.diagnostics import (
+    _arviz,
     compare_posteriors,
     diagnose,
     diagnose_weights,
@@ -114,12 +115,12 @@ def test_inference_data_groups_dims_attrs_and_netcdf_round_trip(tmp_path):
     assert post.attrs["guide"] == "AutoFlow" and post.attrs["flow"] == "iaf"
     assert post.attrs["steps"] == 50 and post.attrs["vectorised"] == 1
     path = tmp_path / "run.nc"
-    idata.to_netcdf(str(path))
+    idata.to_netcdf(str(path))  # as a user would: the declared h5netcdf engine is found
     back = az.from_netcdf(str(path))
     assert np.array_equal(back.posterior["mu"].values, post["mu"].values)
     assert back.posterior.attrs["flow"] == "iaf"
     assert "mu" in az.summary(back, var_names=["mu"]).index
-    assert np.isfinite(az.loo(back).elpd_loo)
+    assert np.isfinite(_arviz.loo(back)[0])
 
 
 def test_pyro_autoguides_and_a_model_that_does_not_vectorise():
@@ -216,7 +217,7 @@ def test_posterior_predictive_is_resampled_and_factors_are_not_data():
     assert pp.std(0).min() > 0.5  # draws from the likelihood, not copies of the data
     assert list(idata.log_likelihood.data_vars) == ["x"]
     assert "soft_constraint" not in idata.observed_data
-    assert np.isfinite(az.loo(idata).elpd_loo)
+    assert np.isfinite(_arviz.loo(idata)[0])
 
 
 def test_undeclared_data_dimension_does_not_mix_draws_with_data():

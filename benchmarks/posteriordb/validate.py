@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import arviz as az
 import numpy as np
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS, Predictive
+
+from pyro_nf.diagnostics import _arviz
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -104,14 +105,14 @@ def compare(nuts: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> list[dic
     flat_nuts, flat_ref = flatten(nuts), flatten(ref)
     for key, x in flat_nuts.items():
         y = flat_ref[key]
-        se_x, se_y = float(az.mcse(x, method="mean")), float(az.mcse(y, method="mean"))
+        se_x, se_y = float(_arviz.mcse(x[None])), float(_arviz.mcse(y[None]))
         diff = float(x.mean() - y.mean())
         rows.append({"scalar": key, "mean_nuts": float(x.mean()), "mean_ref": float(y.mean()),
                      "sd_nuts": float(x.std()), "sd_ref": float(y.std()),
                      "mcse_nuts": se_x, "mcse_ref": se_y,
                      "z": diff / float(np.hypot(se_x, se_y)),
                      "sd_ratio": float(x.std() / y.std()),
-                     "ess_nuts": float(az.ess(x, method="bulk"))})
+                     "ess_nuts": float(_arviz.ess(x[None]))})
     return rows
 
 
@@ -147,7 +148,7 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "pyro": pyro.__version__, "arviz": az.__version__}
+            "pyro": pyro.__version__, "arviz": _arviz.version()}
 
 
 def markdown(results: list[dict[str, Any]], info: dict[str, Any], quick: bool) -> str:

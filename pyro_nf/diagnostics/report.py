@@ -24,8 +24,8 @@ from pyro_nf.diagnostics import _arviz
 
 
 def verdict(khat: float) -> str:
-    """Yao et al.'s reading of k-hat."""
-    if not math.isfinite(khat) or khat >= 0.7:
+    """Yao et al.'s reading of k-hat (``-inf``: constant weights, an exact guide)."""
+    if math.isnan(khat) or khat >= 0.7:
         return "unreliable"
     if khat >= 0.5:
         return "usable with care"
