@@ -247,6 +247,7 @@ class Centering(torch.distributions.Transform):
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
+    sign = 1  # triangular (in the model's order) with diagonal s^(1 - lambda) > 0
 
     def __init__(self, model: Callable, args: tuple, kwargs: dict, slots: dict[str, SiteSlot],
                  supports: dict[str, Any], lam: torch.Tensor, cache_size: int = 1) -> None:

@@ -76,6 +76,21 @@ def check_permutation(perm: object, dim: int, what: str) -> Tensor:
     return perm
 
 
+def permutation_sign(perm: Tensor) -> int:
+    """The parity of a permutation, +1 or -1 (the determinant of its matrix): (-1)^(D - cycles)."""
+    order = perm.tolist()
+    seen = [False] * len(order)
+    cycles = 0
+    for start in range(len(order)):
+        if not seen[start]:
+            cycles += 1
+            i = start
+            while not seen[i]:
+                seen[i] = True
+                i = order[i]
+    return -1 if (len(order) - cycles) % 2 else 1
+
+
 class Flow(TransformModule):
     """Base class of pyro-nf's flow layers: a learnable bijection of R^D (event_dim 1).
 
@@ -96,6 +111,11 @@ class Flow(TransformModule):
     volume_preserving = False
     #: The registry kind (see registry.KINDS); decides where build_flow inserts permutations.
     kind: str | None = None
+    #: The sign of det J (torch's ``Transform.sign``; Pyro's ComposeTransformModule and JIT
+    #: tracing ask every part for it). +1 for every layer whose Jacobian is triangular with a
+    #: positive diagonal, elementwise increasing, an even number of reflections, or a residual
+    #: map under its invertibility constraint; permutations say their parity.
+    sign = 1
 
     def __init__(self, dim: int, cache_size: int = 1) -> None:
         super().__init__(cache_size=cache_size)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_nf.transforms.base import Flow
+from pyro_nf.transforms.base import Flow, permutation_sign
 from pyro_nf.transforms.registry import register
 
 Tensor = torch.Tensor
@@ -76,6 +76,11 @@ class LULinear(Flow):
         self.upper_entries = nn.Parameter(torch.zeros(n_off))
         self.log_s = nn.Parameter(torch.zeros(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
+
+    @property
+    def sign(self) -> int:
+        """det W = det P * prod(s), s > 0: the parity of P."""
+        return permutation_sign(self.perm)
 
     # -- the factors ---------------------------------------------------------------------------
     def _eye(self) -> Tensor:

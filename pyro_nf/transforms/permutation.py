@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pyro_nf.transforms.base import Flow, check_permutation
+from pyro_nf.transforms.base import Flow, check_permutation, permutation_sign
 from pyro_nf.transforms.registry import register
 
 Tensor = torch.Tensor
@@ -25,6 +25,10 @@ class Permutation(Flow):
         perm = check_permutation(permutation, dim, f"{type(self).__name__}: permutation")
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
+
+    @property
+    def sign(self) -> int:
+        return permutation_sign(self.perm)
 
     def forward_and_log_det(self, x):
         return x[..., self.perm], x.new_zeros(x.shape[:-1])

@@ -94,6 +94,8 @@ class ConditionalFlow(ConditionalTransformModule):
     #: The registry kind, as for :class:`~pyro_nf.transforms.Flow`.
     kind: str | None = None
     volume_preserving = False
+    #: The sign of det J for every context, as for :class:`~pyro_nf.transforms.Flow`.
+    sign = 1
 
     def __init__(self, dim: int, context_dim: int) -> None:
         super().__init__()
@@ -171,6 +173,10 @@ class ConditionedFlow(Flow):
         self.kind = layer.kind
         self.volume_preserving = layer.volume_preserving
 
+    @property
+    def sign(self) -> int:
+        return self.layer.sign
+
     def _batch_check(self, v: Tensor) -> None:
         try:
             torch.broadcast_shapes(v.shape[:-1], self.context.shape[:-1])
@@ -213,6 +219,10 @@ class ContextFree(ConditionalFlow):
         self.layer = layer
         self.kind = layer.kind
         self.volume_preserving = layer.volume_preserving
+
+    @property
+    def sign(self) -> int:
+        return self.layer.sign
 
     @staticmethod
     def _broadcast(out: tuple[Tensor, Tensor], context: Tensor) -> tuple[Tensor, Tensor]:
