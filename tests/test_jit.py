@@ -27,7 +27,10 @@ def two_sites():
         pyro.sample("y", dist.LogNormal(0.0, 1.0))
 
 
-def hierarchical(y=torch.tensor([0.3, -1.2, 2.5, 0.1])):
+Y = torch.tensor([0.3, -1.2, 2.5, 0.1])
+
+
+def hierarchical(y=Y):
     mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
     tau = pyro.sample("tau", dist.HalfNormal(5.0))
     with pyro.plate("groups", len(y)):
