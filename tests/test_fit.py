@@ -4,8 +4,11 @@ and the sticking-the-landing estimator."""
 from __future__ import annotations
 
 import math
+import random
 import warnings
+from pathlib import Path
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -76,6 +79,41 @@ def test_resume_needs_a_checkpoint_path_and_a_readable_file(tmp_path):
     with pytest.raises(ValueError, match="bad.pt"):
         fit(conjugate, AutoFlow(conjugate), num_steps=1, resume=True, checkpoint=bad,
             progress=False)
+
+
+class _RunsCodeWhenUnpickled:
+    """A crafted checkpoint: unpickling it would create ``marker`` (any code could run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_is_refused_before_its_code_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"params": {}, "payload": _RunsCodeWhenUnpickled(marker)}, path)
+    with pytest.raises(ValueError, match=r"refused to load checkpoint .*evil\.pt.*you wrote"):
+        fit(conjugate, AutoFlow(conjugate), num_steps=1, resume=True, checkpoint=path,
+            progress=False)
+    assert not marker.exists()
+
+
+def test_checkpoint_loads_weights_only_and_restores_numpy_and_python_rng(tmp_path):
+    path = tmp_path / "run.pt"
+    fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=10, seed=3, progress=False,
+        checkpoint=path, checkpoint_every=10)
+    expected = (np.random.rand(3), random.random())  # noqa: NPY002 - the global state
+    state = torch.load(path, weights_only=True)  # what fit itself does
+    assert set(state["rng"]) == {"torch", "python", "numpy"}
+    pyro.clear_param_store()
+    pyro.set_rng_seed(123)
+    fit(conjugate, AutoFlow(conjugate, flow="iaf"), num_steps=10, progress=False,
+        checkpoint=path, resume=True)
+    got = (np.random.rand(3), random.random())  # noqa: NPY002
+    assert np.array_equal(got[0], expected[0]) and got[1] == expected[1]
 
 
 def _set_up(guide, calls):

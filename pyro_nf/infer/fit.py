@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import sys
 import time
@@ -351,17 +352,43 @@ def _checkpoint(path: Path, optim, result: FitResult, lr_factor: float) -> None:
         "converged_at": result.converged_at,
         "lr_factor": lr_factor,
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": np.random.get_state()},  # noqa: NPY002 (the global state users seed)
+                "numpy": _numpy_state_out()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(path, state)
 
 
-def _restore(path: Path, model, guide, loss_fn, optim, result: FitResult, args, kwargs):
+def _numpy_state_out() -> dict:
+    """NumPy's global MT19937 state (the one users seed) as tensors and numbers only, so that
+    the checkpoint loads with ``weights_only=True``."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    return {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _numpy_state_in(state: dict) -> None:
+    key = state["key"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], key, state["pos"], state["has_gauss"],  # noqa: NPY002
+                         state["gauss"]))
+
+
+def _load_checkpoint(path: Path) -> dict:
+    """``torch.load`` with ``weights_only=True``: a checkpoint holds tensors, numbers, strings
+    and containers only, so a file that would build any other object (a crafted pickle can run
+    code while it loads) is refused before anything in it runs."""
     try:
-        state = torch.load(path, weights_only=False)
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"fit: refused to load checkpoint {path}: it holds objects other than "
+                         "tensors and numbers (not a pyro-nf checkpoint, or not a safe file); "
+                         f"resume only from checkpoints you wrote. {str(exc).splitlines()[0]}"
+                         ) from None
     except Exception as exc:  # noqa: BLE001 - reported with the file's name
         raise ValueError(f"fit: could not read checkpoint {path}: {exc}") from exc
+
+
+def _restore(path: Path, model, guide, loss_fn, optim, result: FitResult, args, kwargs):
+    state = _load_checkpoint(path)
     with torch.no_grad():
         loss_fn.loss(model, guide, *args, **kwargs)  # creates every parameter
     store = pyro.get_param_store()
@@ -381,5 +408,5 @@ def _restore(path: Path, model, guide, loss_fn, optim, result: FitResult, args, 
     result.converged = result.converged_at is not None
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])  # noqa: NPY002
+    _numpy_state_in(state["rng"]["numpy"])
     return float(state["lr_factor"])
