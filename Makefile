@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench bench-quick bench-layers bench-mnist bench-validate bench-venv venv clean
+.PHONY: test test-arviz1 demo lint bench bench-quick bench-layers bench-mnist bench-validate bench-venv venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,16 @@ bench-venv: $(BENCH_STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The second lane: the same suite on Python 3.12, where pip resolves ArviZ 1.x (DataTree,
+# arviz-base/-stats/-plots). Finds pyenv's 3.12 or python3.12 on PATH; override with PY312=...
+PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) \
+                     $(shell command -v python3.12 2>/dev/null))
+VENV312 ?= .venv312
+
+test-arviz1:
+	@test -n "$(PY312)" || { echo "make test-arviz1: no python3.12 found; pass PY312=/path/to/python3.12"; exit 1; }
+	$(MAKE) test PYTHON=$(PY312) VENV=$(VENV312)
 
 demo: $(STAMP)
 	$(VENV)/bin/pyro-nf demo --out pyro-nf-demo

@@ -5,6 +5,7 @@ plotting on pyro-nf's InferenceData."""
 from __future__ import annotations
 
 import math
+import sys
 
 import arviz as az
 import numpy as np
@@ -111,3 +112,8 @@ def test_arviz_own_plots_and_loo_take_our_inference_data(idata):
         assert az.plot_posterior(idata, var_names=["mu"]) is not None
         assert az.plot_khat(az.loo(idata, pointwise=True)) is not None
     assert "mu" in str(az.summary(idata, var_names=["mu"]))
+
+
+def test_each_lane_runs_the_arviz_line_its_python_resolves():
+    """CI's two lanes: Python 3.11 resolves ArviZ 0.x and Python >= 3.12 ArviZ 1.x."""
+    assert _arviz.ARVIZ_MAJOR == (1 if sys.version_info >= (3, 12) else 0)
