@@ -4,6 +4,7 @@
 - :class:`AutoFlow`: a flow autoguide over a model's global latents;
 - :class:`AmortizedFlow`: an amortized (encoder + conditional flow) guide for local latents;
 - :func:`fit`: the SVI loop; :class:`STLTrace_ELBO`: the sticking-the-landing gradient;
+- :func:`pathfinder`: Gaussian approximations along L-BFGS paths (Zhang et al., 2022);
 - :mod:`pyro_nf.diagnostics`: InferenceData, PSIS diagnostics and posterior comparison.
 """
 
@@ -17,7 +18,15 @@ from pyro_nf.diagnostics import (
     to_inference_data,
 )
 from pyro_nf.guides import DEFAULT_AMORTIZED_FLOW, DEFAULT_FLOW, AmortizedFlow, AutoFlow
-from pyro_nf.infer import FitResult, NonFiniteLossError, STLTrace_ELBO, fit
+from pyro_nf.infer import (
+    AutoPathfinder,
+    FitResult,
+    NonFiniteLossError,
+    PathfinderResult,
+    STLTrace_ELBO,
+    fit,
+    pathfinder,
+)
 from pyro_nf.transforms import (
     available,
     available_conditional,
@@ -31,6 +40,7 @@ __version__ = "0.1.0.dev0"
 __all__ = ["transforms", "available", "build_flow", "register", "available_conditional",
            "build_conditional_flow", "AutoFlow", "DEFAULT_FLOW",
            "AmortizedFlow", "DEFAULT_AMORTIZED_FLOW",
-           "fit", "FitResult", "NonFiniteLossError", "STLTrace_ELBO", "to_inference_data",
+           "fit", "FitResult", "NonFiniteLossError", "STLTrace_ELBO", "pathfinder",
+           "PathfinderResult", "AutoPathfinder", "to_inference_data",
            "from_mcmc", "from_posteriordb", "diagnose", "compare_posteriors",
            "format_comparison", "__version__"]

@@ -212,12 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CLIError as exc:
-        print(f"pyro-nf {args.command}: error: {exc}", file=sys.stderr)
+        print(f"pyro-nf {args.command}: error: {_first_line(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - one line unless --debug
-        print(f"pyro-nf {args.command}: error: {type(exc).__name__}: {exc} "
+        print(f"pyro-nf {args.command}: error: {type(exc).__name__}: {_first_line(exc)} "
               "(run with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first non-blank line (Pyro appends its trace-shape table to errors)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
 
 
 if __name__ == "__main__":

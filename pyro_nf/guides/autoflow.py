@@ -41,7 +41,6 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.distributions.transforms import ComposeTransform
 from pyro.infer.autoguide import AutoContinuous
-from pyro.infer.autoguide.initialization import init_to_median
 from pyro.nn import PyroParam
 from torch import nn
 from torch.distributions import biject_to
@@ -55,6 +54,7 @@ from pyro_nf.guides.centering import (
     initial_centring,
     vectorisation_problem,
 )
+from pyro_nf.infer.init import init_to_median_or_uniform
 from pyro_nf.transforms.permutation import Permutation
 from pyro_nf.transforms.registry import _expand, build_flow
 
@@ -114,7 +114,9 @@ class AutoFlow(AutoContinuous):
         model: a Pyro model whose latent sites are continuous and not in subsampled plates.
         flow: a flow spec of :func:`pyro_nf.transforms.build_flow` (``"iaf*4"``,
             ``["planar"] * 8``, ``[("maf", {"hidden": 64})]``, a callable ``dim -> module``).
-        init_loc_fn: per-site initialisation (Pyro's ``init_to_*``); gives ``loc``.
+        init_loc_fn: per-site initialisation (Pyro's ``init_to_*``); gives ``loc``. The
+            default is the prior median, or Stan's uniform(-2, 2) in unconstrained space for
+            priors that cannot be sampled (``ImproperUniform``, factor-only densities).
         init_scale: initial spread (standard deviation in unconstrained space; for re-centred
             sites, of their eta coordinates).
         base: ``"diagonal"`` (N(0, I); scales live in the affine map), ``"lowrank"``
@@ -140,7 +142,7 @@ class AutoFlow(AutoContinuous):
         model: Callable,
         flow: Any = DEFAULT_FLOW,
         *,
-        init_loc_fn: Callable = init_to_median,
+        init_loc_fn: Callable = init_to_median_or_uniform,
         init_scale: float = 0.1,
         base: str = "diagonal",
         rank: int | None = None,
@@ -222,7 +224,15 @@ class AutoFlow(AutoContinuous):
         self._prototype_tensor = init_loc
         D = self.latent_dim
         if self._centering == "learn":
-            init_loc = self._setup_centering(init_loc, args, kwargs)
+            try:
+                init_loc = self._setup_centering(init_loc, args, kwargs)
+            except Exception as error:  # noqa: BLE001 - any site the centring cannot handle
+                self._slots = {}
+                first = next(iter(str(error).splitlines()), "")
+                warnings.warn("AutoFlow(centering='learn') could not set up the centring of "
+                              f"this model's hierarchical sites ({type(error).__name__}: "
+                              f"{first}); the guide keeps the model's parametrisation "
+                              "(centering='model').", UserWarning, stacklevel=4)
         loc, scale = init_loc, torch.full_like(init_loc, self._init_scale)
         base_params: dict[str, torch.Tensor] = {}
         if self._warm_start is not None:

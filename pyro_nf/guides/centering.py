@@ -135,6 +135,10 @@ def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace:
     would make log q random; it is left as the model wrote it, with a warning."""
     values = {name: site["value"].detach().clone().requires_grad_(True)
               for name, site in trace.iter_stochastic_nodes()}
+    # a masked site (the unobserved part of obs_mask) has elements without any density: a
+    # centring cannot place them, and the guide keeps the model's form there
+    masked = {name for name, site in trace.iter_stochastic_nodes()
+              if site.get("mask") is not None and not bool(torch.as_tensor(site["mask"]).all())}
     found: list[str] = []
     seen: list[dict[str, torch.Tensor]] = [{}, {}]
 
@@ -145,7 +149,7 @@ def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace:
                                          normal.scale.detach().reshape(-1)])
             params = [t for t in (normal.loc, normal.scale) if t.requires_grad]
             others = [v for other, v in values.items() if other != name]
-            if run == 0 and params and others:
+            if run == 0 and params and others and name not in masked:
                 grads = torch.autograd.grad(sum(p.sum() for p in params), others,
                                             allow_unused=True, retain_graph=True)
                 if any(g is not None for g in grads):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 import random
@@ -24,6 +25,8 @@ from pyro_nf.infer.elbo import STLTrace_ELBO
 
 #: ``fit`` warns when the non-finite guard has cut the learning rate this far (7 halvings)
 STALLED_LR_FACTOR = 0.5 ** 7
+#: Below this the guard stops the fit with NonFiniteLossError (40 halvings, about 1e-12).
+MIN_LR_FACTOR = 0.5 ** 40
 
 
 @dataclass
@@ -79,6 +82,32 @@ def _make_elbo(elbo: Any, num_particles: int, vectorize: bool) -> ELBO:
     if elbo == "stl":
         return STLTrace_ELBO(**kwargs)
     raise ValueError(f"elbo must be a pyro.infer.ELBO instance, 'trace' or 'stl'; got {elbo!r}")
+
+
+def _particles_that_work(loss_fn: ELBO, model: Callable, guide: Callable, args: tuple,
+                         kwargs: dict) -> ELBO:
+    """``loss_fn``, or a copy with sequential particles when the model does not broadcast over
+    vectorised ones (:func:`~pyro_nf.infer.particles.particle_problem`), with one warning.
+    The check draws under a forked RNG: the fit's random stream is the same with or without
+    it."""
+    if not getattr(loss_fn, "vectorize_particles", False) or loss_fn.num_particles < 2:
+        return loss_fn
+    from pyro_nf.infer.particles import particle_problem
+
+    if loss_fn.max_plate_nesting == float("inf"):
+        loss_fn._guess_max_plate_nesting(model, guide, args, kwargs)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        problem = particle_problem(model, guide, args, kwargs, loss_fn.max_plate_nesting)
+    if problem is None:
+        return loss_fn
+    warnings.warn(f"fit: the model does not broadcast over {loss_fn.num_particles} vectorised "
+                  f"particles ({problem}), so they run one at a time (slower). To vectorise, "
+                  "declare every batch dimension with pyro.plate and index latent tensors "
+                  "from the right (x[..., idx]).", UserWarning, stacklevel=3)
+    sequential = copy.copy(loss_fn)
+    sequential.vectorize_particles = False
+    return sequential
 
 
 def _optimizers(optim: pyro.optim.PyroOptim):
@@ -226,6 +255,7 @@ def fit(
         raise ValueError("fit: resume=True needs checkpoint=<file>")
     if resume and path.exists():
         lr_factor = _restore(path, model, guide, loss_fn, optim, result, args, kwargs)
+    loss_fn = _particles_that_work(loss_fn, model, guide, args, kwargs)
 
     start = time.perf_counter()
     bad_in_a_row = 0
@@ -261,7 +291,7 @@ def fit(
             lr_factor *= 0.5
             bad_in_a_row += 1
             result.skipped_steps += 1
-            _raise_if_stuck(bad_in_a_row, max_bad_steps, bad, "gradients", loss)
+            _raise_if_stuck(bad_in_a_row, max_bad_steps, bad, "gradients", loss, lr_factor)
             continue
         for p in params:
             if clip_norm is not None and p.grad is not None:  # per tensor: see the docstring
@@ -281,7 +311,7 @@ def fit(
             lr_factor *= 0.5
             bad_in_a_row += 1
             result.skipped_steps += 1
-            _raise_if_stuck(bad_in_a_row, max_bad_steps, broken, "values", loss)
+            _raise_if_stuck(bad_in_a_row, max_bad_steps, broken, "values", loss, lr_factor)
             continue
         bad_in_a_row = 0
         result.losses.append(float(loss))
@@ -328,13 +358,17 @@ def _captured(capture) -> list[torch.Tensor]:
                               for site in capture.trace.nodes.values()))
 
 
-def _raise_if_stuck(bad_in_a_row: int, limit: int, params, what: str, loss: float) -> None:
-    if bad_in_a_row < limit:
+def _raise_if_stuck(bad_in_a_row: int, limit: int, params, what: str, loss: float,
+                    lr_factor: float) -> None:
+    if bad_in_a_row < limit and lr_factor >= MIN_LR_FACTOR:
         return
     names = _param_names()
     labels = sorted({names.get(id(p), f"<unnamed {tuple(p.shape)}>") for p in params})
+    what = (f"{bad_in_a_row} consecutive steps with non-finite {what}" if bad_in_a_row >= limit
+            else f"steps with non-finite {what} halved the learning rate to "
+                 f"{lr_factor:.1e} of its value, where the fit cannot move")
     raise NonFiniteLossError(
-        f"fit: {bad_in_a_row} consecutive steps with non-finite {what} (last loss {loss}); "
+        f"fit: {what} (last loss {loss}); "
         f"parameters affected: {labels or 'none (the loss itself is not finite)'}. Check the "
         "model for invalid parameter values (e.g. a scale that can reach 0), lower the "
         "learning rate, or start the guide closer to the posterior (init_scale, init_loc_fn)."

@@ -1,0 +1,180 @@
+"""Starting and fitting models that Pyro's defaults cannot: flat (ImproperUniform) priors,
+factor-only densities, models written for one particle, sites the centring cannot handle."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from pyro.infer.autoguide.initialization import InitMessenger
+from torch.distributions import biject_to
+
+from pyro_nf import AutoFlow, NonFiniteLossError, fit
+from pyro_nf.infer.init import STAN_RADIUS, init_to_median_or_uniform
+from pyro_nf.infer.particles import particle_problem
+
+SUPPORTS = {"real": constraints.real, "positive": constraints.positive,
+            "interval": constraints.interval(-1.0, 3.0), "simplex": constraints.simplex}
+
+
+@pytest.mark.parametrize("name", list(SUPPORTS))
+def test_flat_priors_start_uniformly_in_unconstrained_space(name):
+    support = SUPPORTS[name]
+    event = (3,) if name == "simplex" else ()
+
+    def model():
+        with pyro.plate("p", 4):
+            pyro.sample("x", dist.ImproperUniform(support, (4,), event))
+
+    pyro.set_rng_seed(0)
+    with InitMessenger(init_to_median_or_uniform):
+        value = pyro.poutine.trace(model).get_trace().nodes["x"]["value"]
+    assert value.shape == (4,) + event and bool(support.check(value).all())
+    u = biject_to(support).inv(value)
+    assert bool((u.abs() < STAN_RADIUS).all()) and u.std() > 0.1
+
+
+def test_sampleable_priors_keep_the_prior_median():
+    pyro.set_rng_seed(0)
+    site = {"fn": dist.Normal(7.0, 0.01), "is_observed": False, "name": "a", "value": None}
+    assert abs(float(init_to_median_or_uniform(site)) - 7.0) < 0.01
+
+
+def flat_normal(y):
+    """y_i ~ N(mu, sigma) with flat priors on mu (real) and sigma (positive): Stan's default."""
+    mu = pyro.sample("mu", dist.ImproperUniform(constraints.real, (), ()))
+    sigma = pyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
+    with pyro.plate("n", len(y)):
+        pyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+def factor_only():
+    """A density given only by pyro.factor: x ~ N((1, -2), diag(0.5, 3)^2) exactly."""
+    x = pyro.sample("x", dist.ImproperUniform(constraints.real, (), (2,)))
+    pyro.factor("density", dist.Normal(torch.tensor([1.0, -2.0]),
+                                       torch.tensor([0.5, 3.0])).log_prob(x).sum(-1))
+
+
+def test_a_factor_only_density_fits_to_its_known_answer():
+    pyro.clear_param_store()
+    guide = AutoFlow(factor_only, flow="iaf")
+    fit(factor_only, guide, num_steps=600, lr=0.02, num_particles=8, seed=0, progress=False)
+    draws = guide.sample_posterior(4000)["x"]
+    torch.testing.assert_close(draws.mean(0), torch.tensor([1.0, -2.0]), atol=0.15, rtol=0)
+    torch.testing.assert_close(draws.std(0), torch.tensor([0.5, 3.0]), atol=0, rtol=0.12)
+
+
+def test_flat_priors_fit_with_the_default_guide():
+    y = torch.tensor([2.1, 3.4, 1.7, 2.8, 3.9, 2.2, 2.6, 3.1])
+    pyro.clear_param_store()
+    guide = AutoFlow(flat_normal)
+    fit(flat_normal, guide, y, num_steps=800, lr=0.02, num_particles=8, seed=0,
+        progress=False)
+    draws = guide.sample_posterior(4000, y)
+    # flat priors: mu | y is Student-t around the sample mean with scale s / sqrt(n)
+    n, s = len(y), float(y.std())
+    assert abs(float(draws["mu"].mean()) - float(y.mean())) < 0.15
+    t_sd = s / math.sqrt(n) * math.sqrt((n - 2) / (n - 4))  # t with n - 2 dof (flat sigma)
+    assert abs(float(draws["mu"].std()) / t_sd - 1) < 0.25
+
+
+# ---------------------------------------------------------------------------------------------
+GROUP = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 1, 2])
+Y = torch.tensor([0.2, -0.3, 1.8, 2.2, 1.5, -1.1, -0.7, 0.4, 2.0, -1.3])
+
+
+def one_particle(y=Y, group=GROUP):
+    """Indexes its latent vector from the left: right for one draw, wrong for a batch."""
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    with pyro.plate("groups", 3):
+        theta = pyro.sample("theta", dist.Normal(mu, 1.0))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(theta[group], 0.5), obs=y)
+
+
+def vectorised(y=Y, group=GROUP):
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    with pyro.plate("groups", 3):
+        theta = pyro.sample("theta", dist.Normal(mu, 1.0))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(theta[..., group], 0.5), obs=y)
+
+
+def test_particle_check_tells_the_two_models_apart():
+    for model, broadcasts in ((one_particle, False), (vectorised, True)):
+        pyro.clear_param_store()
+        guide = AutoFlow(model, flow="iaf", centering="model")
+        problem = particle_problem(model, guide, (), {}, max_plate_nesting=1)
+        assert (problem is None) == broadcasts, problem
+
+
+def test_a_model_written_for_one_particle_fits_with_sequential_particles():
+    results = {}
+    for model in (one_particle, vectorised):
+        pyro.clear_param_store()
+        guide = AutoFlow(model, flow="iaf", centering="model")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit(model, guide, num_steps=600, lr=0.01, num_particles=4, seed=0,
+                progress=False)
+        broadcast_warnings = [w for w in caught if "does not broadcast" in str(w.message)]
+        assert len(broadcast_warnings) == (1 if model is one_particle else 0)
+        results[model.__name__] = guide.sample_posterior(3000)["theta"].mean(0)
+    # the same posterior either way (exact: theta_g | mu is conjugate; loose MC tolerance)
+    torch.testing.assert_close(results["one_particle"], results["vectorised"], atol=0.15,
+                               rtol=0)
+
+
+def test_the_check_does_not_move_the_fits_random_stream():
+    losses = []
+    for _ in range(2):
+        pyro.clear_param_store()
+        guide = AutoFlow(vectorised, flow="iaf", centering="model")
+        losses.append(fit(vectorised, guide, num_steps=5, num_particles=4, seed=3,
+                          progress=False).losses)
+    pyro.clear_param_store()
+    guide = AutoFlow(vectorised, flow="iaf", centering="model")
+    plain = fit(vectorised, guide, num_steps=5, num_particles=4, seed=3, progress=False,
+                vectorize_particles=True)
+    assert losses[0] == losses[1] == plain.losses
+
+
+def imputing(x, y, mask):
+    """Missing responses imputed with obs_mask: a latent y_unobserved inside a plate."""
+    a = pyro.sample("a", dist.Normal(0.0, 5.0))
+    b = pyro.sample("b", dist.Normal(0.0, 5.0))
+    s = pyro.sample("s", dist.HalfNormal(2.0))
+    with pyro.plate("n", len(x)):
+        pyro.sample("y", dist.Normal(a + b * x, s), obs=y, obs_mask=mask)
+
+
+def test_a_model_imputing_missing_responses_fits_with_the_default_guide():
+    x = torch.linspace(-1, 1, 50)
+    y = 1.0 + 2.0 * x + 0.1 * torch.randn(50, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(50, dtype=torch.bool)
+    mask[::5] = False
+    pyro.clear_param_store()
+    guide = AutoFlow(imputing)
+    fit(imputing, guide, x, y, mask, num_steps=800, lr=0.01, num_particles=4, seed=0,
+        progress=False)
+    assert "y_unobserved" not in guide.centering_weights()  # masked: the model's form
+    draws = guide.sample_posterior(2000, x, y, mask)
+    assert abs(float(draws["b"].mean()) - 2.0) < 0.2
+    missing = draws["y_unobserved"][:, ~mask].mean(0)
+    torch.testing.assert_close(missing, 1.0 + 2.0 * x[~mask], atol=0.3, rtol=0)
+
+
+def test_a_fit_whose_learning_rate_underflows_stops_with_a_clear_error():
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.factor("sometimes_nan", torch.where(x > 0.0, torch.nan, 0.0))
+
+    pyro.clear_param_store()
+    guide = AutoFlow(model, flow="iaf")
+    with pytest.raises(NonFiniteLossError, match="halved the learning rate"):
+        fit(model, guide, num_steps=3000, seed=0, progress=False, max_bad_steps=10 ** 6)
