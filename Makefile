@@ -28,17 +28,21 @@ $(BENCH_STAMP): $(STAMP)
 bench-venv: $(BENCH_STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The second lane: the same suite on Python 3.12, where pip resolves ArviZ 1.x (DataTree,
-# arviz-base/-stats/-plots). Finds pyenv's 3.12 or python3.12 on PATH; override with PY312=...
+# The second lane: the suite on Python 3.12, where pip resolves ArviZ 1.x (DataTree,
+# arviz-base/-stats/-plots), without the tests marked slow (long statistical fits that the
+# first lane runs; the ArviZ adapter's tests are all fast). Finds pyenv's 3.12 or python3.12
+# on PATH; override with PY312=..., or run everything with PYTEST_ARGS=.
 PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) \
                      $(shell command -v python3.12 2>/dev/null))
 VENV312 ?= .venv312
+ARVIZ1_PYTEST_ARGS ?= -m "not slow"
 
 test-arviz1:
 	@test -n "$(PY312)" || { echo "make test-arviz1: no python3.12 found; pass PY312=/path/to/python3.12"; exit 1; }
-	$(MAKE) test PYTHON=$(PY312) VENV=$(VENV312)
+	$(MAKE) test PYTHON=$(PY312) VENV=$(VENV312) PYTEST_ARGS='$(ARVIZ1_PYTEST_ARGS)'
+
 
 demo: $(STAMP)
 	$(VENV)/bin/pyro-nf demo --out pyro-nf-demo

@@ -93,7 +93,14 @@ def _reference_draws(post) -> dict[str, np.ndarray]:
 LR, LR_DECAY = 0.005, 0.1
 
 
-def _fit(model, guide, steps: int, seed: int, lr: float = LR, lr_decay: float = LR_DECAY):
+#: The rows fitted with fit's own defaults (no num_steps: the fit tunes and stops itself).
+DEFAULTS = {"AutoFlow (default)"}
+
+
+def _fit(model, guide, steps: int, seed: int, lr: float = LR, lr_decay: float = LR_DECAY,
+         defaults: bool = False):
+    if defaults:  # the fit notices a model that does not vectorise by itself
+        return pyro_nf.fit(model, guide, seed=seed, progress=False), True
     kwargs = dict(num_steps=steps, lr=lr, lr_decay=lr_decay, num_particles=8, seed=seed,
                   progress=False)
     try:
@@ -105,12 +112,14 @@ def _fit(model, guide, steps: int, seed: int, lr: float = LR, lr_decay: float = 
 
 
 def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000,
-             lr: float = LR, lr_decay: float = LR_DECAY) -> dict:
+             lr: float = LR, lr_decay: float = LR_DECAY, auto: bool = False) -> dict:
+    """One row; with ``auto`` the DEFAULTS rows run ``fit`` without num_steps."""
     pyro.clear_param_store()
     model = post.model
     t0 = time.perf_counter()  # a warm start's own fit counts
     guide = GUIDES[guide_name](model)
-    result, vectorised = _fit(model, guide, steps, seed, lr, lr_decay)
+    result, vectorised = _fit(model, guide, steps, seed, lr, lr_decay,
+                              defaults=auto and guide_name in DEFAULTS)
     seconds = time.perf_counter() - t0
     idata = pyro_nf.to_inference_data(model, guide, num_samples=draws, fit_result=result)
     report = pyro_nf.diagnose(idata)
@@ -123,7 +132,9 @@ def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000
     energy = float(summary.loc["guide", "energy_distance"]) if "energy_distance" in \
         summary.columns else float("nan")
     out = {
-        "posterior": post.name, "guide": guide_name, "dim": post.dim, "steps": steps,
+        "posterior": post.name, "guide": guide_name, "dim": post.dim, "steps": result.steps,
+        "stage": result.stage, "recommendation": result.recommendation,
+        "anchor": getattr(guide, "anchor_info", {}).get("method"),
         "seconds": seconds, "vectorised_particles": vectorised,
         "final_elbo": float(-np.mean(result.losses[-100:])),
         "khat": float(report.khat),
@@ -253,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         for g in guides:
             print(f"[{time.strftime('%H:%M:%S')}] {name} / {g} ...", flush=True)
             try:
-                r = evaluate(post, g, steps, lr=args.lr, lr_decay=args.lr_decay)
+                r = evaluate(post, g, steps, lr=args.lr, lr_decay=args.lr_decay,
+                             auto=not args.quick)
                 r["dtype"] = "float64" if args.float64 else "float32"
                 print(f"    {'pass' if r['passes'] else 'FAIL'} k-hat {r['khat']:.2f}, mean err "
                       f"{r['worst_std_mean_error']:.3f}, sd ratio {r['worst_sd_ratio']:.2f}, "

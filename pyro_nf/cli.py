@@ -109,7 +109,8 @@ def cmd_fit(args) -> int:
         raise CLIError(str(exc)) from exc
     pyro.clear_param_store()
     try:
-        result = fit(model, guide, num_steps=args.steps, num_particles=args.particles,
+        particles = args.particles or (16 if args.steps is not None else None)
+        result = fit(model, guide, num_steps=args.steps, num_particles=particles,
                      lr=args.lr, seed=args.seed, progress=not args.quiet, **data)
     except TypeError as exc:
         raise CLIError(f"the data do not match {model.__name__}'s arguments: {exc}") from exc
@@ -179,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="FILE.py:MODEL")
     p.add_argument("--data", help="DATA.json or DATA.npz: keyword arguments of the model")
     p.add_argument("--flow", default=None, help="flow spec, e.g. 'iaf*4' (default: AutoFlow's)")
-    p.add_argument("--steps", type=int, default=5000)
-    p.add_argument("--particles", type=int, default=16)
+    p.add_argument("--steps", type=int, default=None,
+                   help="SVI steps (default: the fit tunes its step size and stops by itself)")
+    p.add_argument("--particles", type=int, default=None,
+                   help="particles per step (default: 8; 16 with --steps)")
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=4000, help="posterior draws to save")

@@ -60,6 +60,7 @@ def nuts_draws():
     return {k: v.detach().numpy() for k, v in mcmc.get_samples().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flow", [None, "planar*2"])
 def test_guide_list_with_subsampling_matches_nuts(flow, nuts_draws):
     y = hierarchical_data()

@@ -42,7 +42,8 @@ pytestmark = pytest.mark.usefixtures("fresh_store")
 def test_initial_samples_have_init_location_and_scale():
     init = {"mu": torch.tensor(2.0), "tau": torch.tensor(3.0), "theta": torch.arange(8.0)}
     guide = AutoFlow(schools, init_loc_fn=init_to_value(values=init), init_scale=0.2,
-                     centering="model")  # "learn" re-centres theta: the spread is eta's
+                     centering="model",  # "learn" re-centres theta: the spread is eta's
+                     anchor=None)  # with an anchor the guide starts at the anchor instead
     guide(Y)
     z = guide.sample_latent_batch(20000)
     expected = torch.cat([torch.tensor([2.0, math.log(3.0)]), torch.arange(8.0)])
@@ -102,7 +103,7 @@ def test_autoguidelist_and_neutra():
 def test_median_and_quantiles_are_consistent_and_deterministic():
     init = {"z": torch.tensor([1.0, -1.0, 0.5]), "s": torch.tensor(2.0)}
     guide = AutoFlow(correlated, init_loc_fn=init_to_value(values=init), init_scale=0.3,
-                     num_quantile_samples=20000)
+                     num_quantile_samples=20000, anchor=None)
     guide()
     med = guide.median()
     torch.testing.assert_close(med["z"], init["z"], atol=0.02, rtol=0)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -56,6 +57,7 @@ def test_hier100_reference_is_the_exact_posterior():
                                atol=0.0)
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_paths():
     y32 = time_to_accuracy.hier100_data(torch.float32)
     ref = time_to_accuracy.hier100_reference(y32.double(), draws=2000)

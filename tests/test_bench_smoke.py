@@ -79,6 +79,7 @@ def test_speed_without_zuko_notes_the_skip(monkeypatch: pytest.MonkeyPatch) -> N
     _positive(row[2]), _positive(row[3]), _positive(row[5])
 
 
+@pytest.mark.slow
 def test_scaling_tiny(tmp_path: Path) -> None:
     out = tmp_path / "scaling.md"
     assert scaling.main(["--tiny", "--out", str(out)]) == 0

@@ -118,7 +118,8 @@ def test_learn_is_the_default_and_from_guide_keeps_the_model_form():
 
 def test_initial_samples_sit_at_the_init_location():
     init = {"mu": torch.tensor(2.0), "tau": torch.tensor(3.0), "theta": torch.arange(8.0)}
-    guide = _guide(eight_schools, Y, init_loc_fn=init_to_value(values=init), init_scale=0.01)
+    guide = _guide(eight_schools, Y, init_loc_fn=init_to_value(values=init), init_scale=0.01,
+                   anchor=None)
     z = guide.sample_latent_batch(4000, Y)
     expected = torch.cat([torch.tensor([2.0, math.log(3.0)]), torch.arange(8.0)])
     torch.testing.assert_close(z.mean(0), expected, atol=0.01, rtol=0)
@@ -170,6 +171,7 @@ def test_lambda_starts_at_the_likelihood_share_of_the_precision():
     torch.testing.assert_close(guide.centering_weights()["x"], torch.full((9,), CENTRING_BOUND))
 
 
+@pytest.mark.slow
 def test_lambda_moves_towards_non_centred_on_weak_data_and_centred_on_strong_data():
     """Gorinova et al.'s observation: the best parametrisation depends on the data. Started
     half way, lambda falls with sigma = 100 (the data say nothing: a funnel, best non-centred)
@@ -284,6 +286,7 @@ def test_an_observed_plate_between_latent_sites_sets_the_batch_layout():
     assert guide.sample_posterior(100)["theta"].shape == (100, 3)
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_vectorise_keeps_its_parametrisation():
     def model():  # theta's 8 elements as an event, no plate: a batch cannot broadcast
         mu = pyro.sample("mu", dist.Normal(0.0, 5.0))

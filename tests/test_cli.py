@@ -73,6 +73,7 @@ def test_demo_quick(tmp_path, capsys, posterior, reference):
     assert (tmp_path / "elbo.png").exists()
 
 
+@pytest.mark.slow
 def test_demo_seed_option_reproduces_and_varies_the_fits(tmp_path):
     from pyro_nf.diagnostics import _arviz
 

@@ -85,6 +85,7 @@ def test_autoflow_with_every_layer_traces_saves_and_loads(flow):
     _check(guide)
 
 
+@pytest.mark.slow
 def test_autoflow_with_learned_centring_traces_and_predictive_traces():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)

@@ -69,6 +69,7 @@ def test_a_factor_only_density_fits_to_its_known_answer():
     torch.testing.assert_close(draws.std(0), torch.tensor([0.5, 3.0]), atol=0, rtol=0.12)
 
 
+@pytest.mark.slow
 def test_flat_priors_fit_with_the_default_guide():
     y = torch.tensor([2.1, 3.4, 1.7, 2.8, 3.9, 2.2, 2.6, 3.1])
     pyro.clear_param_store()
@@ -113,6 +114,7 @@ def test_particle_check_tells_the_two_models_apart():
         assert (problem is None) == broadcasts, problem
 
 
+@pytest.mark.slow
 def test_a_model_written_for_one_particle_fits_with_sequential_particles():
     results = {}
     for model in (one_particle, vectorised):
@@ -153,10 +155,11 @@ def imputing(x, y, mask):
         pyro.sample("y", dist.Normal(a + b * x, s), obs=y, obs_mask=mask)
 
 
+@pytest.mark.slow
 def test_a_model_imputing_missing_responses_fits_with_the_default_guide():
-    x = torch.linspace(-1, 1, 50)
-    y = 1.0 + 2.0 * x + 0.1 * torch.randn(50, generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(50, dtype=torch.bool)
+    x = torch.linspace(-1, 1, 20)
+    y = 1.0 + 2.0 * x + 0.1 * torch.randn(20, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(20, dtype=torch.bool)
     mask[::5] = False
     pyro.clear_param_store()
     guide = AutoFlow(imputing)
@@ -178,3 +181,30 @@ def test_a_fit_whose_learning_rate_underflows_stops_with_a_clear_error():
     guide = AutoFlow(model, flow="iaf")
     with pytest.raises(NonFiniteLossError, match="halved the learning rate"):
         fit(model, guide, num_steps=3000, seed=0, progress=False, max_bad_steps=10 ** 6)
+
+
+def gp(x, y):
+    """A GP regression with Stan's 1e-10 jitter: below float32's resolution at this scale."""
+    rho = pyro.sample("rho", dist.LogNormal(0.0, 0.5))
+    alpha = pyro.sample("alpha", dist.HalfNormal(2.0))
+    k = alpha ** 2 * torch.exp(-0.5 * (x[:, None] - x[None, :]) ** 2 / rho ** 2)
+    k = k + 1e-10 * torch.eye(len(x), dtype=x.dtype)
+    f = pyro.sample("f", dist.MultivariateNormal(torch.zeros_like(x), covariance_matrix=k))
+    pyro.sample("y", dist.Normal(f, 0.3).to_event(1), obs=y)
+
+
+def test_float32_numerics_say_how_to_switch_to_float64():
+    x = torch.linspace(0, 1, 40)
+    y = torch.sin(6 * x)
+    pyro.clear_param_store()
+    with pytest.raises(NonFiniteLossError, match="float64"):
+        fit(gp, AutoFlow(gp, flow="iaf", anchor=None), x, y, num_steps=20, progress=False)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the documented switch
+    try:
+        pyro.clear_param_store()
+        guide = AutoFlow(gp, flow="iaf", anchor=None)
+        result = fit(gp, guide, x.double(), y.double(), num_steps=20, progress=False)
+        assert len(result.losses) == 20 and guide.loc.dtype == torch.float64
+    finally:
+        torch.set_default_dtype(old)

@@ -5,16 +5,19 @@ latent sites, each mapped to unconstrained space by ``biject_to(support)``, into
 z in R^D. Its posterior over z is
 
     b ~ base (N(0, I); or N(0, W W^T + diag(d)) with ``base="lowrank"``; or N(0, L L^T) with
-    ``base="full"``),   u = f_K o ... o f_1 (b),   z = loc + scale * u[order],
+    ``base="full"``),   u = f_K o ... o f_1 (b),   z = A(loc + scale * u[order]),
 
-so log q(z) = log base(b) - sum_k log|det J_k| - sum_i log scale_i (change of variables);
+with A(v) = mu + L v the Gaussian anchor (:mod:`pyro_nf.guides.anchor`; the identity with
+``anchor=None``), so log q(z) = log base(b) - sum_k log|det J_k| - sum_i log scale_i - log|det L|
+(change of variables);
 ``order`` is the permutation undoing the net reordering of the flow's fixed permutation layers
 (coupling stacks have them; consecutive autoregressive layers vary their MADE's order instead
 and move no data, so for an IAF stack ``order`` is the identity and costs nothing).
 The flow acts on standardised coordinates, where its layers' active ranges (spline bounds,
 tanh kinks) are meaningful, and the elementwise affine map puts the result where the posterior
-is. Flow layers start at the identity, so before any step the samples have mean ``loc`` (from
-``init_loc_fn``) and spread ``init_scale``.
+is. Flow layers start at the identity, so before any step the guide is the anchor N(mu, L L^T)
+(loc = 0, scale = 1) or, without an anchor, has mean ``loc`` (from ``init_loc_fn``) and spread
+``init_scale``.
 
 For a model with hierarchical Normal sites (theta ~ N(m, s) with m or s depending on other
 latent sites) the default ``centering="learn"`` adds a last layer, z = C(z'), that re-centres
@@ -45,6 +48,7 @@ from pyro.nn import PyroParam
 from torch import nn
 from torch.distributions import biject_to
 
+from pyro_nf.guides.anchor import ANCHORS, AnchorMixin
 from pyro_nf.guides.centering import (
     CENTERINGS,
     CENTRING_RATE,
@@ -107,18 +111,19 @@ class LocScale(torch.distributions.Transform):
         return torch.log(self.scale).sum(-1).expand(u.shape[:-1])
 
 
-class AutoFlow(AutoContinuous):
+class AutoFlow(AnchorMixin, AutoContinuous):
     """Normalizing-flow autoguide: ``AutoFlow(model)`` replaces ``AutoNormal(model)``.
 
     Args:
         model: a Pyro model whose latent sites are continuous and not in subsampled plates.
         flow: a flow spec of :func:`pyro_nf.transforms.build_flow` (``"iaf*4"``,
             ``["planar"] * 8``, ``[("maf", {"hidden": 64})]``, a callable ``dim -> module``).
-        init_loc_fn: per-site initialisation (Pyro's ``init_to_*``); gives ``loc``. The
-            default is the prior median, or Stan's uniform(-2, 2) in unconstrained space for
-            priors that cannot be sampled (``ImproperUniform``, factor-only densities).
-        init_scale: initial spread (standard deviation in unconstrained space; for re-centred
-            sites, of their eta coordinates).
+        init_loc_fn: per-site initialisation (Pyro's ``init_to_*``): where the anchor's
+            first L-BFGS path starts, or, without an anchor, ``loc``. The default is the
+            prior median, or Stan's uniform(-2, 2) in unconstrained space for priors that
+            cannot be sampled (``ImproperUniform``, factor-only densities).
+        init_scale: without an anchor, the initial spread (standard deviation in
+            unconstrained space; for re-centred sites, of their eta coordinates).
         base: ``"diagonal"`` (N(0, I); scales live in the affine map), ``"lowrank"``
             (a learnable low-rank-plus-diagonal covariance of rank ``rank``) or ``"full"``
             (a learnable Cholesky factor).
@@ -132,6 +137,12 @@ class AutoFlow(AutoContinuous):
             removes the funnel of a centred hierarchical model (eight schools, Neal's funnel)
             at the cost of one partial run of the model's prior per guide call; a model
             without such sites is unaffected. ``"model"``: the model's own parametrisation.
+        anchor: ``"auto"`` (default): before the first step the guide finds the best
+            Gaussian it can (Pathfinder or Laplace at the mode, the higher ELBO;
+            :mod:`pyro_nf.guides.anchor`) and runs the flow in its whitened coordinates,
+            z = mu + L (loc + scale * flow(b)), starting exactly at that Gaussian.
+            ``"pathfinder"`` or ``"laplace"`` force one; ``None`` starts from
+            ``init_loc_fn`` and ``init_scale`` (``from_guide``: the fitted guide).
 
     Works with ``Predictive``, ``NeuTraReparam`` (``get_base_dist``/``get_transform``),
     ``AutoGuideList``, ``poutine.block``, ``psis_diagnostic`` and the param store.
@@ -150,6 +161,7 @@ class AutoFlow(AutoContinuous):
         flow_options: dict[str, Any] | None = None,
         num_quantile_samples: int = 4000,
         centering: str = "learn",
+        anchor: str | None = "auto",
     ) -> None:
         if not (isinstance(init_scale, (int, float)) and math.isfinite(init_scale)
                 and init_scale > 0):
@@ -159,6 +171,8 @@ class AutoFlow(AutoContinuous):
         if centering not in CENTERINGS:
             raise ValueError(f"AutoFlow: centering must be one of {CENTERINGS}, got "
                              f"{centering!r}")
+        if anchor not in ANCHORS:
+            raise ValueError(f"AutoFlow: anchor must be one of {ANCHORS}, got {anchor!r}")
         if rank is not None and (not isinstance(rank, int) or rank < 1):
             raise ValueError(f"AutoFlow: rank must be a positive integer, got {rank!r}")
         if not callable(flow) or isinstance(flow, nn.Module):
@@ -173,6 +187,8 @@ class AutoFlow(AutoContinuous):
         self._warm_start: Any = None
         self._shadow: nn.Module | None = None
         self._centering = centering
+        self._anchor_method = anchor
+        self.anchor_info: dict[str, Any] = {}
         # a plain attribute: a PyroModule/nn.Module model must not become a submodule
         object.__setattr__(self, "_centering_model", model)
         self._slots: dict[str, SiteSlot] = {}
@@ -194,6 +210,7 @@ class AutoFlow(AutoContinuous):
         from pyro_nf.guides.warm_start import infer_base
 
         base = infer_base(fitted_guide)  # a clear TypeError for unsupported guides
+        options.setdefault("anchor", None)  # the fitted Gaussian is the start
         if options.setdefault("centering", "model") != "model":
             raise ValueError("AutoFlow.from_guide: a warm start keeps the fitted guide's "
                              "(the model's) parametrisation, centering='model'; for a learned "
@@ -234,6 +251,9 @@ class AutoFlow(AutoContinuous):
                               f"{first}); the guide keeps the model's parametrisation "
                               "(centering='model').", UserWarning, stacklevel=4)
         loc, scale = init_loc, torch.full_like(init_loc, self._init_scale)
+        if self._anchor_method is not None and self._warm_start is None:
+            if self._set_anchor(init_loc, args, kwargs):
+                loc, scale = torch.zeros_like(init_loc), torch.ones_like(init_loc)
         base_params: dict[str, torch.Tensor] = {}
         if self._warm_start is not None:
             from pyro_nf.guides.warm_start import gaussian_of
@@ -261,6 +281,7 @@ class AutoFlow(AutoContinuous):
         flow = build_flow(self._flow_spec, D, permutation=self._permutation,
                           **self._flow_options)
         self.flow = flow.to(dtype=dtype, device=device)
+        self._flow_at_start = {k: v.detach().clone() for k, v in self.flow.state_dict().items()}
         order = net_permutation(flow)
         self.register_buffer("output_order", None if order is None else order.to(device))
 
@@ -354,6 +375,9 @@ class AutoFlow(AutoContinuous):
         # cache_size=1: log_prob of the sample just drawn finds each layer's input in its cache
         # (the layers compare identities), so a slow inverse (IAF) is never run for it
         parts = [*self.flow.parts, LocScale(self.loc, self.scale, self.output_order)]
+        anchor = self.anchor_transform()
+        if anchor is not None:
+            parts.append(anchor)
         if self._slots:
             parts.append(self._centering_transform(args, kwargs or {}))
         return parts
@@ -383,6 +407,9 @@ class AutoFlow(AutoContinuous):
             base = dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
         parts = [*self._shadow.parts,
                  LocScale(self.loc.detach(), self.scale.detach(), self.output_order)]
+        anchor = self.anchor_transform()
+        if anchor is not None:
+            parts.append(anchor)
         if self._slots:
             parts.append(self._centering_transform(args, kwargs, detach=True))
         return dist.TransformedDistribution(base, parts)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
-import random
 import sys
 import time
 import warnings
@@ -21,10 +19,16 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
+from pyro_nf.infer.checkpoint import _checkpoint, _restore
 from pyro_nf.infer.elbo import STLTrace_ELBO
 
 #: ``fit`` warns when the non-finite guard has cut the learning rate this far (7 halvings)
 STALLED_LR_FACTOR = 0.5 ** 7
+#: What a float32 failure says: the one switch to float64 for the whole model and guide.
+_FLOAT64_HINT = ("; the model runs in float32, whose range and resolution fail for some "
+                 "numerics (a long recursion that overflows, a 1e-10 kernel jitter): fit it in "
+                 "float64 with torch.set_default_dtype(torch.float64) before building the "
+                 "model's data and the guide.")
 #: Below this the guard stops the fit with NonFiniteLossError (40 halvings, about 1e-12).
 MIN_LR_FACTOR = 0.5 ** 40
 
@@ -53,6 +57,21 @@ class FitResult:
     converged_at: int | None = None
     skipped_steps: int = 0
     lr_factor: float = 1.0
+    #: without ``num_steps``: the stage that ended the fit ("average": converged, its
+    #: parameters averaged; "optimise": the cap) and why, the step size the pilot chose from
+    #: its scores (``pilot``: lr -> ELBO), the fitted guide's ELBO on fixed draws and, for an
+    #: AutoFlow with a Gaussian anchor, the anchor's (the last check).
+    stage: str = "fixed"
+    stop_reason: str = "num_steps"
+    lr: float | None = None
+    pilot: dict[str, float] = field(default_factory=dict)
+    elbo_estimate: float | None = None
+    anchor_elbo: float | None = None
+    #: the last check's PSIS k-hats of the fitted guide and of its anchor, and which of the
+    #: two it recommends ("flow" or "anchor"; None without an anchor)
+    khat: float | None = None
+    anchor_khat: float | None = None
+    recommendation: str | None = None
 
     @property
     def final_elbo(self) -> float:
@@ -84,13 +103,30 @@ def _make_elbo(elbo: Any, num_particles: int, vectorize: bool) -> ELBO:
     raise ValueError(f"elbo must be a pyro.infer.ELBO instance, 'trace' or 'stl'; got {elbo!r}")
 
 
+def _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
+                         vectorize_particles, clip_norm, seed, checkpointing, max_bad_steps):
+    """``fit`` without ``num_steps``: :func:`pyro_nf.infer.auto.auto_fit`."""
+    from pyro_nf.infer.auto import auto_fit
+
+    if checkpointing:
+        raise ValueError("fit: checkpoint and resume need an explicit num_steps (without it "
+                         "the fit chooses its own schedule)")
+    if optim is not None:
+        raise ValueError("fit: without num_steps the fit tunes its own Adam step size; pass "
+                         "num_steps to use your optimiser")
+    return auto_fit(model, guide, args, kwargs, fit, num_particles=num_particles or 8,
+                    seed=seed, elbo=elbo, vectorize_particles=vectorize_particles,
+                    clip_norm=clip_norm, max_bad_steps=max_bad_steps)
+
+
 def _particles_that_work(loss_fn: ELBO, model: Callable, guide: Callable, args: tuple,
                          kwargs: dict) -> ELBO:
     """``loss_fn``, or a copy with sequential particles when the model does not broadcast over
     vectorised ones (:func:`~pyro_nf.infer.particles.particle_problem`), with one warning.
     The check draws under a forked RNG: the fit's random stream is the same with or without
     it."""
-    if not getattr(loss_fn, "vectorize_particles", False) or loss_fn.num_particles < 2:
+    if not getattr(loss_fn, "vectorize_particles", False) or loss_fn.num_particles < 2 \
+            or getattr(loss_fn, "_pyro_nf_checked", False):
         return loss_fn
     from pyro_nf.infer.particles import particle_problem
 
@@ -100,6 +136,7 @@ def _particles_that_work(loss_fn: ELBO, model: Callable, guide: Callable, args: 
     with torch.random.fork_rng(devices=devices):
         problem = particle_problem(model, guide, args, kwargs, loss_fn.max_plate_nesting)
     if problem is None:
+        loss_fn._pyro_nf_checked = True  # an ELBO reused by several fits is checked once
         return loss_fn
     warnings.warn(f"fit: the model does not broadcast over {loss_fn.num_particles} vectorised "
                   f"particles ({problem}), so they run one at a time (slower). To vectorise, "
@@ -150,21 +187,15 @@ def _converged(losses: list[float], window: int, tol: float) -> bool:
     return diff <= max(tol * (abs(a.mean()) + 1.0), noise)
 
 
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def fit(
     model: Callable,
     guide: Callable,
     *args: Any,
-    num_steps: int = 5000,
+    num_steps: int | None = None,
     optim: pyro.optim.PyroOptim | None = None,
     lr: float = 5e-3,
     elbo: Any = None,
-    num_particles: int = 1,
+    num_particles: int | None = None,
     vectorize_particles: bool = True,
     clip_norm: float | None = 10.0,
     lr_schedule: Callable[[int], float] | None = None,
@@ -179,18 +210,28 @@ def fit(
     checkpoint_every: int = 500,
     resume: bool = False,
     max_bad_steps: int = 10,
+    _step_hook: Callable[[int], None] | None = None,
     **kwargs: Any,
 ) -> FitResult:
     """Optimise the ELBO of ``guide`` for ``model`` with SVI.
 
     Args:
         model, guide, *args, **kwargs: as for ``pyro.infer.SVI``; args go to both.
-        num_steps: total number of steps (a resumed run continues up to this many).
+        num_steps: total number of steps (a resumed run continues up to this many). Without
+            it (the default) the fit tunes and stops itself (:mod:`pyro_nf.infer.auto`): a
+            step-size pilot over Adam learning rates 0.01, 0.005 and 0.002 (``lr`` and
+            ``lr_decay`` are not used), windows of 250 steps until the loss is stationary,
+            three halvings of the learning rate, then the parameters averaged over the last
+            500 steps; at most 10,000 steps, 8 particles unless ``num_particles`` says;
+            ``FitResult.stage``/``stop_reason`` say how it ended.
         optim: a ``pyro.optim`` optimiser (default ``pyro.optim.Adam({"lr": lr})``).
         elbo: an ELBO instance (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``RenyiELBO``,
             ``JitTrace_ELBO``, ...), ``"trace"`` or ``"stl"`` (sticking the landing,
             :class:`~pyro_nf.infer.STLTrace_ELBO`); default Trace_ELBO.
-        num_particles, vectorize_particles: used when ``elbo`` is not an instance.
+        num_particles, vectorize_particles: used when ``elbo`` is not an instance
+            (``num_particles`` defaults to 1 with ``num_steps``, else 8). A model that does
+            not broadcast over vectorised particles is noticed at the start and its
+            particles run one at a time, with a warning.
         clip_norm: clip each parameter tensor's gradient norm to this, as Pyro's
             ``clip_args`` does (None: no clipping). Not the global norm: one tensor's huge
             gradient would then shrink every other tensor's to almost nothing, and when it
@@ -231,6 +272,11 @@ def fit(
     Returns:
         a :class:`FitResult`.
     """
+    if num_steps is None:
+        return _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
+                                    vectorize_particles, clip_norm, seed, checkpoint or resume,
+                                    max_bad_steps)
+    num_particles = 1 if num_particles is None else num_particles
     if lr_decay is not None and not 0 < lr_decay <= 1:
         raise ValueError(f"fit: lr_decay must be in (0, 1] or None, got {lr_decay!r}")
     if not isinstance(num_steps, int) or num_steps < 0:
@@ -275,7 +321,13 @@ def fit(
         try:
             with poutine.trace(param_only=True) as capture:
                 loss = loss_fn.loss_and_grads(model, guide, *args, **kwargs)
-        except ValueError as exc:
+        except (torch.linalg.LinAlgError, ValueError) as exc:
+            first = str(exc).splitlines()[0]
+            if isinstance(exc, torch.linalg.LinAlgError) or "PositiveDefinite" in first:
+                hint = _FLOAT64_HINT if torch.get_default_dtype() == torch.float32 else "."
+                raise NonFiniteLossError(f"fit: a covariance or Cholesky factor of the model "
+                                         f"is not positive definite ({first[:160]}){hint}"
+                                         ) from exc
             # Pyro's validation refusing a non-finite distribution parameter: a bad step
             if "invalid values" not in str(exc) or result.steps == 0 and not result.losses:
                 raise
@@ -316,6 +368,8 @@ def fit(
         bad_in_a_row = 0
         result.losses.append(float(loss))
         result.steps = step + 1
+        if _step_hook is not None:
+            _step_hook(result.steps)
         if not result.converged and _converged(result.losses, convergence_window,
                                                convergence_tol):
             result.converged, result.converged_at = True, result.steps
@@ -371,76 +425,6 @@ def _raise_if_stuck(bad_in_a_row: int, limit: int, params, what: str, loss: floa
         f"fit: {what} (last loss {loss}); "
         f"parameters affected: {labels or 'none (the loss itself is not finite)'}. Check the "
         "model for invalid parameter values (e.g. a scale that can reach 0), lower the "
-        "learning rate, or start the guide closer to the posterior (init_scale, init_loc_fn)."
+        "learning rate, or start the guide closer to the posterior (init_scale, init_loc_fn)"
+        + (_FLOAT64_HINT if any(p.dtype == torch.float32 for p in params) else ".")
     )
-
-
-def _checkpoint(path: Path, optim, result: FitResult, lr_factor: float) -> None:
-    store = pyro.get_param_store()
-    state = {
-        "params": {name: p.detach().clone() for name, p in store.named_parameters()},
-        "optim": optim.get_state(),
-        "losses": list(result.losses),
-        "steps": result.steps,
-        "skipped_steps": result.skipped_steps,
-        "converged_at": result.converged_at,
-        "lr_factor": lr_factor,
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": _numpy_state_out()},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _save(path, state)
-
-
-def _numpy_state_out() -> dict:
-    """NumPy's global MT19937 state (the one users seed) as tensors and numbers only, so that
-    the checkpoint loads with ``weights_only=True``."""
-    name, key, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
-    return {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "gauss": float(gauss)}
-
-
-def _numpy_state_in(state: dict) -> None:
-    key = state["key"].numpy().astype(np.uint32)
-    np.random.set_state((state["name"], key, state["pos"], state["has_gauss"],  # noqa: NPY002
-                         state["gauss"]))
-
-
-def _load_checkpoint(path: Path) -> dict:
-    """``torch.load`` with ``weights_only=True``: a checkpoint holds tensors, numbers, strings
-    and containers only, so a file that would build any other object (a crafted pickle can run
-    code while it loads) is refused before anything in it runs."""
-    try:
-        return torch.load(path, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(f"fit: refused to load checkpoint {path}: it holds objects other than "
-                         "tensors and numbers (not a pyro-nf checkpoint, or not a safe file); "
-                         f"resume only from checkpoints you wrote. {str(exc).splitlines()[0]}"
-                         ) from None
-    except Exception as exc:  # noqa: BLE001 - reported with the file's name
-        raise ValueError(f"fit: could not read checkpoint {path}: {exc}") from exc
-
-
-def _restore(path: Path, model, guide, loss_fn, optim, result: FitResult, args, kwargs):
-    state = _load_checkpoint(path)
-    with torch.no_grad():
-        loss_fn.loss(model, guide, *args, **kwargs)  # creates every parameter
-    store = pyro.get_param_store()
-    current = dict(store.named_parameters())
-    missing = sorted(set(state["params"]) - set(current))
-    if missing:
-        raise ValueError(f"fit: checkpoint {path} has parameters {missing} that this "
-                         "model/guide does not create; was it written by another model?")
-    with torch.no_grad():
-        for name, value in state["params"].items():
-            current[name].copy_(value)
-    optim.set_state(state["optim"])
-    result.losses = list(state["losses"])
-    result.steps = int(state["steps"])
-    result.skipped_steps = int(state["skipped_steps"])
-    result.converged_at = state["converged_at"]
-    result.converged = result.converged_at is not None
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate(state["rng"]["python"])
-    _numpy_state_in(state["rng"]["numpy"])
-    return float(state["lr_factor"])

@@ -99,7 +99,9 @@ class LogDensity:
 
     def _run(self, point: torch.Tensor) -> tuple[Any, Any]:
         self.guide.point = point
-        with poutine.block():
+        # without validation an invalid parameter (a scale of 0 where an optimiser overshot)
+        # gives a non-finite density, which the callers treat as such, instead of an error
+        with poutine.block(), pyro.validation_enabled(False):
             guide_trace = poutine.trace(self.guide).get_trace(*self.args, **self.kwargs)
             model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
                 *self.args, **self.kwargs)

@@ -42,6 +42,13 @@ class LowRankSqrt(torch.distributions.Transform):
     bijective = True
     sign = 1
 
+    @classmethod
+    def dense(cls, loc: torch.Tensor, cov: torch.Tensor) -> LowRankSqrt:
+        """N(loc, cov) with a dense covariance (Q = I, alpha = 1: C is cov's square root)."""
+        lam, u = torch.linalg.eigh(cov)
+        eye = torch.eye(len(loc), dtype=loc.dtype, device=loc.device)
+        return cls(loc, torch.ones_like(loc), eye, u, lam)
+
     def __init__(self, loc: torch.Tensor, sqrt_alpha: torch.Tensor, q: torch.Tensor,
                  eig_u: torch.Tensor, eig_lam: torch.Tensor, cache_size: int = 0) -> None:
         super().__init__(cache_size=cache_size)
@@ -63,13 +70,26 @@ class LowRankSqrt(torch.distributions.Transform):
     def log_abs_det_jacobian(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self._log_det.expand(u.shape[:-1])
 
+    PARTS = ("loc", "sqrt_alpha", "q", "c_minus_i", "cinv_minus_i", "_log_det")
+
+    @classmethod
+    def from_parts(cls, *parts: torch.Tensor, cache_size: int = 0) -> LowRankSqrt:
+        """The map from its stored tensors (``PARTS``, in that order). With ``cache_size=1``
+        the inverse of the tensor just returned is looked up, so that ``log_prob`` of a
+        guide's own sample never runs the layers below it backwards (an IAF's inverse costs
+        D passes)."""
+        out = cls.__new__(cls)
+        torch.distributions.Transform.__init__(out, cache_size=cache_size)
+        for name, value in zip(cls.PARTS, parts):
+            setattr(out, name, value)
+        return out
+
+    def parts(self) -> list[torch.Tensor]:
+        return [getattr(self, name) for name in self.PARTS]
+
     def to(self, dtype: torch.dtype) -> LowRankSqrt:
         """The same map with its tensors in ``dtype``."""
-        out = LowRankSqrt.__new__(LowRankSqrt)
-        torch.distributions.Transform.__init__(out, cache_size=self._cache_size)
-        for name in ("loc", "sqrt_alpha", "q", "c_minus_i", "cinv_minus_i", "_log_det"):
-            setattr(out, name, getattr(self, name).to(dtype))
-        return out
+        return LowRankSqrt.from_parts(*(t.to(dtype) for t in self.parts()))
 
     def covariance(self) -> torch.Tensor:
         """The dense D x D covariance (for reports and tests)."""
@@ -142,6 +162,9 @@ class PathResult:
     gradient_evaluations: int
     best_iteration: int
     elbos: list[float] = field(default_factory=list)
+    #: the last iterate (the mode where L-BFGS converged) and its log density
+    last: torch.Tensor | None = None
+    last_log_density: float = -math.inf
 
 
 def _two_loop(grad: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]],
@@ -170,10 +193,13 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
         nonlocal evals
         evals += 1
         x = x.detach().requires_grad_(True)
-        f = -log_density(x).to(F64)
-        if not bool(torch.isfinite(f)):
+        try:
+            f = -log_density(x).to(F64)
+            if not bool(torch.isfinite(f)):
+                return math.inf, torch.zeros_like(x)
+            (g,) = torch.autograd.grad(f, x)
+        except (ValueError, RuntimeError):  # the model cannot be evaluated there
             return math.inf, torch.zeros_like(x)
-        (g,) = torch.autograd.grad(f, x)
         return float(f.detach()), g.detach()
 
     x = start.to(F64).clone()
@@ -221,14 +247,16 @@ def _best_along(log_density: LogDensity, points: list, history: int, num_elbo_dr
     dim = log_density.dim
     alpha = torch.ones(dim, dtype=F64)
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    best = PathResult(None, -math.inf, len(points) - 1, evals, -1)
+    best = PathResult(None, -math.inf, len(points) - 1, evals, -1, last=points[-1][0],
+                      last_log_density=-points[-1][2])
+    scored = _scored_iterates(len(points))
     for l in range(1, len(points)):
         (t0, g0, _), (t1, g1, _) = points[l - 1], points[l]
         s, y = t1 - t0, -(g1 - g0)  # y: the change of the gradient of -log p
         if float(s @ y) > 2.2e-16 * float(y @ y):
             pairs = (pairs + [(s, y)])[-history:]
             alpha = _update_alpha(alpha, s, y)
-        if not pairs:
+        if not pairs or l not in scored:
             continue
         s_mat = torch.stack([p[0] for p in pairs], dim=1)
         y_mat = torch.stack([p[1] for p in pairs], dim=1)
@@ -240,6 +268,19 @@ def _best_along(log_density: LogDensity, points: list, history: int, num_elbo_dr
         if elbo > best.elbo:
             best.approximation, best.elbo, best.best_iteration = approx, elbo, l
     return best
+
+
+#: At most this many iterates of a path get an ELBO estimate: all of a short path; of a long
+#: one the last quarter of them, evenly spaced, with the last ten always included (on long
+#: paths the best approximation sits near the end, where the curvature pairs are local).
+MAX_SCORED = 100
+
+
+def _scored_iterates(n: int) -> set[int]:
+    if n <= MAX_SCORED:
+        return set(range(n))
+    spread = torch.linspace(n - n // 4, n - 1, MAX_SCORED - 10).round().long().tolist()
+    return set(spread) | set(range(n - 10, n))
 
 
 def _draw(approx: LowRankSqrt, n: int, generator: torch.Generator
@@ -254,8 +295,11 @@ def _draw(approx: LowRankSqrt, n: int, generator: torch.Generator
 def _elbo(log_density: LogDensity, approx: LowRankSqrt, n: int,
           generator: torch.Generator) -> float:
     x, log_q = _draw(approx, n, generator)
-    with torch.no_grad():
-        log_p = log_density(x).to(F64)
+    try:
+        with torch.no_grad():
+            log_p = log_density(x).to(F64)
+    except (ValueError, RuntimeError):  # the model cannot be evaluated at some draw
+        return -math.inf
     lw = log_p - log_q
     return float(lw.mean()) if bool(torch.isfinite(lw).all()) else -math.inf
 
@@ -321,12 +365,9 @@ def pathfinder(model: Callable, *args: Any, num_paths: int = 4, num_draws: int =
     log_density = LogDensity(model, *args, **kwargs)
     generator = torch.Generator()
     generator.manual_seed(seed if seed is not None else int(torch.randint(2 ** 31, ())))
-    paths = []
-    for k in range(num_paths):
-        start = log_density.init.to(F64) if k == 0 else \
-            (torch.rand(log_density.dim, dtype=F64, generator=generator) * 2 - 1) * init_radius
-        paths.append(_lbfgs_path(log_density, start, history=history, max_iters=max_iters,
-                                 tol=tol, num_elbo_draws=num_elbo_draws, generator=generator))
+    paths = run_paths(log_density, log_density.init, num_paths, generator, history=history,
+                      max_iters=max_iters, tol=tol, num_elbo_draws=num_elbo_draws,
+                      init_radius=init_radius)
     usable = [p for p in paths if p.approximation is not None]
     if not usable:
         raise RuntimeError("pathfinder: no path produced a usable normal approximation (the "
@@ -361,6 +402,26 @@ def pathfinder(model: Callable, *args: Any, num_paths: int = 4, num_draws: int =
         samples=log_density.unpack(draws), elbo=best.elbo, elbos=[p.elbo for p in paths],
         khat=float(khat), gradient_evaluations=grads,
         density_evaluations=log_density.evaluations - grads, paths=paths)
+
+
+def run_paths(target: Callable, init: torch.Tensor, num_paths: int, generator: torch.Generator,
+              *, history: int = 6, max_iters: int = 1000, tol: float = 1e-10,
+              num_elbo_draws: int = 25, init_radius: float = 2.0) -> list[PathResult]:
+    """``num_paths`` Pathfinder paths on ``target`` (a log density over R^D with attribute
+    ``dim``): the first from ``init``, the others from uniform(-init_radius, init_radius)."""
+    paths = []
+    for k in range(num_paths):
+        start = init.to(F64) if k == 0 else \
+            (torch.rand(target.dim, dtype=F64, generator=generator) * 2 - 1) * init_radius
+        paths.append(_lbfgs_path(target, start, history=history, max_iters=max_iters,
+                                 tol=tol, num_elbo_draws=num_elbo_draws, generator=generator))
+    return paths
+
+
+def elbo_of(target: Callable, approx: LowRankSqrt, n: int, generator: torch.Generator
+            ) -> float:
+    """The Monte Carlo ELBO of the normal ``approx`` for ``target`` from ``n`` draws."""
+    return _elbo(target, approx, n, generator)
 
 
 class AutoPathfinder(AutoContinuous):

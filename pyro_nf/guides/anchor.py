@@ -1,0 +1,190 @@
+"""AutoFlow's Gaussian anchor: the best Gaussian found before any flow step.
+
+The flow of :class:`~pyro_nf.AutoFlow` acts on whitened coordinates of this Gaussian,
+z = mu + L (loc + scale * flow(b)), with loc = 0, scale = 1 and the flow at the identity at
+the start, so the guide starts as exactly the anchor N(mu, L L^T). Whitening removes what a
+flow of a few layers learns slowly or not at all from a standard normal start: scales that
+span orders of magnitude, strong correlations, intercepts far from the prior's centre.
+
+Two candidates, and the one with the higher ELBO (Monte Carlo, the same draws count) wins:
+
+- Pathfinder (Zhang et al., 2022): the best normal approximation along L-BFGS paths,
+  low-rank plus diagonal (:mod:`pyro_nf.infer.quasi_newton`);
+- Laplace at the mode those paths found: the inverse of the negative Hessian, when it is
+  positive definite and D is at most ``LAPLACE_MAX_DIM`` (a dense D x D factor).
+
+It needs a log density that is the same function at every call. A model whose density is
+random for fixed latent values (a site hidden by ``poutine.block`` inside an ``AutoGuideList``,
+a subsampled likelihood) gets no anchor, and the flow starts from ``init_loc_fn`` as before.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+
+from pyro_nf.infer.logdensity import LogDensity
+from pyro_nf.infer.quasi_newton import F64, LowRankSqrt, elbo_of, run_paths
+
+ANCHORS = ("auto", "pathfinder", "laplace", None)
+#: Laplace needs a dense Hessian: D autograd passes and a D x D factor.
+LAPLACE_MAX_DIM = 1000
+#: Monte Carlo draws of each candidate's ELBO.
+ELBO_DRAWS = 256
+
+
+@dataclass
+class Anchor:
+    """The chosen Gaussian: its square-root map, which method gave it, and the ELBOs."""
+
+    sqrt: LowRankSqrt
+    method: str
+    elbos: dict[str, float]
+    gradient_evaluations: int
+
+
+class _Target:
+    """log p in the flow's coordinates: with a centring layer C, log p(C(eta)) + log|J_C|."""
+
+    def __init__(self, log_density: LogDensity, centring: Any | None) -> None:
+        self.log_density, self.centring = log_density, centring
+        self.dim = log_density.dim
+
+    def __call__(self, eta: torch.Tensor) -> torch.Tensor:
+        if self.centring is None:
+            return self.log_density(eta)
+        x = eta.to(self.log_density.dtype)
+        with pyro.validation_enabled(False):  # an invalid value: a non-finite density
+            theta = self.centring(x)
+            ladj = self.centring.log_abs_det_jacobian(x, theta)
+        return (self.log_density(theta) + ladj).to(eta.dtype)
+
+
+def _deterministic(target: _Target, point: torch.Tensor) -> bool:
+    """Whether the density at ``point`` is the same under two seeds."""
+    values = []
+    for seed in (1, 2):
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            values.append(float(target(point.to(F64))))
+    return math.isfinite(values[0]) and values[0] == values[1]
+
+
+def _laplace(target: _Target, mode: torch.Tensor) -> LowRankSqrt | None:
+    if target.dim > LAPLACE_MAX_DIM:
+        return None
+    hess = torch.autograd.functional.hessian(lambda v: target(v).to(F64), mode.to(F64))
+    precision = -(hess + hess.T) / 2
+    chol, info = torch.linalg.cholesky_ex(precision)
+    if int(info) != 0 or not bool(torch.isfinite(chol).all()):
+        return None  # not positive definite at the mode (a funnel's neck, a flat direction)
+    cov = torch.cholesky_inverse(chol)
+    return LowRankSqrt.dense(mode.to(F64), cov)
+
+
+def find_anchor(model: Any, args: tuple, kwargs: dict, init: torch.Tensor, method: str,
+                centring: Any | None = None, num_paths: int = 2, seed: int = 0
+                ) -> Anchor | None:
+    """The anchor of ``method`` (``"auto"``: Pathfinder or Laplace, the higher ELBO), in
+    float64, or None (with the reason as a warning) where the model's density does not allow
+    one."""
+    log_density = LogDensity(model, *args, **kwargs)
+    if log_density.dim != len(init):
+        return None
+    target = _Target(log_density, centring)
+    if not _deterministic(target, init):
+        warnings.warn("AutoFlow: the model's log density changes from call to call at fixed "
+                      "latent values (a hidden or subsampled site), so the guide has no "
+                      "Gaussian anchor and starts from init_loc_fn", UserWarning, stacklevel=5)
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    paths = run_paths(target, init, num_paths, generator)
+    grads = sum(p.gradient_evaluations for p in paths)
+    candidates: dict[str, LowRankSqrt] = {}
+    usable = [p for p in paths if p.approximation is not None]
+    if usable and method in ("auto", "pathfinder"):
+        candidates["pathfinder"] = max(usable, key=lambda p: p.elbo).approximation
+    ends = [p for p in paths if p.last is not None and math.isfinite(p.last_log_density)]
+    if ends and method in ("auto", "laplace"):
+        laplace = _laplace(target, max(ends, key=lambda p: p.last_log_density).last)
+        if laplace is not None:
+            candidates["laplace"] = laplace
+    if not candidates:
+        return None
+    elbos = {name: elbo_of(target, sqrt, ELBO_DRAWS, generator)
+             for name, sqrt in candidates.items()}
+    best = max(elbos, key=elbos.get)
+    if not math.isfinite(elbos[best]):
+        return None
+    return Anchor(candidates[best], best, elbos, grads)
+
+
+class AnchorMixin:
+    """AutoFlow's anchor methods: finding it at set-up, and the anchor as a map and as a
+    distribution. Kept here with the anchor's search; AutoFlow inherits them."""
+
+    def _set_anchor(self, init_loc: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+        """Find the Gaussian anchor (:mod:`pyro_nf.guides.anchor`) and keep it as buffers;
+        False where the model allows none."""
+        centring = self._centering_transform(args, kwargs, detach=True) if self._slots \
+            else None
+        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        try:
+            # its own seed: the anchor is a function of the model, and the caller's random
+            # stream (the fit's draws) is the same with or without it
+            # blocked and with gradients: the set-up may run inside an ELBO's trace or under
+            # no_grad, and the anchor's own model runs must reach neither
+            with torch.random.fork_rng(devices=devices), poutine.block(), \
+                    torch.enable_grad():
+                torch.manual_seed(0)
+                anchor = find_anchor(self._centering_model, args, kwargs, init_loc,
+                                     self._anchor_method, centring)
+        except Exception as error:  # noqa: BLE001 - any failure: the flow starts as before
+            warnings.warn(f"AutoFlow: no Gaussian anchor ({type(error).__name__}: "
+                          f"{next(iter(str(error).splitlines()), '')}); the flow starts from "
+                          "init_loc_fn", UserWarning, stacklevel=5)
+            return False
+        if anchor is None:
+            return False
+        for name, value in zip(LowRankSqrt.PARTS, anchor.sqrt.to(init_loc.dtype).parts()):
+            self.register_buffer(f"anchor_{name.lstrip('_')}", value.to(init_loc.device))
+        self.anchor_info = {"method": anchor.method, "elbos": anchor.elbos,
+                            "gradient_evaluations": anchor.gradient_evaluations}
+        return True
+
+    def anchor_posterior(self, *args: Any, **kwargs: Any) -> dist.TransformedDistribution:
+        """The anchor alone as a distribution over the packed latent z (through the centring
+        layer where there is one): what the guide was before its first step."""
+        parts = [self.anchor_transform()]
+        if parts[0] is None:
+            raise ValueError("AutoFlow.anchor_posterior: this guide has no Gaussian anchor "
+                             "(anchor=None, from_guide, or a model that allows none)")
+        if self._slots:
+            parts.append(self._centering_transform(args, kwargs, detach=True))
+        return dist.TransformedDistribution(self.get_base_dist(), parts)
+
+    @torch.no_grad()
+    def reset_to_anchor(self) -> None:
+        """Put the flow back at the identity and loc, scale at 0, 1: the guide is its anchor
+        again (what :func:`~pyro_nf.fit`'s last check recommends when the fitted flow's
+        k-hat or ELBO is worse than the anchor's)."""
+        if self.anchor_transform() is None:
+            raise ValueError("AutoFlow.reset_to_anchor: this guide has no Gaussian anchor")
+        self.flow.load_state_dict(self._flow_at_start)
+        self.loc.zero_()
+        self.scale = torch.ones_like(self.scale)
+
+    def anchor_transform(self) -> LowRankSqrt | None:
+        """The anchor's map v -> mu + L v, or None for a guide without an anchor."""
+        if not self.anchor_info:
+            return None
+        return LowRankSqrt.from_parts(*(getattr(self, f"anchor_{name.lstrip('_')}")
+                                        for name in LowRankSqrt.PARTS), cache_size=1)
+

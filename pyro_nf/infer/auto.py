@@ -1,0 +1,201 @@
+"""``fit`` without ``num_steps``: a fit that chooses its step size and stops by itself.
+
+Stages, each a small function below:
+
+1. **pilot**: from the same start, a short run at each of ``PILOT_LRS``; the step size whose
+   run ends with the highest ELBO, estimated on the same fixed draws for every candidate
+   (common random numbers, so the comparison is not drowned in Monte Carlo noise), wins.
+2. **optimise**: Adam in windows of ``WINDOW`` steps. Once the loss is stationary (the means of
+   the last two windows agree within their standard errors: the iterates only bounce around
+   the optimum, Dhaka et al., 2020, "Robust, accurate stochastic optimization for variational
+   inference"), the learning rate is halved, ``HALVINGS`` times in all (Welandawe et al., 2024,
+   "A framework for improving the reliability of black-box variational inference").
+3. **average**: at the smallest learning rate, the parameters are averaged over the last
+   ``AVERAGE_WINDOWS`` windows (Polyak & Juditsky, 1992) and the average is returned: it has
+   a fraction of a single iterate's Monte Carlo error.
+
+The run stops there, or at ``max_steps``; :class:`~pyro_nf.infer.FitResult` says which
+(``stage``, ``stop_reason``). For an AutoFlow with a Gaussian anchor a last check compares the
+fitted guide's ELBO with the anchor's, and warns when the flow did worse than where it began.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import Trace_ELBO
+
+PILOT_LRS = (0.01, 0.005, 0.002)
+PILOT_STEPS = 75
+WINDOW = 200
+HALVINGS = 3
+AVERAGE_WINDOWS = 2
+MAX_STEPS = 10000
+#: Draws of the fixed-draw ELBO estimates (pilot, last check).
+SCORE_PARTICLES = 256
+
+
+def _store_values() -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone()
+            for name, p in pyro.get_param_store().named_parameters()}
+
+
+@torch.no_grad()
+def _load_values(values: dict[str, torch.Tensor]) -> None:
+    params = dict(pyro.get_param_store().named_parameters())
+    for name, value in values.items():
+        params[name].copy_(value)
+
+
+def fixed_draw_elbo(model: Callable, guide: Callable, args: tuple, kwargs: dict,
+                    num: int = SCORE_PARTICLES, seed: int = 0) -> tuple[float, float]:
+    """The ELBO and its standard error from ``num`` draws under a fixed seed (the caller's
+    random stream is left as it was)."""
+    elbo = Trace_ELBO(num_particles=max(1, num // 8), vectorize_particles=False)
+    values = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for _ in range(8):  # 8 batches: a standard error from their spread
+            values.append(-elbo.loss(model, guide, *args, **kwargs))
+    mean = sum(values) / len(values)
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+    return mean, se
+
+
+def _pilot(run: Callable, model, guide, args, kwargs) -> tuple[float, dict[str, float]]:
+    """Stage 1: the step size whose short run ends with the best fixed-draw ELBO."""
+    start = _store_values()
+    scores = {}
+    for lr in PILOT_LRS:
+        _load_values(start)
+        try:
+            run(PILOT_STEPS, lr, warmup=PILOT_STEPS // 4, fresh=True)
+        except FloatingPointError:  # NonFiniteLossError: this step size diverges
+            scores[lr] = -math.inf
+            continue
+        elbo = fixed_draw_elbo(model, guide, args, kwargs)[0]
+        scores[lr] = elbo if math.isfinite(elbo) else -math.inf
+    _load_values(start)
+    best = max(scores, key=scores.get)
+    return best, {str(k): v for k, v in scores.items()}
+
+
+def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn: Callable,
+             *, max_steps: int = MAX_STEPS, num_particles: int = 8, seed: int | None = None,
+             **options: Any) -> Any:
+    """Run the stages (module docstring) with ``fit_fn`` (:func:`pyro_nf.fit` with an explicit
+    ``num_steps``) doing every window of steps."""
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    elbo = options.pop("elbo", None)
+    from pyro_nf.infer.fit import _make_elbo
+
+    loss_fn = _make_elbo(elbo, num_particles, options.pop("vectorize_particles", True))
+    with torch.no_grad():
+        pyro.poutine.block(guide)(*args, **kwargs)  # the set-up (AutoFlow: its anchor)
+    state: dict[str, Any] = {"optim": None, "base_lr": None}
+
+    def run(steps: int, lr: float, warmup: int = 0, fresh: bool = False,
+            hook: Callable | None = None) -> Any:
+        if fresh or state["optim"] is None:
+            state["optim"], state["base_lr"] = pyro.optim.Adam({"lr": lr}), lr
+        base = state["base_lr"]
+        return fit_fn(model, guide, *args, num_steps=steps, optim=state["optim"],
+                      elbo=loss_fn, lr_decay=None, warmup_steps=warmup, progress=False,
+                      lr_schedule=lambda step: lr / base, _step_hook=hook, **options,
+                      **kwargs)
+
+    lr, pilot_scores = _pilot(run, model, guide, args, kwargs)
+    state["optim"] = None
+    return _optimise(run, lr, max_steps, pilot_scores, guide, model, args, kwargs)
+
+
+def _optimise(run: Callable, lr: float, max_steps: int, pilot_scores: dict, guide, model,
+              args, kwargs) -> Any:
+    """Stages 2 and 3: windows until stationary, halvings, then the averaged parameters."""
+    from pyro_nf.infer.fit import FitResult, _converged
+
+    total = FitResult(guide=guide, pilot=pilot_scores, lr=lr)
+    halvings, stage_losses, average, count = 0, [], None, 0
+    stage, reason = "optimise", f"the cap of {max_steps} steps"
+
+    def accumulate(_step: int) -> None:
+        nonlocal average, count
+        values = _store_values()
+        count += 1
+        if average is None:
+            average = values
+        else:
+            for name, value in values.items():
+                average[name] += (value - average[name]) / count
+
+    while total.steps < max_steps:
+        averaging = halvings == HALVINGS
+        windows_left = AVERAGE_WINDOWS if averaging else 1
+        steps = min(WINDOW * windows_left, max_steps - total.steps)
+        result = run(steps, lr * 0.5 ** halvings, warmup=50 if total.steps == 0 else 0,
+                     hook=accumulate if averaging else None)
+        total.losses += result.losses
+        total.steps += result.steps
+        total.skipped_steps += result.skipped_steps
+        total.seconds += result.seconds
+        stage_losses += result.losses
+        if averaging:
+            stage = "average"
+            reason = (f"the loss was stationary after {HALVINGS} halvings of the learning "
+                      f"rate; the parameters are averaged over the last {count} steps")
+            break
+        if _converged(stage_losses, WINDOW, 0.0):
+            halvings += 1
+            stage_losses = []
+            total.converged, total.converged_at = True, total.steps
+    if average is not None:
+        _load_values(average)
+    total.stage, total.stop_reason = stage, reason
+    _last_check(total, model, guide, args, kwargs)
+    return total
+
+
+def _khat(log_density: Any, q: Any, num: int = 2000) -> float:
+    """PSIS k-hat of ``q`` (over the packed latent) for the model's log density."""
+    from pyro_nf.diagnostics import _arviz
+
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(1)
+        z = q.sample((num,))
+        lw = (log_density(z) - q.log_prob(z)).double()
+    finite = torch.isfinite(lw)
+    if int(finite.sum()) < num // 2:
+        return math.inf
+    return float(_arviz.psis(lw[finite].numpy())[1])
+
+
+def _last_check(result: Any, model, guide, args, kwargs) -> None:
+    """Compare the fitted guide with its Gaussian anchor (AutoFlow) by k-hat and ELBO; warn
+    and recommend the anchor where it is the better of the two."""
+    elbo, se = fixed_draw_elbo(model, guide, args, kwargs)
+    result.elbo_estimate = elbo
+    anchor = getattr(guide, "anchor_info", None) or {}
+    if not anchor:
+        return
+    from pyro_nf.infer.logdensity import LogDensity
+
+    result.anchor_elbo = anchor["elbos"][anchor["method"]]
+    log_density = LogDensity(model, *args, **kwargs)
+    result.khat = _khat(log_density, guide.get_posterior(*args, **kwargs))
+    result.anchor_khat = _khat(log_density, guide.anchor_posterior(*args, **kwargs))
+    worse_elbo = elbo < result.anchor_elbo - 3 * se - 0.05
+    worse_khat = result.khat >= 0.7 and result.anchor_khat < min(0.7, result.khat)
+    result.recommendation = "anchor" if worse_elbo or worse_khat else "flow"
+    if result.recommendation == "anchor":
+        warnings.warn(f"fit: the fitted flow (k-hat {result.khat:.2f}, ELBO {elbo:.3f} +- "
+                      f"{se:.3f}) is worse than its Gaussian anchor (k-hat "
+                      f"{result.anchor_khat:.2f}, ELBO {result.anchor_elbo:.3f}, "
+                      f"{anchor['method']}): use the anchor with guide.reset_to_anchor().",
+                      RuntimeWarning, stacklevel=4)
