@@ -129,3 +129,19 @@ def test_a_blocked_member_of_a_guide_list_gets_no_anchor_and_still_fits():
 def test_bad_anchor_is_a_clear_error():
     with pytest.raises(ValueError, match="anchor must be one of"):
         AutoFlow(logistic, anchor="best")
+
+
+def test_reset_to_anchor_after_a_fit_with_the_centring_and_a_low_rank_base():
+    guide = AutoFlow(schools, base="lowrank")
+    guide()
+    with torch.no_grad():
+        z = guide.get_posterior().sample((6,))
+        before = guide.get_posterior().log_prob(z.clone())
+        torch.testing.assert_close(guide.anchor_posterior().log_prob(z.clone()), before,
+                                   rtol=1e-4, atol=1e-4)
+    fit(schools, guide, num_steps=30, progress=False, seed=0)
+    with torch.no_grad():
+        assert not torch.allclose(guide.get_posterior().log_prob(z.clone()), before)
+        guide.reset_to_anchor()
+        torch.testing.assert_close(guide.get_posterior().log_prob(z.clone()), before,
+                                   rtol=1e-4, atol=1e-4)

@@ -155,6 +155,9 @@ class AnchorMixin:
             return False
         for name, value in zip(LowRankSqrt.PARTS, anchor.sqrt.to(init_loc.dtype).parts()):
             self.register_buffer(f"anchor_{name.lstrip('_')}", value.to(init_loc.device))
+        if self._slots:  # the anchor lives in the eta coordinates of the initial lambda
+            self.register_buffer("anchor_centring_logit",
+                                 self.centering_logit.detach().clone())
         self.anchor_info = {"method": anchor.method, "elbos": anchor.elbos,
                             "gradient_evaluations": anchor.gradient_evaluations}
         return True
@@ -167,19 +170,30 @@ class AnchorMixin:
             raise ValueError("AutoFlow.anchor_posterior: this guide has no Gaussian anchor "
                              "(anchor=None, from_guide, or a model that allows none)")
         if self._slots:
-            parts.append(self._centering_transform(args, kwargs, detach=True))
-        return dist.TransformedDistribution(self.get_base_dist(), parts)
+            parts.append(self._centering_transform(args, kwargs, detach=True,
+                                                   logit=self.anchor_centring_logit))
+        zeros = parts[0].loc.new_zeros(self.latent_dim)
+        return dist.TransformedDistribution(dist.Normal(zeros, 1.0).to_event(1), parts)
 
     @torch.no_grad()
     def reset_to_anchor(self) -> None:
-        """Put the flow back at the identity and loc, scale at 0, 1: the guide is its anchor
-        again (what :func:`~pyro_nf.fit`'s last check recommends when the fitted flow's
-        k-hat or ELBO is worse than the anchor's)."""
+        """Put the flow back at the identity, loc and scale at 0 and 1, the base at N(0, I) and
+        the centring's lambda where it started: the guide is its anchor again (what
+        :func:`~pyro_nf.fit`'s last check recommends when the fitted flow's k-hat or ELBO is
+        worse than the anchor's)."""
         if self.anchor_transform() is None:
             raise ValueError("AutoFlow.reset_to_anchor: this guide has no Gaussian anchor")
         self.flow.load_state_dict(self._flow_at_start)
         self.loc.zero_()
         self.scale = torch.ones_like(self.scale)
+        if self._slots:
+            self.centering_logit.copy_(self.anchor_centring_logit)
+        if self._base_kind == "lowrank":
+            self.cov_factor.zero_()
+            self.cov_diag = torch.ones_like(self.cov_diag)
+        elif self._base_kind == "full":
+            self.scale_tril = torch.eye(self.latent_dim, dtype=self.loc.dtype,
+                                        device=self.loc.device)
 
     def anchor_transform(self) -> LowRankSqrt | None:
         """The anchor's map v -> mu + L v, or None for a guide without an anchor."""

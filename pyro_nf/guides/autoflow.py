@@ -338,13 +338,13 @@ class AutoFlow(AnchorMixin, AutoContinuous):
             self.centering_logit.copy_(torch.logit(torch.as_tensor(lam).to(
                 self.centering_logit)) / CENTRING_RATE)
 
-    def _centering_transform(self, args: tuple, kwargs: dict, detach: bool = False
-                             ) -> Centering:
+    def _centering_transform(self, args: tuple, kwargs: dict, detach: bool = False,
+                             logit: torch.Tensor | None = None) -> Centering:
         if self._centering_model is None:
             raise RuntimeError("AutoFlow(centering='learn') runs the model's prior at every "
                                "call, but this guide was unpickled without its model (it "
                                "could not be pickled): call guide.attach_model(model) first")
-        lam = self.centering_lambda
+        lam = self.centering_lambda if logit is None else torch.sigmoid(CENTRING_RATE * logit)
         return Centering(self._centering_model, args, kwargs, self._slots, self._supports,
                          lam.detach() if detach else lam)
 

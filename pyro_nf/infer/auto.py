@@ -8,7 +8,8 @@ Stages, each a small function below:
 2. **optimise**: Adam in windows of ``WINDOW`` steps. Once the loss is stationary (the means of
    the last two windows agree within their standard errors: the iterates only bounce around
    the optimum, Dhaka et al., 2020, "Robust, accurate stochastic optimization for variational
-   inference"), the learning rate is halved, ``HALVINGS`` times in all (Welandawe et al., 2024,
+   inference"; at the first learning rate, windows twice as long), the learning rate is
+   halved, ``HALVINGS`` times in all (Welandawe et al., 2024,
    "A framework for improving the reliability of black-box variational inference").
 3. **average**: at the smallest learning rate, the parameters are averaged over the last
    ``AVERAGE_WINDOWS`` windows (Polyak & Juditsky, 1992) and the average is returned: it has
@@ -34,11 +35,16 @@ from pyro.infer import Trace_ELBO
 PILOT_LRS = (0.01, 0.005, 0.002)
 PILOT_STEPS = 75
 WINDOW = 200
-HALVINGS = 3
+HALVINGS = 4
 AVERAGE_WINDOWS = 2
 MAX_STEPS = 10000
 #: Draws of the fixed-draw ELBO estimates (pilot, last check).
 SCORE_PARTICLES = 256
+
+
+def _devices() -> list[int]:
+    """The CUDA device whose generator torch.manual_seed also seeds, to fork it too."""
+    return [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
 
 
 def _store_values() -> dict[str, torch.Tensor]:
@@ -59,7 +65,7 @@ def fixed_draw_elbo(model: Callable, guide: Callable, args: tuple, kwargs: dict,
     random stream is left as it was)."""
     elbo = Trace_ELBO(num_particles=max(1, num // 8), vectorize_particles=False)
     values = []
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with torch.random.fork_rng(devices=_devices()), torch.no_grad():
         torch.manual_seed(seed)
         for _ in range(8):  # 8 batches: a standard error from their spread
             values.append(-elbo.loss(model, guide, *args, **kwargs))
@@ -70,6 +76,8 @@ def fixed_draw_elbo(model: Callable, guide: Callable, args: tuple, kwargs: dict,
 
 def _pilot(run: Callable, model, guide, args, kwargs) -> tuple[float, dict[str, float]]:
     """Stage 1: the step size whose short run ends with the best fixed-draw ELBO."""
+    with torch.no_grad():  # every parameter, the model's own pyro.param too, exists now
+        Trace_ELBO().loss(model, guide, *args, **kwargs)
     start = _store_values()
     scores = {}
     for lr in PILOT_LRS:
@@ -82,7 +90,10 @@ def _pilot(run: Callable, model, guide, args, kwargs) -> tuple[float, dict[str, 
         elbo = fixed_draw_elbo(model, guide, args, kwargs)[0]
         scores[lr] = elbo if math.isfinite(elbo) else -math.inf
     _load_values(start)
-    best = max(scores, key=scores.get)
+    if not any(math.isfinite(v) for v in scores.values()):
+        best = min(scores)  # every step size diverged: the main stage starts at the smallest
+    else:
+        best = max(scores, key=scores.get)
     return best, {str(k): v for k, v in scores.items()}
 
 
@@ -151,14 +162,21 @@ def _optimise(run: Callable, lr: float, max_steps: int, pilot_scores: dict, guid
             reason = (f"the loss was stationary after {HALVINGS} halvings of the learning "
                       f"rate; the parameters are averaged over the last {count} steps")
             break
-        if _converged(stage_losses, WINDOW, 0.0):
+        # the first stage compares windows twice as long: early on the loss still drifts by
+        # less than its noise per window while it has far to go
+        if _converged(stage_losses, WINDOW * (2 if halvings == 0 else 1), 0.0):
             halvings += 1
             stage_losses = []
             total.converged, total.converged_at = True, total.steps
     if average is not None:
         _load_values(average)
     total.stage, total.stop_reason = stage, reason
-    _last_check(total, model, guide, args, kwargs)
+    try:
+        _last_check(total, model, guide, args, kwargs)
+    except Exception as error:  # noqa: BLE001 - a finished fit is not thrown away for it
+        warnings.warn(f"fit: the last check against the anchor failed ({type(error).__name__}: "
+                      f"{next(iter(str(error).splitlines()), '')})", RuntimeWarning,
+                      stacklevel=3)
     return total
 
 
@@ -166,7 +184,7 @@ def _khat(log_density: Any, q: Any, num: int = 2000) -> float:
     """PSIS k-hat of ``q`` (over the packed latent) for the model's log density."""
     from pyro_nf.diagnostics import _arviz
 
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with torch.random.fork_rng(devices=_devices()), torch.no_grad():
         torch.manual_seed(1)
         z = q.sample((num,))
         lw = (log_density(z) - q.log_prob(z)).double()

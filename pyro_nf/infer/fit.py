@@ -135,8 +135,8 @@ def _particles_that_work(loss_fn: ELBO, model: Callable, guide: Callable, args: 
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
         problem = particle_problem(model, guide, args, kwargs, loss_fn.max_plate_nesting)
+    loss_fn._pyro_nf_checked = True  # an ELBO reused by several fits is checked once
     if problem is None:
-        loss_fn._pyro_nf_checked = True  # an ELBO reused by several fits is checked once
         return loss_fn
     warnings.warn(f"fit: the model does not broadcast over {loss_fn.num_particles} vectorised "
                   f"particles ({problem}), so they run one at a time (slower). To vectorise, "
@@ -220,9 +220,9 @@ def fit(
         num_steps: total number of steps (a resumed run continues up to this many). Without
             it (the default) the fit tunes and stops itself (:mod:`pyro_nf.infer.auto`): a
             step-size pilot over Adam learning rates 0.01, 0.005 and 0.002 (``lr`` and
-            ``lr_decay`` are not used), windows of 250 steps until the loss is stationary,
-            three halvings of the learning rate, then the parameters averaged over the last
-            500 steps; at most 10,000 steps, 8 particles unless ``num_particles`` says;
+            ``lr_decay`` are not used), windows of 200 steps until the loss is stationary,
+            four halvings of the learning rate, then the parameters averaged over the last
+            400 steps; at most 10,000 steps, 8 particles unless ``num_particles`` says;
             ``FitResult.stage``/``stop_reason`` say how it ended.
         optim: a ``pyro.optim`` optimiser (default ``pyro.optim.Adam({"lr": lr})``).
         elbo: an ELBO instance (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``RenyiELBO``,
@@ -323,13 +323,14 @@ def fit(
                 loss = loss_fn.loss_and_grads(model, guide, *args, **kwargs)
         except (torch.linalg.LinAlgError, ValueError) as exc:
             first = str(exc).splitlines()[0]
-            if isinstance(exc, torch.linalg.LinAlgError) or "PositiveDefinite" in first:
+            linalg = isinstance(exc, torch.linalg.LinAlgError) or "PositiveDefinite" in first
+            if linalg and not result.losses:  # at the start: the model's numerics
                 hint = _FLOAT64_HINT if torch.get_default_dtype() == torch.float32 else "."
                 raise NonFiniteLossError(f"fit: a covariance or Cholesky factor of the model "
                                          f"is not positive definite ({first[:160]}){hint}"
                                          ) from exc
-            # Pyro's validation refusing a non-finite distribution parameter: a bad step
-            if "invalid values" not in str(exc) or result.steps == 0 and not result.losses:
+            # later, or Pyro's validation refusing a non-finite parameter: a bad step
+            if not linalg and ("invalid values" not in str(exc) or not result.losses):
                 raise
             params, loss, grads_ok = _captured(capture), float("nan"), False
         else:

@@ -78,7 +78,7 @@ class LogDensity:
                              f"latent sites pack into {self.dim}")
         out_dtype = theta.dtype
         batch = theta.shape[:-1]
-        flat = theta.reshape(-1, self.dim).to(self.dtype)
+        flat = theta.reshape(-1, self.dim).to(dtype=self.dtype, device=self.init.device)
         n = flat.shape[0]
         self.evaluations += n
         if not batch:

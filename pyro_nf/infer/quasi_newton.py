@@ -125,7 +125,8 @@ def _inverse_hessian(theta: torch.Tensor, grad: torch.Tensor, alpha: torch.Tenso
         g[m:, m:] = r_inv.T @ ey @ r_inv
         b = torch.cat([alpha[:, None] * y, s], dim=1)
         q, r = torch.linalg.qr(b / sqrt_alpha[:, None])
-        lam, eig_u = torch.linalg.eigh(torch.eye(r.shape[0], dtype=F64) + r @ g @ r.T)
+        lam, eig_u = torch.linalg.eigh(torch.eye(r.shape[0], dtype=F64, device=r.device)
+                                       + r @ g @ r.T)
         if not bool(torch.isfinite(lam).all()) or float(lam.min()) <= 1e-12:
             return None
         sqrt = LowRankSqrt(theta, sqrt_alpha, q, eig_u, lam)
@@ -245,7 +246,7 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
 def _best_along(log_density: LogDensity, points: list, history: int, num_elbo_draws: int,
                 generator: torch.Generator, evals: int) -> PathResult:
     dim = log_density.dim
-    alpha = torch.ones(dim, dtype=F64)
+    alpha = torch.ones(dim, dtype=F64, device=points[0][0].device)
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     best = PathResult(None, -math.inf, len(points) - 1, evals, -1, last=points[-1][0],
                       last_log_density=-points[-1][2])
@@ -285,7 +286,8 @@ def _scored_iterates(n: int) -> set[int]:
 
 def _draw(approx: LowRankSqrt, n: int, generator: torch.Generator
           ) -> tuple[torch.Tensor, torch.Tensor]:
-    u = torch.randn(n, len(approx.loc), dtype=F64, generator=generator)
+    # the generator is a CPU one: draw there, then move to the approximation's device
+    u = torch.randn(n, len(approx.loc), dtype=F64, generator=generator).to(approx.loc.device)
     x = approx(u)
     log_q = -0.5 * (u ** 2).sum(-1) - 0.5 * len(approx.loc) * math.log(2 * math.pi) \
         - approx._log_det
@@ -412,7 +414,8 @@ def run_paths(target: Callable, init: torch.Tensor, num_paths: int, generator: t
     paths = []
     for k in range(num_paths):
         start = init.to(F64) if k == 0 else \
-            (torch.rand(target.dim, dtype=F64, generator=generator) * 2 - 1) * init_radius
+            ((torch.rand(target.dim, dtype=F64, generator=generator) * 2 - 1)
+             * init_radius).to(init.device)
         paths.append(_lbfgs_path(target, start, history=history, max_iters=max_iters,
                                  tol=tol, num_elbo_draws=num_elbo_draws, generator=generator))
     return paths
