@@ -199,6 +199,9 @@ def test_float32_numerics_say_how_to_switch_to_float64():
     pyro.clear_param_store()
     with pytest.raises(NonFiniteLossError, match="float64"):
         fit(gp, AutoFlow(gp, flow="iaf", anchor=None), x, y, num_steps=20, progress=False)
+    pyro.clear_param_store()
+    with pytest.raises(NonFiniteLossError, match="float64"):  # the defaults: fails at set-up
+        fit(gp, AutoFlow(gp), x, y)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # the documented switch
     try:

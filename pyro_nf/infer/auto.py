@@ -108,8 +108,15 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
     from pyro_nf.infer.fit import _make_elbo
 
     loss_fn = _make_elbo(elbo, num_particles, options.pop("vectorize_particles", True))
-    with torch.no_grad():
-        pyro.poutine.block(guide)(*args, **kwargs)  # the set-up (AutoFlow: its anchor)
+    from pyro_nf.infer.fit import _not_positive_definite, _numerics_error
+
+    try:
+        with torch.no_grad():
+            pyro.poutine.block(guide)(*args, **kwargs)  # the set-up (AutoFlow: its anchor)
+    except (torch.linalg.LinAlgError, ValueError) as exc:
+        if _not_positive_definite(exc):
+            raise _numerics_error(exc) from exc
+        raise
     state: dict[str, Any] = {"optim": None, "base_lr": None}
 
     def run(steps: int, lr: float, warmup: int = 0, fresh: bool = False,

@@ -103,6 +103,19 @@ def _make_elbo(elbo: Any, num_particles: int, vectorize: bool) -> ELBO:
     raise ValueError(f"elbo must be a pyro.infer.ELBO instance, 'trace' or 'stl'; got {elbo!r}")
 
 
+def _not_positive_definite(exc: Exception) -> bool:
+    first = next(iter(str(exc).splitlines()), "")
+    return isinstance(exc, torch.linalg.LinAlgError) or "PositiveDefinite" in first
+
+
+def _numerics_error(exc: Exception) -> NonFiniteLossError:
+    """The error for a model whose covariance fails at its start, naming float64 in float32."""
+    first = next(iter(str(exc).splitlines()), "")
+    hint = _FLOAT64_HINT if torch.get_default_dtype() == torch.float32 else "."
+    return NonFiniteLossError(f"fit: a covariance or Cholesky factor of the model is not "
+                              f"positive definite ({first[:160]}){hint}")
+
+
 def _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
                          vectorize_particles, clip_norm, seed, checkpointing, max_bad_steps):
     """``fit`` without ``num_steps``: :func:`pyro_nf.infer.auto.auto_fit`."""
@@ -322,13 +335,9 @@ def fit(
             with poutine.trace(param_only=True) as capture:
                 loss = loss_fn.loss_and_grads(model, guide, *args, **kwargs)
         except (torch.linalg.LinAlgError, ValueError) as exc:
-            first = str(exc).splitlines()[0]
-            linalg = isinstance(exc, torch.linalg.LinAlgError) or "PositiveDefinite" in first
+            linalg = _not_positive_definite(exc)
             if linalg and not result.losses:  # at the start: the model's numerics
-                hint = _FLOAT64_HINT if torch.get_default_dtype() == torch.float32 else "."
-                raise NonFiniteLossError(f"fit: a covariance or Cholesky factor of the model "
-                                         f"is not positive definite ({first[:160]}){hint}"
-                                         ) from exc
+                raise _numerics_error(exc) from exc
             # later, or Pyro's validation refusing a non-finite parameter: a bad step
             if not linalg and ("invalid values" not in str(exc) or not result.losses):
                 raise
