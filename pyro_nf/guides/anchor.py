@@ -67,14 +67,20 @@ class _Target:
         return (self.log_density(theta) + ladj).to(eta.dtype)
 
 
-def _deterministic(target: _Target, point: torch.Tensor) -> bool:
-    """Whether the density at ``point`` is the same under two seeds."""
+def _density_problem(target: _Target, point: torch.Tensor) -> str | None:
+    """Why the density at ``point`` cannot anchor a guide (not finite, or not the same under
+    two seeds), or None."""
     values = []
     for seed in (1, 2):
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
             values.append(float(target(point.to(F64))))
-    return math.isfinite(values[0]) and values[0] == values[1]
+    if not math.isfinite(values[0]):
+        return f"the model's log density at the initial values is {values[0]}"
+    if values[0] != values[1]:
+        return ("the model's log density changes from call to call at fixed latent values (a "
+                "hidden or subsampled site)")
+    return None
 
 
 def _laplace(target: _Target, mode: torch.Tensor) -> LowRankSqrt | None:
@@ -99,10 +105,10 @@ def find_anchor(model: Any, args: tuple, kwargs: dict, init: torch.Tensor, metho
     if log_density.dim != len(init):
         return None
     target = _Target(log_density, centring)
-    if not _deterministic(target, init):
-        warnings.warn("AutoFlow: the model's log density changes from call to call at fixed "
-                      "latent values (a hidden or subsampled site), so the guide has no "
-                      "Gaussian anchor and starts from init_loc_fn", UserWarning, stacklevel=5)
+    problem = _density_problem(target, init)
+    if problem is not None:
+        warnings.warn(f"AutoFlow: {problem}, so the guide has no Gaussian anchor and starts "
+                      "from init_loc_fn", UserWarning, stacklevel=5)
         return None
     generator = torch.Generator().manual_seed(seed)
     paths = run_paths(target, init, num_paths, generator)
