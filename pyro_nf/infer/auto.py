@@ -104,12 +104,10 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
     ``num_steps``) doing every window of steps."""
     if seed is not None:
         pyro.set_rng_seed(seed)
-    elbo = options.pop("elbo", None)
-    from pyro_nf.infer.fit import _make_elbo
+    from pyro_nf.infer.fit import _make_elbo, _not_positive_definite, _numerics_error
 
-    loss_fn = _make_elbo(elbo, num_particles, options.pop("vectorize_particles", True))
-    from pyro_nf.infer.fit import _not_positive_definite, _numerics_error
-
+    loss_fn = _make_elbo(options.pop("elbo", None), num_particles,
+                         options.pop("vectorize_particles", True))
     try:
         with torch.no_grad():
             pyro.poutine.block(guide)(*args, **kwargs)  # the set-up (AutoFlow: its anchor)
