@@ -20,6 +20,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyro_nf.diagnostics import _arviz
+from pyro_nf.infer.logdensity import per_draw as _per_draw
 
 DRAW_PLATE = "_pyro_nf_draws"
 
@@ -82,14 +83,6 @@ class _Draws:
 
     def cat(self, store: dict) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v, 0) for k, v in store.items()}
-
-
-def _per_draw(t: torch.Tensor, n: int, pdim: int) -> torch.Tensor:
-    """Sum everything but the draw dimension (dim ``-pdim``) of a log-prob tensor."""
-    while t.dim() < pdim:
-        t = t.unsqueeze(0)
-    t = t.movedim(-pdim, 0)
-    return t.expand((n,) + t.shape[1:]).reshape(n, -1).sum(1)
 
 
 def _collect(model_trace, guide_trace, n: int | None, pdim: int, proto, out: _Draws) -> None:

@@ -35,7 +35,9 @@ class _PointGuide(AutoContinuous):
         return dist.Delta(self.point, event_dim=1)
 
 
-def _per_draw(lp: torch.Tensor, n: int, pdim: int) -> torch.Tensor:
+def per_draw(lp: torch.Tensor, n: int, pdim: int) -> torch.Tensor:
+    """Sum everything but the draw dimension (dim ``-pdim``) of a log-prob tensor; a site
+    outside the draws' plate counts fully for every draw."""
     while lp.dim() < pdim:
         lp = lp.unsqueeze(0)
     lp = lp.movedim(-pdim, 0)
@@ -113,7 +115,7 @@ class LogDensity:
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
             for site in trace.nodes.values():
                 if site["type"] == "sample" and not site_is_subsample(site):
-                    total = total + sign * _site_log_prob(site).sum()
+                    total = total + sign * site_log_prob(site).sum()
         return total
 
     def _batched(self, flat: torch.Tensor) -> torch.Tensor:
@@ -125,7 +127,7 @@ class LogDensity:
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
             for site in trace.nodes.values():
                 if site["type"] == "sample" and not site_is_subsample(site):
-                    total = total + sign * _per_draw(_site_log_prob(site), n, pdim)
+                    total = total + sign * per_draw(site_log_prob(site), n, pdim)
         return total
 
     def unpack(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -141,7 +143,7 @@ class LogDensity:
         return out
 
 
-def _site_log_prob(site: dict) -> torch.Tensor:
+def site_log_prob(site: dict) -> torch.Tensor:
     """A site's log density as Pyro's ELBOs count it: masked and scaled (subsampling)."""
     lp = site["fn"].log_prob(site["value"])
     mask = site.get("mask")

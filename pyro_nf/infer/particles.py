@@ -18,6 +18,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pyro_nf.infer.logdensity import per_draw, site_log_prob
+
 _PLATE = "num_particles_vectorized"  # the name Pyro's ELBOs give their particle plate
 
 
@@ -26,24 +28,14 @@ def _site_dims(trace: Any) -> set[int]:
             for d in site["value"].shape}
 
 
-def _log_joint(trace: Any, batch_dim: int | None) -> torch.Tensor:
-    """Sum of every sample site's log density; per particle along ``batch_dim`` (counted from
-    the right of each site's batch shape) when given."""
+def _log_joint(trace: Any, n: int | None = None, pdim: int = 0) -> torch.Tensor:
+    """Sum of every sample site's log density (masked and scaled as the ELBOs count it); per
+    draw along dim ``-pdim`` when ``n`` is given."""
     total = 0.0
     for site in trace.nodes.values():
-        if site["type"] != "sample":
-            continue
-        if site_is_subsample(site):
-            continue
-        lp = site["fn"].log_prob(site["value"])
-        if site.get("mask") is not None:
-            lp = lp * site["mask"]
-        if batch_dim is None:
-            total = total + lp.sum()
-        elif lp.dim() < -batch_dim:
-            total = total + lp.sum()  # a site outside the particle plate
-        else:
-            total = total + lp.movedim(batch_dim, 0).reshape(lp.shape[batch_dim], -1).sum(-1)
+        if site["type"] == "sample" and not site_is_subsample(site):
+            lp = site_log_prob(site)
+            total = total + (lp.sum() if n is None else per_draw(lp, n, pdim))
     return torch.as_tensor(total)
 
 
@@ -65,7 +57,7 @@ def particle_problem(model: Callable, guide: Callable, args: tuple, kwargs: dict
                 guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
                 model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
                     *args, **kwargs)
-            batched = _log_joint(model_tr, dim)
+            batched = _log_joint(model_tr, n, -dim)
         except Exception as error:  # noqa: BLE001 - reported, and fit falls back
             return f"{type(error).__name__}: {str(error).splitlines()[0]}"
         rows = []
@@ -76,7 +68,7 @@ def particle_problem(model: Callable, guide: Callable, args: tuple, kwargs: dict
                     *args, **kwargs)
             except Exception as error:  # noqa: BLE001
                 return f"{type(error).__name__}: {str(error).splitlines()[0]}"
-            rows.append(_log_joint(tr, None))
+            rows.append(_log_joint(tr))
     if batched.shape != (n,):
         return f"the log joint of {n} particles has shape {tuple(batched.shape)}, not ({n},)"
     if not torch.allclose(batched, torch.stack(rows).to(batched), rtol=1e-4, atol=1e-3):
