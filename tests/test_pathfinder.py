@@ -62,6 +62,28 @@ def test_log_density_is_the_unconstrained_density_batched_and_single():
     assert ld.unpack(theta)["sigma"].shape == (3,)
 
 
+def test_log_density_batches_a_model_whose_observed_plate_is_outermost():
+    """The draws' plate goes left of every plate of the model, the observed sites' included:
+    here the observations' plate (dim -2) reaches further left than any latent site's."""
+    y = torch.arange(12.0).reshape(3, 4) / 4
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("groups", 4):
+            theta = pyro.sample("theta", dist.Normal(mu, 1.0))
+            with pyro.plate("obs", 3, dim=-2):
+                pyro.sample("y", dist.Normal(theta, 2.0), obs=y)
+
+    ld = LogDensity(model)
+    theta = torch.randn(6, ld.dim, generator=torch.Generator().manual_seed(0))
+    values = ld(theta)
+    assert ld._vectorised is True  # one batched run, not a loop over the draws
+    expected = torch.stack([
+        dist.Normal(0.0, 5.0).log_prob(t[0]) + dist.Normal(t[0], 1.0).log_prob(t[1:]).sum()
+        + dist.Normal(t[1:], 2.0).log_prob(y).sum() for t in theta])
+    torch.testing.assert_close(values, expected)
+
+
 def test_low_rank_sqrt_is_exact():
     torch.manual_seed(0)
     d, m = 7, 2

@@ -68,7 +68,9 @@ class LogDensity:
                       self.guide.prototype_trace.iter_stochastic_nodes()}
         self.evaluations = 0
         self._vectorised: bool | None = None
-        model_trace = self.guide.prototype_trace  # the model run at its initial values
+        # the model at its initial values, observed sites included (the prototype trace hides
+        # them, and their plates may reach further left than any latent site's)
+        model_trace, _ = self._run(self.init)
         self._pdim = 1 + max((-f.dim for site in model_trace.nodes.values()
                               if site["type"] == "sample"
                               for f in site["cond_indep_stack"] if f.vectorized), default=0)
