@@ -81,3 +81,54 @@ def test_the_last_check_recommends_the_anchor_when_the_flow_is_worse():
     with torch.no_grad():
         torch.testing.assert_close(guide.get_posterior().log_prob(z), anchor.log_prob(z),
                                    rtol=1e-5, atol=1e-5)
+
+
+def standard_normal():
+    pyro.sample("x", dist.Normal(0.0, 1.0))
+
+
+@pytest.mark.parametrize("shift,scale", [(0.0, 1.0), (0.05, 1.0), (0.3, 1.0), (0.0, 1.5)])
+def test_importance_check_estimates_the_known_chi_square(shift, scale):
+    """p = N(0, 1), q = N(shift, scale^2): chi^2(p || q) = scale / sqrt(2 - 1 / scale^2)
+    * exp(shift^2 / (2 scale^2 - 1)) - 1, which is exp(shift^2) - 1 at scale 1."""
+    from pyro_nf.infer.logdensity import LogDensity
+
+    q = dist.Normal(torch.tensor([shift]), scale).to_event(1)
+    check = auto.importance_check(LogDensity(standard_normal), q, num=4000)
+    exact = scale / math.sqrt(2 - scale ** -2) * math.exp(shift ** 2 / (2 * scale ** 2 - 1)) - 1
+    assert abs(check.chi2 - exact) <= 4 * check.chi2_se + 1e-6
+    # within 0.1 exactly where sqrt(chi^2) <= 0.1 with room for two standard errors
+    assert check.within(0.1) == (exact < 0.005)
+
+
+def test_a_point_mass_is_never_within_any_accuracy():
+    from pyro_nf.infer.logdensity import LogDensity
+
+    q = dist.Delta(torch.zeros(1), event_dim=1)
+    assert not auto.importance_check(LogDensity(standard_normal), q).within(1.0)
+
+
+def test_an_exact_anchor_stops_before_the_first_step():
+    """The conjugate posterior is Gaussian, so AutoFlow's Laplace anchor is exact: the fit
+    proves it by importance sampling and takes no step; accuracy=None runs the schedule."""
+    guide = AutoFlow(conjugate)
+    result = fit(conjugate, guide, seed=0)
+    assert result.stage == "start" and result.steps == 0 and "accuracy" in result.stop_reason
+    assert result.chi2 < 0.01 and result.khat < 0.5 and result.recommendation == "flow"
+    with torch.no_grad():
+        z = guide.get_posterior().sample((4000,))
+    assert abs(z.mean().item() - POST_MEAN) < 0.1 * POST_SD
+    assert abs(z.std().item() / POST_SD - 1) < 0.05
+    pyro.clear_param_store()
+    scheduled = fit(conjugate, AutoFlow(conjugate), seed=0, accuracy=None)
+    assert scheduled.stage == "average" and scheduled.steps > 0
+
+
+def test_a_guide_that_reaches_the_accuracy_stops_at_its_first_stationary_loss():
+    from pyro.infer.autoguide import AutoMultivariateNormal
+
+    guide = AutoMultivariateNormal(conjugate)
+    result = fit(conjugate, guide, seed=0)
+    assert result.stage == "optimise" and "accuracy" in result.stop_reason
+    assert result.steps < auto.WINDOW * (2 + 2 + auto.HALVINGS + auto.AVERAGE_WINDOWS)
+    assert abs(pyro.param("AutoMultivariateNormal.loc").item() - POST_MEAN) < 0.15 * POST_SD

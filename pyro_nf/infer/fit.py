@@ -57,19 +57,22 @@ class FitResult:
     converged_at: int | None = None
     skipped_steps: int = 0
     lr_factor: float = 1.0
-    #: without ``num_steps``: the stage that ended the fit ("average": converged, its
-    #: parameters averaged; "optimise": the cap) and why, the step size the pilot chose from
-    #: its scores (``pilot``: lr -> ELBO), the fitted guide's ELBO on fixed draws and, for an
-    #: AutoFlow with a Gaussian anchor, the anchor's (the last check).
+    #: without ``num_steps``: the stage that ended the fit ("start": the guide passed the
+    #: importance check before any step; "optimise": it passed once the loss was stationary,
+    #: or the cap; "average": converged, its parameters averaged) and why, the step size the
+    #: pilot chose from its scores (``pilot``: lr -> ELBO), the fitted guide's ELBO on fixed
+    #: draws and, for an AutoFlow with a Gaussian anchor, the anchor's (the last check).
     stage: str = "fixed"
     stop_reason: str = "num_steps"
     lr: float | None = None
     pilot: dict[str, float] = field(default_factory=dict)
     elbo_estimate: float | None = None
     anchor_elbo: float | None = None
-    #: the last check's PSIS k-hats of the fitted guide and of its anchor, and which of the
-    #: two it recommends ("flow" or "anchor"; None without an anchor)
+    #: the last check's PSIS k-hats of the fitted guide (a guide over the packed latent) and of
+    #: its anchor, the guide's chi^2(p || q) estimate, and which of guide and anchor it
+    #: recommends ("flow" or "anchor"; None without an anchor)
     khat: float | None = None
+    chi2: float | None = None
     anchor_khat: float | None = None
     recommendation: str | None = None
 
@@ -117,7 +120,8 @@ def _numerics_error(exc: Exception) -> NonFiniteLossError:
 
 
 def _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
-                         vectorize_particles, clip_norm, seed, checkpointing, max_bad_steps):
+                         vectorize_particles, clip_norm, seed, checkpointing, max_bad_steps,
+                         accuracy):
     """``fit`` without ``num_steps``: :func:`pyro_nf.infer.auto.auto_fit`."""
     from pyro_nf.infer.auto import auto_fit
 
@@ -129,7 +133,7 @@ def _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_partic
                          "num_steps to use your optimiser")
     return auto_fit(model, guide, args, kwargs, fit, num_particles=num_particles or 8,
                     seed=seed, elbo=elbo, vectorize_particles=vectorize_particles,
-                    clip_norm=clip_norm, max_bad_steps=max_bad_steps)
+                    clip_norm=clip_norm, max_bad_steps=max_bad_steps, accuracy=accuracy)
 
 
 def _particles_that_work(loss_fn: ELBO, model: Callable, guide: Callable, args: tuple,
@@ -223,6 +227,7 @@ def fit(
     checkpoint_every: int = 500,
     resume: bool = False,
     max_bad_steps: int = 10,
+    accuracy: float | None = 0.1,
     _step_hook: Callable[[int], None] | None = None,
     **kwargs: Any,
 ) -> FitResult:
@@ -236,7 +241,9 @@ def fit(
             ``lr_decay`` are not used), windows of 200 steps until the loss is stationary,
             four halvings of the learning rate, then the parameters averaged over the last
             400 steps; at most 10,000 steps, 8 particles unless ``num_particles`` says;
-            ``FitResult.stage``/``stop_reason`` say how it ended.
+            ``FitResult.stage``/``stop_reason`` say how it ended. A guide over the packed
+            latent (AutoFlow, ``AutoContinuous``) also stops as soon as an importance check
+            proves it within ``accuracy``, possibly before its first step.
         optim: a ``pyro.optim`` optimiser (default ``pyro.optim.Adam({"lr": lr})``).
         elbo: an ELBO instance (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``RenyiELBO``,
             ``JitTrace_ELBO``, ...), ``"trace"`` or ``"stl"`` (sticking the landing,
@@ -281,6 +288,13 @@ def fit(
             do not raise, but once they have cut the learning rate 128-fold (7 of them) the
             fit ends with a ``RuntimeWarning`` that it has probably stalled;
             ``FitResult.lr_factor`` says what is left of the learning rate.
+        accuracy: without ``num_steps``: stop once 2000 of the guide's draws, weighted by
+            p(z | x) / q(z), show chi^2(p || q) <= accuracy^2 (with two standard errors to
+            spare) and PSIS k-hat < 0.5, checked at the start and whenever the loss is
+            stationary. Then every posterior mean is within ``accuracy`` guide sds of the
+            guide's, since |E_p f - E_q f| <= sqrt(chi^2(p || q)) sd_q(f) (Cauchy-Schwarz), and
+            every sd of a near-Gaussian marginal within about 1.4 ``accuracy`` of it. None:
+            no such check, the whole schedule runs. Not used with ``num_steps``.
 
     Returns:
         a :class:`FitResult`.
@@ -288,7 +302,7 @@ def fit(
     if num_steps is None:
         return _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
                                     vectorize_particles, clip_norm, seed, checkpoint or resume,
-                                    max_bad_steps)
+                                    max_bad_steps, accuracy)
     num_particles = 1 if num_particles is None else num_particles
     if lr_decay is not None and not 0 < lr_decay <= 1:
         raise ValueError(f"fit: lr_decay must be in (0, 1] or None, got {lr_decay!r}")
