@@ -1,20 +1,24 @@
-"""Posterior accuracy against posteriordb's reference draws, for seven guides on 15 posteriors.
+"""Posterior accuracy against posteriordb's reference draws, for Pyro's guides and AutoFlow on
+15 posteriors.
 
-    python benchmarks/accuracy.py                          # all 15 posteriors, all guides
+    python benchmarks/accuracy.py                          # all 15 posteriors, DEFAULT_GUIDES
     python benchmarks/accuracy.py --only kidiq-kidscore_momiq --guides "AutoFlow (default)"
     python benchmarks/accuracy.py --quick                  # 2 posteriors, 200 steps (smoke)
     python benchmarks/accuracy.py --out benchmarks/results/accuracy.md
 
-Every guide gets the same budget on every posterior: ``pyro_nf.fit(num_steps=STEPS,
-lr=0.005, lr_decay=0.1, num_particles=8, seed=0)`` (``pyro_nf.fit``'s defaults), float32,
-every guide started by its own default initialisation. The Laplace variant first finds the MAP
-(1000 Adam steps, lr 0.05; counted in its time) and starts AutoFlow's base there with the
-Laplace covariance (``AutoFlow.from_guide``). Particles are vectorised where the model
-vectorises. Then 4000 draws from the guide give PSIS k-hat (``pyro_nf.diagnose``)
-and, against the reference draws (10 chains x 1000 long-run NUTS draws, flattened to named
-scalars): the worst standardized mean error |mean - mean_ref| / sd_ref, the worst sd ratio
-(farthest from 1 in log terms), the lowest 90% central-interval coverage, and the energy
-distance of ``pyro_nf.compare_posteriors`` on reference-standardized draws.
+Every guide gets the same budget on every posterior: ``pyro_nf.fit(model, guide, seed=0)``
+with fit's own defaults (no num_steps: the step-size pilot, 8 particles, the self-stopping
+schedule, and for guides over the packed latent the importance check that stops once the guide
+is provably within 0.1 sd), float32, every guide started by its own default initialisation.
+With ``--steps N`` every guide gets N steps instead (lr 0.005 decayed to 0.0005, 8 particles).
+The Laplace variant (``--guides``) first finds the MAP (1000 Adam steps, lr 0.05; counted in
+its time) and starts AutoFlow's base there with the Laplace covariance
+(``AutoFlow.from_guide``). Particles are vectorised where the model vectorises. Then 4000
+draws from the guide give PSIS k-hat (``pyro_nf.diagnose``) and, against the reference draws
+(10 chains x 1000 long-run NUTS draws, flattened to named scalars): the worst standardized
+mean error |mean - mean_ref| / sd_ref, the worst sd ratio (farthest from 1 in log terms), the
+lowest 90% central-interval coverage, and the energy distance of
+``pyro_nf.compare_posteriors`` on reference-standardized draws.
 
 A posterior *passes* for a guide when k-hat < 0.7, every standardized mean error < 0.1 and
 every sd ratio is within [0.9, 1.1]. Fitting wall time (seconds) is reported beside.
@@ -45,7 +49,6 @@ import pyro_nf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import posteriordb  # noqa: E402
 
-STEPS = 2000
 MAP_STEPS = 1000
 
 
@@ -93,8 +96,9 @@ def _reference_draws(post) -> dict[str, np.ndarray]:
 LR, LR_DECAY = 0.005, 0.1
 
 
-#: The rows fitted with fit's own defaults (no num_steps: the fit tunes and stops itself).
-DEFAULTS = {"AutoFlow (default)"}
+#: The guides of a run without ``--guides``: Pyro's three and the default AutoFlow.
+DEFAULT_GUIDES = ["AutoNormal", "AutoMultivariateNormal", "Pyro AutoIAFNormal",
+                  "AutoFlow (default)"]
 
 
 def _fit(model, guide, steps: int, seed: int, lr: float = LR, lr_decay: float = LR_DECAY,
@@ -113,13 +117,13 @@ def _fit(model, guide, steps: int, seed: int, lr: float = LR, lr_decay: float = 
 
 def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000,
              lr: float = LR, lr_decay: float = LR_DECAY, auto: bool = False) -> dict:
-    """One row; with ``auto`` the DEFAULTS rows run ``fit`` without num_steps."""
+    """One row; with ``auto`` ``fit`` runs without num_steps (its own defaults)."""
     pyro.clear_param_store()
     model = post.model
     t0 = time.perf_counter()  # a warm start's own fit counts
     guide = GUIDES[guide_name](model)
     result, vectorised = _fit(model, guide, steps, seed, lr, lr_decay,
-                              defaults=auto and guide_name in DEFAULTS)
+                              defaults=auto)
     seconds = time.perf_counter() - t0
     idata = pyro_nf.to_inference_data(model, guide, num_samples=draws, fit_result=result)
     report = pyro_nf.diagnose(idata)
@@ -136,7 +140,8 @@ def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000
         "stage": result.stage, "recommendation": result.recommendation,
         "anchor": getattr(guide, "anchor_info", {}).get("method"),
         "seconds": seconds, "vectorised_particles": vectorised,
-        "final_elbo": float(-np.mean(result.losses[-100:])),
+        "final_elbo": (result.elbo_estimate if result.elbo_estimate is not None
+                       else float(-np.mean(result.losses[-100:]))),
         "khat": float(report.khat),
         "worst_std_mean_error": float(rows["std_mean_error"].max()),
         "worst_mean_param": str(rows["std_mean_error"].idxmax()),
@@ -163,11 +168,14 @@ def markdown(results: list[dict], steps: int, notes: dict[str, str], lr: float =
     lines = ["# Posterior accuracy against posteriordb reference draws", "",
              "    python benchmarks/accuracy.py --out benchmarks/results/accuracy.md", "",
              f"Machine: {machine()}.", "",
-             f"Budget per fit: {steps} steps, Adam lr {lr} decayed to {lr * lr_decay:g}, "
-             "8 particles, seed 0, float32, each guide's default initialisation (the "
-             "Laplace variant: MAP by 1000 Adam steps at lr 0.05, then AutoFlow.from_guide). "
-             "Pass: k-hat < 0.7, every standardized mean error < 0.1, every sd ratio in "
-             "[0.9, 1.1]. Cells: pass/FAIL, k-hat, worst |mean error| in sds, worst sd ratio.",
+             (f"Budget per fit: {steps} steps, Adam lr {lr} decayed to {lr * lr_decay:g}, "
+              "8 particles" if steps else "Budget per fit: `pyro_nf.fit(model, guide, "
+              "seed=0)` with fit's own defaults (pilot, 8 particles, self-stopping schedule, "
+              "importance check)") + ", seed 0, float32, each guide's default initialisation "
+             "(the Laplace variant: MAP by 1000 Adam steps at lr 0.05, then "
+             "AutoFlow.from_guide). Pass: k-hat < 0.7, every standardized mean error < 0.1, "
+             "every sd ratio in [0.9, 1.1]. Cells: pass/FAIL, k-hat, worst |mean error| in "
+             "sds, worst sd ratio.",
              "",
              "## Passes per guide", "",
              f"| guide | passes (of {len(names)}) | median seconds |", "|---|---|---|"]
@@ -224,7 +232,8 @@ def markdown(results: list[dict], steps: int, notes: dict[str, str], lr: float =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 posteriors, 200 steps")
-    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="a fixed budget for every guide (default: fit's own defaults)")
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--lr-decay", type=float, default=LR_DECAY,
                         help="final lr / initial lr (exponential decay)")
@@ -252,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         notes = json.loads(Path(args.notes).read_text()) if args.notes else {}
         return _write(results, args.steps, notes, args)
     names = args.only or (QUICK if args.quick else posteriordb.NAMES)
-    guides = args.guides or list(GUIDES)
+    guides = args.guides or DEFAULT_GUIDES
     unknown = [g for g in guides if g not in GUIDES]
     if unknown:
         parser.error(f"unknown guide(s) {unknown}; known: {list(GUIDES)}")
@@ -265,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {name} / {g} ...", flush=True)
             try:
                 r = evaluate(post, g, steps, lr=args.lr, lr_decay=args.lr_decay,
-                             auto=not args.quick)
+                             auto=steps is None)
                 r["dtype"] = "float64" if args.float64 else "float32"
                 print(f"    {'pass' if r['passes'] else 'FAIL'} k-hat {r['khat']:.2f}, mean err "
                       f"{r['worst_std_mean_error']:.3f}, sd ratio {r['worst_sd_ratio']:.2f}, "
