@@ -149,6 +149,7 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
     if seed is not None:
         pyro.set_rng_seed(seed)
     from pyro_nf.infer.fit import _make_elbo, _not_positive_definite, _numerics_error
+    from pyro_nf.infer.optim import JointAdam
 
     loss_fn = _make_elbo(options.pop("elbo", None), num_particles,
                          options.pop("vectorize_particles", True))
@@ -164,7 +165,7 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
     def run(steps: int, lr: float, warmup: int = 0, fresh: bool = False,
             hook: Callable | None = None) -> Any:
         if fresh or state["optim"] is None:
-            state["optim"], state["base_lr"] = pyro.optim.Adam({"lr": lr}), lr
+            state["optim"], state["base_lr"] = JointAdam({"lr": lr}), lr
         base = state["base_lr"]
         return fit_fn(model, guide, *args, num_steps=steps, optim=state["optim"],
                       elbo=loss_fn, lr_decay=None, warmup_steps=warmup, progress=False,

@@ -21,6 +21,7 @@ from pyro.infer import ELBO, Trace_ELBO
 
 from pyro_nf.infer.checkpoint import _checkpoint, _restore
 from pyro_nf.infer.elbo import STLTrace_ELBO
+from pyro_nf.infer.optim import JointAdam, Snapshot, clip_per_tensor, finite_norms
 
 #: ``fit`` warns when the non-finite guard has cut the learning rate this far (7 halvings)
 STALLED_LR_FACTOR = 0.5 ** 7
@@ -171,7 +172,9 @@ def _optimizers(optim: pyro.optim.PyroOptim):
 def _ensure_optimizers(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) -> None:
     """Create the per-parameter optimisers of new parameters without stepping them (torch
     optimisers skip a parameter whose grad is None), so their learning rate can be set
-    before their first step."""
+    before their first step (JointAdam has one learning rate for all: nothing to do)."""
+    if isinstance(optim, JointAdam):
+        return
     known = getattr(optim, "optim_objs", {})
     for p in params:
         if p not in known:
@@ -181,6 +184,9 @@ def _ensure_optimizers(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) 
 
 
 def _set_lr_factor(optim: pyro.optim.PyroOptim, factor: float) -> None:
+    if isinstance(optim, JointAdam):
+        optim.lr_factor = factor
+        return
     for opt in _optimizers(optim):
         # a pyro.optim LR scheduler holds its torch optimiser in .optimizer
         for group in getattr(opt, "optimizer", opt).param_groups:
@@ -244,7 +250,8 @@ def fit(
             ``FitResult.stage``/``stop_reason`` say how it ended. A guide over the packed
             latent (AutoFlow, ``AutoContinuous``) also stops as soon as an importance check
             proves it within ``accuracy``, possibly before its first step.
-        optim: a ``pyro.optim`` optimiser (default ``pyro.optim.Adam({"lr": lr})``).
+        optim: a ``pyro.optim`` optimiser (default :class:`~pyro_nf.infer.optim.JointAdam`
+            ``({"lr": lr})``: Adam, all tensors in one foreach step).
         elbo: an ELBO instance (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``RenyiELBO``,
             ``JitTrace_ELBO``, ...), ``"trace"`` or ``"stl"`` (sticking the landing,
             :class:`~pyro_nf.infer.STLTrace_ELBO`); default Trace_ELBO.
@@ -314,7 +321,7 @@ def fit(
         raise ValueError("fit: warmup_steps must be a non-negative integer or None, got "
                          f"{warmup_steps!r}")
     if optim is None:
-        optim = pyro.optim.Adam({"lr": lr})
+        optim = JointAdam({"lr": lr})
     if not isinstance(optim, pyro.optim.PyroOptim):
         raise TypeError("fit: optim must be a pyro.optim optimiser such as "
                         f"pyro.optim.Adam({{'lr': 0.01}}), got {type(optim).__name__}")
@@ -332,7 +339,7 @@ def fit(
 
     start = time.perf_counter()
     bad_in_a_row = 0
-    snapshot: dict[torch.Tensor, torch.Tensor] = {}
+    snapshot = Snapshot()
     steps = range(result.steps, num_steps)
     bar = None
     if progress and sys.stderr.isatty():
@@ -345,49 +352,14 @@ def fit(
             factor *= lr_decay ** (step / num_steps)
         if step < warmup_steps:
             factor *= (step + 1) / warmup_steps
-        try:
-            with poutine.trace(param_only=True) as capture:
-                loss = loss_fn.loss_and_grads(model, guide, *args, **kwargs)
-        except (torch.linalg.LinAlgError, ValueError) as exc:
-            linalg = _not_positive_definite(exc)
-            if linalg and not result.losses:  # at the start: the model's numerics
-                raise _numerics_error(exc) from exc
-            # later, or Pyro's validation refusing a non-finite parameter: a bad step
-            if not linalg and ("invalid values" not in str(exc) or not result.losses):
-                raise
-            params, loss, grads_ok = _captured(capture), float("nan"), False
-        else:
-            params = _captured(capture)
-            grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all())
-                           for p in params)
-        if not math.isfinite(loss) or not grads_ok:
-            bad = [p for p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
-            pyro.infer.util.zero_grads(params)
-            _restore_snapshot(params, snapshot)
+        loss, skipped = _step(loss_fn, model, guide, args, kwargs, optim, factor, clip_norm,
+                              snapshot, started=bool(result.losses))
+        if skipped is not None:  # not taken: the parameters are as before it
             lr_factor *= 0.5
             bad_in_a_row += 1
             result.skipped_steps += 1
-            _raise_if_stuck(bad_in_a_row, max_bad_steps, bad, "gradients", loss, lr_factor)
-            continue
-        for p in params:
-            if clip_norm is not None and p.grad is not None:  # per tensor: see the docstring
-                torch.nn.utils.clip_grad_norm_(p, clip_norm)
-            buf = snapshot.get(p)
-            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype:
-                snapshot[p] = p.detach().clone()
-            else:
-                buf.copy_(p.detach())
-        _ensure_optimizers(optim, params)
-        _set_lr_factor(optim, factor)
-        optim(params)
-        pyro.infer.util.zero_grads(params)
-        broken = [p for p in params if not torch.isfinite(p).all()]
-        if broken:
-            _restore_snapshot(params, snapshot)
-            lr_factor *= 0.5
-            bad_in_a_row += 1
-            result.skipped_steps += 1
-            _raise_if_stuck(bad_in_a_row, max_bad_steps, broken, "values", loss, lr_factor)
+            _raise_if_stuck(bad_in_a_row, max_bad_steps, skipped[1], skipped[0], loss,
+                            lr_factor)
             continue
         bad_in_a_row = 0
         result.losses.append(float(loss))
@@ -421,13 +393,52 @@ def fit(
     return result
 
 
-@torch.no_grad()
-def _restore_snapshot(params: list[torch.Tensor], snapshot: dict) -> None:
-    """Put back the parameters saved before the last update (those not yet saved: as is)."""
+def _step(loss_fn: ELBO, model, guide, args, kwargs, optim, factor: float,
+          clip_norm: float | None, snapshot: Snapshot, started: bool):
+    """One guarded step: ``(loss, None)``, or ``(loss, (what, parameters))`` when the loss,
+    a gradient (``"gradients"``) or an updated value (``"values"``) was not finite and the
+    parameters were put back as they were before it."""
+    try:
+        with poutine.trace(param_only=True) as capture:
+            loss = loss_fn.loss_and_grads(model, guide, *args, **kwargs)
+    except (torch.linalg.LinAlgError, ValueError) as exc:
+        linalg = _not_positive_definite(exc)
+        if linalg and not started:  # at the start: the model's numerics
+            raise _numerics_error(exc) from exc
+        # later, or Pyro's validation refusing a non-finite parameter: a bad step
+        if not linalg and ("invalid values" not in str(exc) or not started):
+            raise
+        params = _captured(capture)
+        _drop_grads(params)
+        snapshot.restore(params)
+        return float("nan"), ("gradients", [])
+    params = _captured(capture)
+    with_grad = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in with_grad]
+    norms, finite = finite_norms(grads)
+    if not math.isfinite(loss) or not all(finite):
+        bad = [p for p, ok in zip(with_grad, finite) if not ok]
+        _drop_grads(params)
+        snapshot.restore(params)
+        return loss, ("gradients", bad)
+    if clip_norm is not None:  # per tensor: see fit's docstring
+        clip_per_tensor(grads, norms, clip_norm)
+    snapshot.save(params)
+    _ensure_optimizers(optim, params)
+    _set_lr_factor(optim, factor)
+    optim(params)
+    _drop_grads(params)
+    finite = finite_norms([p.detach() for p in params])[1]
+    broken = [p for p, ok in zip(params, finite) if not ok]
+    if broken:
+        snapshot.restore(params)
+        return loss, ("values", broken)
+    return loss, None
+
+
+def _drop_grads(params: list[torch.Tensor]) -> None:
     for p in params:
-        buf = snapshot.get(p)
-        if buf is not None and buf.shape == p.shape:
-            p.copy_(buf)
+        p.grad = None
 
 
 def _captured(capture) -> list[torch.Tensor]:
