@@ -273,8 +273,9 @@ class _Accuracy:
         if accuracy and isinstance(guide, AutoContinuous):
             from pyro_nf.infer.logdensity import LogDensity
 
-            try:
-                self.log_density = LogDensity(model, *args, **kwargs)
+            try:  # its initial point may draw from the prior: not from the fit's stream
+                with torch.random.fork_rng(devices=_devices()):
+                    self.log_density = LogDensity(model, *args, **kwargs)
             except Exception:  # noqa: BLE001 - no check, the fit runs its whole schedule
                 self.log_density = None
 
@@ -300,7 +301,8 @@ def _last_check(result: Any, model, guide, args, kwargs, log_density: Any = None
     if log_density is None and anchor:
         from pyro_nf.infer.logdensity import LogDensity
 
-        log_density = LogDensity(model, *args, **kwargs)
+        with torch.random.fork_rng(devices=_devices()):
+            log_density = LogDensity(model, *args, **kwargs)
     if log_density is not None:
         mine = importance_check(log_density, guide.get_posterior(*args, **kwargs))
         result.khat, result.chi2 = mine.khat, mine.chi2
