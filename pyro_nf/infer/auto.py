@@ -101,10 +101,16 @@ def _load_values(values: dict[str, torch.Tensor]) -> None:
 
 
 def fixed_draw_elbo(model: Callable, guide: Callable, args: tuple, kwargs: dict,
-                    num: int = SCORE_PARTICLES, seed: int = 0) -> tuple[float, float]:
+                    num: int = SCORE_PARTICLES, seed: int = 0, vectorize: Any = None
+                    ) -> tuple[float, float]:
     """The ELBO and its standard error from ``num`` draws under a fixed seed (the caller's
-    random stream is left as it was)."""
-    elbo = Trace_ELBO(num_particles=max(1, num // 8), vectorize_particles=False)
+    random stream is left as it was); ``vectorize``: a vectorised ELBO of the fit whose
+    ``max_plate_nesting`` the particles may use (the draws then run as batches)."""
+    from pyro_nf.infer.compiled import plate_nesting
+
+    batched = bool(getattr(vectorize, "vectorize_particles", False))
+    elbo = Trace_ELBO(num_particles=max(1, num // 8), vectorize_particles=batched,
+                      max_plate_nesting=plate_nesting(vectorize) if batched else math.inf)
     values = []
     with torch.random.fork_rng(devices=_devices()), torch.no_grad():
         torch.manual_seed(seed)
@@ -115,7 +121,8 @@ def fixed_draw_elbo(model: Callable, guide: Callable, args: tuple, kwargs: dict,
     return mean, se
 
 
-def _pilot(run: Callable, model, guide, args, kwargs) -> tuple[float, dict[str, float]]:
+def _pilot(run: Callable, model, guide, args, kwargs, loss_fn: Any = None
+           ) -> tuple[float, dict[str, float]]:
     """Stage 1: the step size whose short run ends with the best fixed-draw ELBO."""
     with torch.no_grad():  # every parameter, the model's own pyro.param too, exists now
         Trace_ELBO().loss(model, guide, *args, **kwargs)
@@ -128,7 +135,7 @@ def _pilot(run: Callable, model, guide, args, kwargs) -> tuple[float, dict[str, 
         except FloatingPointError:  # NonFiniteLossError: this step size diverges
             scores[lr] = -math.inf
             continue
-        elbo = fixed_draw_elbo(model, guide, args, kwargs)[0]
+        elbo = fixed_draw_elbo(model, guide, args, kwargs, vectorize=loss_fn)[0]
         scores[lr] = elbo if math.isfinite(elbo) else -math.inf
     _load_values(start)
     if not any(math.isfinite(v) for v in scores.values()):
@@ -148,11 +155,17 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
     started = time.perf_counter()
     if seed is not None:
         pyro.set_rng_seed(seed)
-    from pyro_nf.infer.fit import _make_elbo, _not_positive_definite, _numerics_error
+    from pyro_nf.infer.compiled import compiled_elbo
+    from pyro_nf.infer.fit import (
+        _make_elbo,
+        _not_positive_definite,
+        _numerics_error,
+        _particles_that_work,
+    )
     from pyro_nf.infer.optim import JointAdam
 
-    loss_fn = _make_elbo(options.pop("elbo", None), num_particles,
-                         options.pop("vectorize_particles", True))
+    elbo = options.pop("elbo", None)
+    loss_fn = _make_elbo(elbo, num_particles, options.pop("vectorize_particles", True))
     try:
         with torch.no_grad():
             pyro.poutine.block(guide)(*args, **kwargs)  # the set-up (AutoFlow: its anchor)
@@ -173,14 +186,18 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
                       **kwargs)
 
     check = _Accuracy(model, guide, args, kwargs, accuracy)
+    checked = None  # the ELBO once its particles are known to broadcast (or run in turn)
     if check.reached():  # the start (AutoFlow: its Gaussian anchor) is already that close
         total = FitResult(guide=guide, stage="start", stop_reason=check.reason())
     else:
-        lr, pilot_scores = _pilot(run, model, guide, args, kwargs)
+        loss_fn = checked = _particles_that_work(loss_fn, model, guide, args, kwargs)
+        if elbo is None:  # the default: compiled where that is exact
+            loss_fn = compiled_elbo(loss_fn, model, guide, args, kwargs)
+        lr, pilot_scores = _pilot(run, model, guide, args, kwargs, loss_fn)
         state["optim"] = None
         total = _optimise(run, lr, max_steps, pilot_scores, guide, check)
     try:
-        _last_check(total, model, guide, args, kwargs, check.log_density)
+        _last_check(total, model, guide, args, kwargs, check.log_density, checked)
     except Exception as error:  # noqa: BLE001 - a finished fit is not thrown away for it
         warnings.warn(f"fit: the last check against the anchor failed ({type(error).__name__}: "
                       f"{next(iter(str(error).splitlines()), '')})", RuntimeWarning,
@@ -291,11 +308,12 @@ class _Accuracy:
                 f"mean within {self.accuracy:g} guide sds of the guide's)")
 
 
-def _last_check(result: Any, model, guide, args, kwargs, log_density: Any = None) -> None:
+def _last_check(result: Any, model, guide, args, kwargs, log_density: Any = None,
+                loss_fn: Any = None) -> None:
     """The fitted guide's ELBO on fixed draws and, for a guide over the packed latent, its
     importance check; for an AutoFlow, the same for its Gaussian anchor: warn and recommend
     the anchor where it is the better of the two."""
-    elbo, se = fixed_draw_elbo(model, guide, args, kwargs)
+    elbo, se = fixed_draw_elbo(model, guide, args, kwargs, vectorize=loss_fn)
     result.elbo_estimate = elbo
     anchor = getattr(guide, "anchor_info", None) or {}
     if log_density is None and anchor:

@@ -165,6 +165,22 @@ def _particles_that_work(loss_fn: ELBO, model: Callable, guide: Callable, args: 
     return sequential
 
 
+def _compile(loss_fn: ELBO, model, guide, args, kwargs, try_jit: bool) -> ELBO:
+    """The guide's parameters set up by one guide call under a forked RNG (so that every
+    ELBO, compiled or not, starts from the same random stream, and a resumed fit continues
+    exactly), then, with ``try_jit`` (the default ELBO),
+    :func:`~pyro_nf.infer.compiled.compiled_elbo`."""
+    from pyro_nf.infer.compiled import compiled_elbo
+
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            poutine.block(guide)(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - the first step raises it, with fit's own handling
+        return loss_fn
+    return compiled_elbo(loss_fn, model, guide, args, kwargs) if try_jit else loss_fn
+
+
 def _optimizers(optim: pyro.optim.PyroOptim):
     return list(getattr(optim, "optim_objs", {}).values())
 
@@ -253,8 +269,13 @@ def fit(
         optim: a ``pyro.optim`` optimiser (default :class:`~pyro_nf.infer.optim.JointAdam`
             ``({"lr": lr})``: Adam, all tensors in one foreach step).
         elbo: an ELBO instance (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``RenyiELBO``,
-            ``JitTrace_ELBO``, ...), ``"trace"`` or ``"stl"`` (sticking the landing,
-            :class:`~pyro_nf.infer.STLTrace_ELBO`); default Trace_ELBO.
+            ``JitTrace_ELBO``, ...), ``"trace"`` (eager ``Trace_ELBO``) or ``"stl"``
+            (sticking the landing, :class:`~pyro_nf.infer.STLTrace_ELBO`). Default:
+            ``Trace_ELBO`` compiled by ``torch.jit.trace`` where its loss and gradients
+            equal the eager ones on three seeds (:mod:`pyro_nf.infer.compiled`; 1.6-4x
+            faster steps), else eager with a one-line note. A model that reads Python state
+            which changes during the fit (a call counter, a global annealing weight) is
+            frozen by the trace between the checks every 200 steps: pass ``"trace"``.
         num_particles, vectorize_particles: used when ``elbo`` is not an instance
             (``num_particles`` defaults to 1 with ``num_steps``, else 8). A model that does
             not broadcast over vectorised particles is noticed at the start and its
@@ -336,6 +357,8 @@ def fit(
     if resume and path.exists():
         lr_factor = _restore(path, model, guide, loss_fn, optim, result, args, kwargs)
     loss_fn = _particles_that_work(loss_fn, model, guide, args, kwargs)
+    if num_steps > result.steps:
+        loss_fn = _compile(loss_fn, model, guide, args, kwargs, try_jit=elbo is None)
 
     start = time.perf_counter()
     bad_in_a_row = 0
