@@ -111,21 +111,28 @@ def fit_step(model: Callable, guide: Callable, particles: int = 1, fast: bool = 
     return step
 
 
+def named(cls: type, name: str) -> type:
+    """``cls`` under another name: an autoguide names its parameters after its class, and
+    the guides timed side by side must not share the parameter store's entries."""
+    return type(name, (cls,), {})
+
+
 def steppers(dim: int) -> dict[str, Callable[[], None]]:
     model = funnel(dim)
     h = max(64, dim)
     iaf = [("iaf", {"hidden": [h, h], "activation": "relu"})] * 4
+    flow = {label: named(pyro_nf.AutoFlow, f"AutoFlow{i}")
+            for i, label in enumerate(["fast", "eager", "16", "iaf"])}
     out = {"model gradient (eager)": model_gradient(model, False),
            "model gradient (jit)": model_gradient(model, True),
-           "AutoFlow fast": fit_step(model, pyro_nf.AutoFlow(model)),
-           "AutoFlow eager": fit_step(model, pyro_nf.AutoFlow(model, anchor=None), fast=False),
-           "AutoFlow fast, 16 particles": fit_step(model, pyro_nf.AutoFlow(model), 16),
+           "AutoFlow fast": fit_step(model, flow["fast"](model)),
+           "AutoFlow eager": fit_step(model, flow["eager"](model), fast=False),
+           "AutoFlow fast, 16 particles": fit_step(model, flow["16"](model), 16),
            "AutoNormal fast": fit_step(model, AutoNormal(model)),
            "Pyro AutoIAFNormal fast": fit_step(model, AutoIAFNormal(model, hidden_dim=[h, h],
                                                                     num_transforms=4))}
     packed = packed_funnel(dim)  # one latent vector: the form ZukoToPyro samples
-    out["pyro-nf iaf*4 fast"] = fit_step(packed, pyro_nf.AutoFlow(packed, flow=iaf,
-                                                                  anchor=None))
+    out["pyro-nf iaf*4 fast"] = fit_step(packed, flow["iaf"](packed, flow=iaf, anchor=None))
     if zuko is not None:
         flow = zuko.flows.MAF(dim, transforms=4, hidden_features=(h, h))
         flow.transform = flow.transform.inv  # IAF form: one-pass sampling

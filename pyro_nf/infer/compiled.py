@@ -188,7 +188,8 @@ def _subsampled(model, guide, args, kwargs) -> bool:
 
 
 def _first_line(error: Exception) -> str:
-    return f"{type(error).__name__}: {next(iter(str(error).splitlines()), '')[:160]}"
+    line = next(iter(str(error).splitlines()), "")[:160]
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
 def _note(why: str) -> None:
