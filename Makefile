@@ -59,6 +59,7 @@ bench: bench-layers $(BENCH_STAMP)
 	$(PY) benchmarks/autoflow_accuracy.py --out benchmarks/results/autoflow_accuracy.md
 	$(PY) benchmarks/accuracy.py --out benchmarks/results/accuracy.md
 	$(PY) benchmarks/speed.py --out benchmarks/results/speed.md
+	$(PY) benchmarks/overhead.py --out benchmarks/results/overhead.md
 	$(PY) benchmarks/time_to_accuracy.py --out benchmarks/results/time_to_accuracy.md
 	$(PY) benchmarks/scaling.py --out benchmarks/results/scaling.md
 
@@ -75,6 +76,7 @@ bench-quick: $(BENCH_STAMP)
 	mkdir -p out/bench-quick
 	$(PY) benchmarks/accuracy.py --quick --out out/bench-quick/accuracy.md
 	$(PY) benchmarks/speed.py --quick --out out/bench-quick/speed.md
+	$(PY) benchmarks/overhead.py --quick --out out/bench-quick/overhead.md
 	$(PY) benchmarks/time_to_accuracy.py --quick --out out/bench-quick/time_to_accuracy.md
 	$(PY) benchmarks/scaling.py --quick --out out/bench-quick/scaling.md
 

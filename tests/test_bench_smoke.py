@@ -138,3 +138,17 @@ def test_autoflow_accuracy_runs_only_the_guides_asked_for(tmp_path, capsys):
     with pytest.raises(SystemExit):  # merging tabulates every row it is given
         aa.main(["--from-jsonl", str(out), "--guides", "AutoNormal"])
     assert "--guides" in capsys.readouterr().err
+
+
+def test_overhead_quick_tables_every_row(tmp_path: Path) -> None:
+    import overhead
+
+    out = tmp_path / "overhead.md"
+    assert overhead.main(["--quick", "--dims", "4", "--out", str(out)]) == 0
+    payload = json.loads(out.with_suffix(".json").read_text())
+    ms = payload["records"][0]["ms"]
+    expected = {"model gradient (eager)", "AutoFlow fast", "AutoFlow eager",
+                "AutoFlow fast, 16 particles", "pyro-nf iaf*4 fast"}
+    assert expected <= set(ms) and all(math.isfinite(v) and v > 0 for v in ms.values())
+    assert ("zuko iaf*4 fast" in ms) is (overhead.zuko is not None)
+    assert "| 4 |" in out.read_text()
