@@ -62,7 +62,7 @@ from pyro_nf.infer.init import init_to_median_or_uniform
 from pyro_nf.transforms.permutation import Permutation
 from pyro_nf.transforms.registry import _expand, build_flow
 
-#: The default flow of :class:`AutoFlow`; see the README for how it was chosen.
+#: The default flow of :class:`AutoFlow`; see docs/guides.md for how it was chosen.
 DEFAULT_FLOW = "iaf*3"
 BASES = ("diagonal", "lowrank", "full")
 

@@ -5,7 +5,7 @@ for the conditional twins) to the parameters of a univariate transformer per dim
 layer starts at zero, so every flow built on a conditioner starts at its transformer's identity.
 The default activation is ELU: smooth conditioners fit the smoothly varying scales of
 hierarchical posteriors (eight schools, Neal's funnel) markedly better than ReLU's kinks in our
-measurements (see the README), at a negligible cost.
+measurements (see docs/guides.md), at a negligible cost.
 """
 
 from __future__ import annotations

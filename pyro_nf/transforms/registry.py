@@ -291,7 +291,7 @@ def _made_of(layer: Any) -> Any:
 
 
 def markdown_table() -> str:
-    """The registry as a markdown table (used by the README and ``pyro-nf flows``)."""
+    """The registry as a markdown table (used by docs/layers.md and ``pyro-nf flows``)."""
     lines = ["| name | kind | inverse | volume preserving | min D | conditional twin | paper |",
              "|---|---|---|---|---|---|---|"]
     for name in available():
