@@ -185,3 +185,25 @@ def test_every_posteriordb_model_compiles_to_the_eager_elbo(name):
         scale = float(grads_a[key].abs().max())
         torch.testing.assert_close(grads_b[key], grads_a[key], rtol=0,
                                    atol=1e-4 * max(scale, 1e-6))
+
+
+def test_data_passed_by_keyword_compile_to_the_eager_elbo():
+    def schools_kw(y=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+        with pyro.plate("j", 8):
+            theta = pyro.sample("theta", dist.Normal(mu, tau))
+            pyro.sample("y", dist.Normal(theta, SIGMA), obs=y)
+
+    guide = AutoFlow(schools_kw)
+    with torch.no_grad():
+        guide(y=Y)
+    eager = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    fast = compiled_elbo(eager, schools_kw, guide, (), {"y": Y})
+    assert isinstance(fast, CompiledTrace_ELBO)
+    losses = []
+    for elbo in (eager, fast):
+        torch.manual_seed(7)
+        losses.append(elbo.loss_and_grads(schools_kw, guide, y=Y))
+        _zero()
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)

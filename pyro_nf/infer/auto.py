@@ -58,8 +58,10 @@ SCORE_PARTICLES = 256
 #: ``fit``'s default accuracy: stop once every posterior mean is provably this many guide sds
 #: from the guide's (module docstring, "Accurate early").
 ACCURACY = 0.1
-#: Draws of each importance check (module docstring, "Accurate early"; the last check).
+#: Draws of each importance check (module docstring, "Accurate early"; the last check), and
+#: their number for a model that runs one draw at a time (it does not broadcast over a batch).
 CHECK_DRAWS = 2000
+LOOP_CHECK_DRAWS = 500
 #: The importance check's k-hat bound: below it the weights have a finite variance.
 CHECK_KHAT = 0.5
 
@@ -257,12 +259,16 @@ def _optimise(run: Callable, lr: float, max_steps: int, pilot_scores: dict, guid
     return total
 
 
-def importance_check(log_density: Any, q: Any, num: int = CHECK_DRAWS) -> ImportanceCheck:
+def importance_check(log_density: Any, q: Any, num: int | None = None) -> ImportanceCheck:
     """:class:`ImportanceCheck` of ``q`` (a distribution over the packed latent) against the
     model's ``log_density``, from ``num`` draws under a fixed seed (the caller's random stream
-    is left as it was). A ``q`` without spread (a point mass) is never within any accuracy."""
+    is left as it was; default :data:`CHECK_DRAWS`, :data:`LOOP_CHECK_DRAWS` for a model that
+    runs one draw at a time). A ``q`` without spread (a point mass) is never within any
+    accuracy."""
     from pyro_nf.diagnostics import _arviz
 
+    if num is None:
+        num = CHECK_DRAWS if log_density.batched else LOOP_CHECK_DRAWS
     with torch.random.fork_rng(devices=_devices()), torch.no_grad():
         torch.manual_seed(1)
         z = q.sample((num,))

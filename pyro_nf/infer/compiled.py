@@ -14,9 +14,11 @@ where autograd's are finite (for some initialisations, from the third call on).
 A trace is only right for a model whose structure does not change between calls. So
 :func:`compiled_elbo` compares the compiled loss and gradients with the eager ones on the same
 draws at three seeds before it is used, and keeps the eager ELBO (with a one-line note) when
-they differ, when tracing fails, or where a trace cannot be right by construction: tensors in
-``**kwargs``, subsampled plates (a fresh minibatch per call), an ELBO other than a plain
-``Trace_ELBO``. If a compiled step later raises, that step and the rest of the fit run eagerly.
+they differ, when tracing fails, or where a trace cannot be right by construction:
+subsampled plates (a fresh minibatch per call), an ELBO other than a plain ``Trace_ELBO``.
+Tensors passed to the model by keyword are held in the trace as constants (Pyro's JIT keys
+its traces by their identity), so they must not be changed in place during the fit. If a
+compiled step later raises, that step and the rest of the fit run eagerly.
 A trace also freezes whatever Python state the model reads (a call counter, an annealing
 weight kept in a global): the loss is compared again every :data:`RECHECK_EVERY` steps, and
 the ELBO falls back to eager when it no longer agrees, but between checks such a model is
@@ -97,7 +99,7 @@ def compiled_elbo(loss_fn: ELBO, model: Callable, guide: Callable, args: tuple,
     """``loss_fn`` compiled (:class:`CompiledTrace_ELBO`) when that is exact for this model and
     guide (module docstring), else ``loss_fn`` itself. Runs under a forked RNG and leaves no
     gradient behind; call it once the guide's parameters exist."""
-    if type(loss_fn) is not Trace_ELBO or any(torch.is_tensor(v) for v in kwargs.values()):
+    if type(loss_fn) is not Trace_ELBO:
         return loss_fn
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
     params = [p.unconstrained() for p in pyro.get_param_store().values()]

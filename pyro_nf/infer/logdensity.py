@@ -75,6 +75,15 @@ class LogDensity:
                               if site["type"] == "sample"
                               for f in site["cond_indep_stack"] if f.vectorized), default=0)
 
+    @property
+    def batched(self) -> bool:
+        """Whether a batch of points runs as one batched model run (else one run per point);
+        decided at the first batch, by a batch of two at the initial point if need be."""
+        if self._vectorised is None:
+            with torch.no_grad():
+                self(self.init.expand(2, self.dim))
+        return bool(self._vectorised)
+
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         """log density at ``theta`` of shape (..., D); differentiable in theta."""
         if theta.shape[-1] != self.dim:
