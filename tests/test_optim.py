@@ -80,9 +80,12 @@ def test_joint_adam_steps_only_parameters_with_a_gradient_and_refuses_unknown_ar
     a = pyro.param("a", torch.ones(3))
     b = pyro.param("b", torch.ones(2))
     joint = JointAdam({"lr": 0.1})
-    a.grad = torch.ones(3)
-    joint([a, b])
+    c = pyro.param("c", torch.ones(2, dtype=torch.float64))
+    a.grad, c.grad = torch.ones(3), torch.ones(2, dtype=torch.float64)
+    joint([a, b, c])
     assert torch.all(a.detach() < 1) and torch.equal(b.detach(), torch.ones(2))
+    assert torch.all(c.detach() < 1) and c.dtype == torch.float64
+    assert joint.fused  # torch's fused kernel took float32 and float64 on the CPU
     with pytest.raises(ValueError, match="unknown argument"):
         JointAdam({"lr": 0.1, "momentum": 0.9})
 

@@ -6,7 +6,8 @@ that Python loop (and in its own per-tensor guards) as in the flow itself. Here 
 arithmetic runs as a handful of ``torch._foreach_*`` kernels over the list of tensors:
 
 - :class:`JointAdam`: Adam (Kingma & Ba, 2015) with per-parameter state, stepped through
-  ``torch.optim.adam.adam(foreach=True)``; its state reads and writes in the format of
+  ``torch.optim.adam.adam`` with ``fused=True`` (``foreach=True`` where torch has no fused
+  kernel); its state reads and writes in the format of
   ``pyro.optim.Adam`` (a one-tensor torch state dict per parameter name), so checkpoints move
   between the two.
 - :func:`finite_norms`, :func:`clip_per_tensor` and :class:`Snapshot`: ``fit``'s non-finite
@@ -26,7 +27,8 @@ _ADAM_ARGS = {"lr", "betas", "eps", "weight_decay"}
 
 
 class JointAdam(pyro.optim.PyroOptim):
-    """Adam over every parameter in one foreach step; a drop-in for ``pyro.optim.Adam``.
+    """Adam over every parameter in one fused (or foreach) step; a drop-in for
+    ``pyro.optim.Adam``.
 
     Args:
         optim_args: ``{"lr": ..., "betas": ..., "eps": ..., "weight_decay": ...}`` as for
@@ -48,6 +50,9 @@ class JointAdam(pyro.optim.PyroOptim):
         self.weight_decay = float(optim_args.get("weight_decay", 0.0))
         self.lr_factor = 1.0
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        #: torch's fused Adam (about 4x faster than foreach on CPU for a flow's few dozen
+        #: tensors); off for good once torch refuses it (a device or dtype it lacks)
+        self.fused = True
 
     def _register(self, p: torch.Tensor) -> None:
         name = pyro.get_param_store().param_name(p)
@@ -66,11 +71,19 @@ class JointAdam(pyro.optim.PyroOptim):
         if not stepped:
             return
         states = [self.state[p] for p in stepped]
-        adam([p.detach() for p in stepped], [p.grad for p in stepped],
-             [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
-             [s["step"] for s in states], foreach=True, amsgrad=False, beta1=self.betas[0],
-             beta2=self.betas[1], lr=self.lr * self.lr_factor,
-             weight_decay=self.weight_decay, eps=self.eps, maximize=False)
+        lists = ([p.detach() for p in stepped], [p.grad for p in stepped],
+                 [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+                 [s["step"] for s in states])
+        options = dict(amsgrad=False, beta1=self.betas[0], beta2=self.betas[1],
+                       lr=self.lr * self.lr_factor, weight_decay=self.weight_decay,
+                       eps=self.eps, maximize=False)
+        if self.fused:  # one kernel for all tensors; torch checks device and dtype first
+            try:
+                adam(*lists, foreach=False, fused=True, **options)
+                return
+            except RuntimeError:
+                self.fused = False
+        adam(*lists, foreach=True, **options)
 
     def get_state(self) -> dict[str, Any]:
         """``{parameter name: a one-tensor torch Adam state dict}``, as ``pyro.optim.Adam``."""
@@ -98,10 +111,12 @@ class JointAdam(pyro.optim.PyroOptim):
 def _from_torch_state(saved: dict[str, Any], p: torch.Tensor) -> dict[str, torch.Tensor]:
     """A parameter's state from a one-tensor torch Adam state dict (fresh when empty)."""
     inner = saved["state"].get(0) or saved["state"].get("0") or {}
+    # a float32 step on the parameter's device, as torch's fused Adam keeps it
+    step = torch.as_tensor(inner.get("step", 0.0), dtype=torch.float32).to(p.device).clone()
     if not inner:  # none saved, or a torch optimiser that had not stepped yet
-        return {"step": torch.zeros(()), "exp_avg": torch.zeros_like(p.detach()),
+        return {"step": step, "exp_avg": torch.zeros_like(p.detach()),
                 "exp_avg_sq": torch.zeros_like(p.detach())}
-    return {"step": torch.as_tensor(inner["step"], dtype=torch.get_default_dtype()).clone(),
+    return {"step": step,
             "exp_avg": inner["exp_avg"].to(p).clone(),
             "exp_avg_sq": inner["exp_avg_sq"].to(p).clone()}
 
