@@ -267,7 +267,7 @@ def fit(
             latent (AutoFlow, ``AutoContinuous``) also stops as soon as an importance check
             proves it within ``accuracy``, possibly before its first step.
         optim: a ``pyro.optim`` optimiser (default :class:`~pyro_nf.infer.optim.JointAdam`
-            ``({"lr": lr})``: Adam, all tensors in one foreach step).
+            ``({"lr": lr})``: Adam, all tensors in one fused step).
         elbo: an ELBO instance (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``RenyiELBO``,
             ``JitTrace_ELBO``, ...), ``"trace"`` (eager ``Trace_ELBO``) or ``"stl"``
             (sticking the landing, :class:`~pyro_nf.infer.STLTrace_ELBO`). Default:
