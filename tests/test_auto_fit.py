@@ -132,3 +132,14 @@ def test_a_guide_that_reaches_the_accuracy_stops_at_its_first_stationary_loss():
     assert result.stage == "optimise" and "accuracy" in result.stop_reason
     assert result.steps < auto.WINDOW * (2 + 2 + auto.HALVINGS + auto.AVERAGE_WINDOWS)
     assert abs(pyro.param("AutoMultivariateNormal.loc").item() - POST_MEAN) < 0.15 * POST_SD
+
+
+@pytest.mark.parametrize("elbo,anchor_elbo,khat,anchor_khat,expected", [
+    (-10.0, -9.0, 0.3, 0.3, "anchor"),   # the anchor's ELBO clearly higher
+    (-10.0, -10.01, 0.3, 0.3, "flow"),   # within the noise
+    (-10.0, -10.0, 0.8, 0.5, "anchor"),  # unreliable flow, reliable anchor, same ELBO
+    (-10.0, -10.2, 0.8, 0.5, "flow"),    # ... but the flow's ELBO is higher: k-hat alone
+    (-10.0, -10.0, 0.8, 0.75, "flow"),   # both unreliable
+])
+def test_the_recommendation_rule(elbo, anchor_elbo, khat, anchor_khat, expected):
+    assert auto.recommend(elbo, 0.01, anchor_elbo, khat, anchor_khat) == expected
