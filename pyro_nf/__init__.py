@@ -8,15 +8,10 @@
 - :mod:`pyro_nf.diagnostics`: InferenceData, PSIS diagnostics and posterior comparison.
 """
 
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+
 from pyro_nf import transforms
-from pyro_nf.diagnostics import (
-    compare_posteriors,
-    diagnose,
-    format_comparison,
-    from_mcmc,
-    from_posteriordb,
-    to_inference_data,
-)
 from pyro_nf.guides import DEFAULT_AMORTIZED_FLOW, DEFAULT_FLOW, AmortizedFlow, AutoFlow
 from pyro_nf.infer import (
     AutoPathfinder,
@@ -35,7 +30,26 @@ from pyro_nf.transforms import (
     register,
 )
 
-__version__ = "0.1.0.dev0"
+try:  # the one version string is pyproject.toml's
+    __version__ = version("pyro-nf")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown"
+
+#: Names served on first use, so that ``import pyro_nf`` (and the layers, guides and fit) does
+#: not import ArviZ, pandas and matplotlib.
+_LAZY = {name: "pyro_nf.diagnostics" for name in
+         ("compare_posteriors", "diagnose", "format_comparison", "from_mcmc",
+          "from_posteriordb", "to_inference_data")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name == "diagnostics":
+        return import_module("pyro_nf.diagnostics")
+    raise AttributeError(f"module 'pyro_nf' has no attribute {name!r}")
 
 __all__ = ["transforms", "available", "build_flow", "register", "available_conditional",
            "build_conditional_flow", "AutoFlow", "DEFAULT_FLOW",

@@ -196,3 +196,18 @@ def test_flow_as_pyro_guide_distribution_trains():
 def test_top_level_api():
     assert pyro_nf.available() == available()
     assert pyro_nf.build_flow is build_flow
+
+
+def test_importing_the_package_leaves_arviz_pandas_and_matplotlib_out():
+    """The layers, guides and fit do not import the diagnostics' heavy libraries; the
+    diagnostics' names load them on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pyro_nf; heavy = ['arviz', 'pandas', 'matplotlib']; "
+            "assert not [m for m in heavy if m in sys.modules], heavy; "
+            "pyro_nf.diagnose; assert 'arviz' in sys.modules; "
+            "from pyro_nf import to_inference_data; print(pyro_nf.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() not in ("", "unknown")

@@ -1,7 +1,9 @@
 """Figures: overlaid marginals, a pair plot of several posteriors, ELBO traces.
 
-Drawn with matplotlib (Agg) directly, so the same code serves ArviZ 0.x and 1.x (whose plotting
-APIs differ). Every function returns the figure and saves it when given ``path``.
+Drawn with matplotlib directly, so the same code serves ArviZ 0.x and 1.x (whose plotting
+APIs differ). Every function returns the figure and saves it when given ``path``. The backend
+is the user's (a notebook's inline one, or Agg where there is no display): importing this
+module does not change it.
 """
 
 from __future__ import annotations
@@ -9,13 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pyro_nf.diagnostics.compare import _flat  # noqa: E402
+from pyro_nf.diagnostics.compare import _flat
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
 
