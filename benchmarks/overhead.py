@@ -9,7 +9,7 @@ median over blocks, one torch thread):
 
 * the model: Pyro's ``potential_fn`` from ``initialize_model`` and its gradient in the
   unconstrained space, eager and with ``jit_compile=True`` (what NUTS pays per gradient);
-* one step of ``fit`` (its guard, clipping and restore point included; ``fit._step`` with the
+* one step of ``fit`` (its guard, clipping and restore point included; ``guarded_step`` with the
   loss and optimiser ``fit`` builds) for: the default AutoFlow on the fast path (the compiled
   ELBO, ``JointAdam``) and on the eager path (``elbo="trace"``, ``pyro.optim.Adam``),
   AutoNormal and Pyro's AutoIAFNormal on the fast path, and AutoFlow with 16 vectorised
@@ -49,6 +49,7 @@ from speed import zuko_guide  # noqa: E402
 
 import pyro_nf  # noqa: E402
 from pyro_nf.infer.optim import JointAdam, Snapshot  # noqa: E402
+from pyro_nf.infer.step import guarded_step  # noqa: E402
 
 FIT = sys.modules["pyro_nf.infer.fit"]  # the module (pyro_nf.infer.fit is also the function)
 
@@ -104,7 +105,7 @@ def fit_step(model: Callable, guide: Callable, particles: int = 1, fast: bool = 
     snapshot = Snapshot()
 
     def step() -> None:
-        FIT._step(loss_fn, model, guide, (), {}, optim, 1.0, 10.0, snapshot, started=True)
+        guarded_step(loss_fn, model, guide, (), {}, optim, 1.0, 10.0, snapshot, started=True)
 
     for _ in range(5):
         step()

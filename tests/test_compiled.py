@@ -72,10 +72,14 @@ def test_compiled_loss_and_gradients_equal_the_eager_ones(model, particles, vect
             torch.manual_seed(seed)
             results.append((elbo.loss_and_grads(model, guide), _grads()))
         (loss_a, grads_a), (loss_b, grads_b) = results
-        assert loss_b == pytest.approx(loss_a, rel=1e-5)
+        # the loss is a difference of terms of size ~30 (log p, log q): float32 round-off
+        # of those, not of the difference, sets the tolerance
+        assert loss_b == pytest.approx(loss_a, rel=1e-5, abs=1e-4)
         assert grads_a.keys() == grads_b.keys() and len(grads_a) > 3
         for name in grads_a:
-            torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-5)
+            scale = max(1.0, float(grads_a[name].abs().max()))
+            torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4,
+                                       atol=1e-4 * scale)
 
 
 def test_a_seeded_fit_gives_the_same_parameters_compiled_or_eager():
@@ -206,4 +210,4 @@ def test_data_passed_by_keyword_compile_to_the_eager_elbo():
         torch.manual_seed(7)
         losses.append(elbo.loss_and_grads(schools_kw, guide, y=Y))
         _zero()
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-4)

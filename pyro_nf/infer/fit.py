@@ -21,17 +21,17 @@ from pyro.infer import ELBO, Trace_ELBO
 
 from pyro_nf.infer.checkpoint import _checkpoint, _restore
 from pyro_nf.infer.elbo import STLTrace_ELBO
-from pyro_nf.infer.optim import JointAdam, Snapshot, clip_per_tensor, finite_norms
+from pyro_nf.infer.optim import JointAdam, Snapshot
+from pyro_nf.infer.step import (  # noqa: F401 - NonFiniteLossError: also fit's name for it
+    NonFiniteLossError,
+    _not_positive_definite,
+    _numerics_error,
+    _raise_if_stuck,
+    guarded_step,
+)
 
 #: ``fit`` warns when the non-finite guard has cut the learning rate this far (7 halvings)
 STALLED_LR_FACTOR = 0.5 ** 7
-#: What a float32 failure says: the one switch to float64 for the whole model and guide.
-_FLOAT64_HINT = ("; the model runs in float32, whose range and resolution fail for some "
-                 "numerics (a long recursion that overflows, a 1e-10 kernel jitter): fit it in "
-                 "float64 with torch.set_default_dtype(torch.float64) before building the "
-                 "model's data and the guide.")
-#: Below this the guard stops the fit with NonFiniteLossError (40 halvings, about 1e-12).
-MIN_LR_FACTOR = 0.5 ** 40
 
 
 @dataclass
@@ -91,10 +91,6 @@ class FitResult:
                 f"skipped_steps={self.skipped_steps})")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Repeated non-finite losses, gradients or parameters that the guard could not recover."""
-
-
 def _make_elbo(elbo: Any, num_particles: int, vectorize: bool) -> ELBO:
     if isinstance(elbo, ELBO):
         return elbo
@@ -105,19 +101,6 @@ def _make_elbo(elbo: Any, num_particles: int, vectorize: bool) -> ELBO:
     if elbo == "stl":
         return STLTrace_ELBO(**kwargs)
     raise ValueError(f"elbo must be a pyro.infer.ELBO instance, 'trace' or 'stl'; got {elbo!r}")
-
-
-def _not_positive_definite(exc: Exception) -> bool:
-    first = next(iter(str(exc).splitlines()), "")
-    return isinstance(exc, torch.linalg.LinAlgError) or "PositiveDefinite" in first
-
-
-def _numerics_error(exc: Exception) -> NonFiniteLossError:
-    """The error for a model whose covariance fails at its start, naming float64 in float32."""
-    first = next(iter(str(exc).splitlines()), "")
-    hint = _FLOAT64_HINT if torch.get_default_dtype() == torch.float32 else "."
-    return NonFiniteLossError(f"fit: a covariance or Cholesky factor of the model is not "
-                              f"positive definite ({first[:160]}){hint}")
 
 
 def _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
@@ -179,39 +162,6 @@ def _compile(loss_fn: ELBO, model, guide, args, kwargs, try_jit: bool) -> ELBO:
     except Exception:  # noqa: BLE001 - the first step raises it, with fit's own handling
         return loss_fn
     return compiled_elbo(loss_fn, model, guide, args, kwargs) if try_jit else loss_fn
-
-
-def _optimizers(optim: pyro.optim.PyroOptim):
-    return list(getattr(optim, "optim_objs", {}).values())
-
-
-def _ensure_optimizers(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) -> None:
-    """Create the per-parameter optimisers of new parameters without stepping them (torch
-    optimisers skip a parameter whose grad is None), so their learning rate can be set
-    before their first step (JointAdam has one learning rate for all: nothing to do)."""
-    if isinstance(optim, JointAdam):
-        return
-    known = getattr(optim, "optim_objs", {})
-    for p in params:
-        if p not in known:
-            grad, p.grad = p.grad, None
-            optim([p])
-            p.grad = grad
-
-
-def _set_lr_factor(optim: pyro.optim.PyroOptim, factor: float) -> None:
-    if isinstance(optim, JointAdam):
-        optim.lr_factor = factor
-        return
-    for opt in _optimizers(optim):
-        # a pyro.optim LR scheduler holds its torch optimiser in .optimizer
-        for group in getattr(opt, "optimizer", opt).param_groups:
-            group.setdefault("pyro_nf_base_lr", group["lr"])
-            group["lr"] = group["pyro_nf_base_lr"] * factor
-
-
-def _param_names() -> dict[int, str]:
-    return {id(p): name for name, p in pyro.get_param_store().named_parameters()}
 
 
 def _converged(losses: list[float], window: int, tol: float) -> bool:
@@ -332,20 +282,7 @@ def fit(
                                     vectorize_particles, clip_norm, seed, checkpoint or resume,
                                     max_bad_steps, accuracy)
     num_particles = 1 if num_particles is None else num_particles
-    if lr_decay is not None and not 0 < lr_decay <= 1:
-        raise ValueError(f"fit: lr_decay must be in (0, 1] or None, got {lr_decay!r}")
-    if not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"fit: num_steps must be a non-negative integer, got {num_steps!r}")
-    if warmup_steps is None:
-        warmup_steps = min(200, num_steps // 20)
-    if not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError("fit: warmup_steps must be a non-negative integer or None, got "
-                         f"{warmup_steps!r}")
-    if optim is None:
-        optim = JointAdam({"lr": lr})
-    if not isinstance(optim, pyro.optim.PyroOptim):
-        raise TypeError("fit: optim must be a pyro.optim optimiser such as "
-                        f"pyro.optim.Adam({{'lr': 0.01}}), got {type(optim).__name__}")
+    warmup_steps, optim = _checked(num_steps, warmup_steps, lr_decay, optim, lr)
     loss_fn = _make_elbo(elbo, num_particles, vectorize_particles)
     if seed is not None:
         pyro.set_rng_seed(seed)
@@ -363,20 +300,11 @@ def fit(
     start = time.perf_counter()
     bad_in_a_row = 0
     snapshot = Snapshot()
-    steps = range(result.steps, num_steps)
-    bar = None
-    if progress and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(steps, total=num_steps, initial=result.steps, desc="fit", leave=True)
-    for step in steps:
-        factor = lr_factor * (lr_schedule(step) if lr_schedule is not None else 1.0)
-        if lr_decay is not None and num_steps > 0:
-            factor *= lr_decay ** (step / num_steps)
-        if step < warmup_steps:
-            factor *= (step + 1) / warmup_steps
-        loss, skipped = _step(loss_fn, model, guide, args, kwargs, optim, factor, clip_norm,
-                              snapshot, started=bool(result.losses))
+    bar = _progress_bar(progress, result.steps, num_steps)
+    for step in range(result.steps, num_steps):
+        factor = lr_factor * _schedule(step, num_steps, lr_schedule, lr_decay, warmup_steps)
+        loss, skipped = guarded_step(loss_fn, model, guide, args, kwargs, optim, factor,
+                                     clip_norm, snapshot, started=bool(result.losses))
         if skipped is not None:  # not taken: the parameters are as before it
             lr_factor *= 0.5
             bad_in_a_row += 1
@@ -385,17 +313,7 @@ def fit(
                             lr_factor)
             continue
         bad_in_a_row = 0
-        result.losses.append(float(loss))
-        result.steps = step + 1
-        if _step_hook is not None:
-            _step_hook(result.steps)
-        if not result.converged and _converged(result.losses, convergence_window,
-                                               convergence_tol):
-            result.converged, result.converged_at = True, result.steps
-        if bar is not None:
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(elbo=f"{-np.mean(result.losses[-50:]):.4g}")
+        _record(result, step, loss, _step_hook, convergence_window, convergence_tol, bar)
         if path is not None and result.steps % checkpoint_every == 0:
             _checkpoint(path, optim, result, lr_factor)
         if result.converged and stop_when_converged:
@@ -406,83 +324,70 @@ def fit(
         _checkpoint(path, optim, result, lr_factor)
     result.seconds = time.perf_counter() - start
     result.lr_factor = lr_factor
-    if lr_factor <= STALLED_LR_FACTOR:
-        warnings.warn(
-            f"fit: {result.skipped_steps} non-finite steps were skipped, each halving the "
-            f"learning rate, which ended {1 / lr_factor:.3g} times lower: the fit has probably "
-            "stalled. Lower lr, start the guide closer to the posterior (e.g. "
-            "AutoFlow.from_guide with a Laplace approximation), or look for values in the "
-            "model that overflow.", RuntimeWarning, stacklevel=2)
+    _warn_if_stalled(result)
     return result
 
 
-def _step(loss_fn: ELBO, model, guide, args, kwargs, optim, factor: float,
-          clip_norm: float | None, snapshot: Snapshot, started: bool):
-    """One guarded step: ``(loss, None)``, or ``(loss, (what, parameters))`` when the loss,
-    a gradient (``"gradients"``) or an updated value (``"values"``) was not finite and the
-    parameters were put back as they were before it."""
-    try:
-        with poutine.trace(param_only=True) as capture:
-            loss = loss_fn.loss_and_grads(model, guide, *args, **kwargs)
-    except (torch.linalg.LinAlgError, ValueError) as exc:
-        linalg = _not_positive_definite(exc)
-        if linalg and not started:  # at the start: the model's numerics
-            raise _numerics_error(exc) from exc
-        # later, or Pyro's validation refusing a non-finite parameter: a bad step
-        if not linalg and ("invalid values" not in str(exc) or not started):
-            raise
-        params = _captured(capture)
-        _drop_grads(params)
-        snapshot.restore(params)
-        return float("nan"), ("gradients", [])
-    params = _captured(capture)
-    with_grad = [p for p in params if p.grad is not None]
-    grads = [p.grad for p in with_grad]
-    norms, finite = finite_norms(grads)
-    if not math.isfinite(loss) or not all(finite):
-        bad = [p for p, ok in zip(with_grad, finite) if not ok]
-        _drop_grads(params)
-        snapshot.restore(params)
-        return loss, ("gradients", bad)
-    if clip_norm is not None:  # per tensor: see fit's docstring
-        clip_per_tensor(grads, norms, clip_norm)
-    snapshot.save(params)
-    _ensure_optimizers(optim, params)
-    _set_lr_factor(optim, factor)
-    optim(params)
-    _drop_grads(params)
-    finite = finite_norms([p.detach() for p in params])[1]
-    broken = [p for p, ok in zip(params, finite) if not ok]
-    if broken:
-        snapshot.restore(params)
-        return loss, ("values", broken)
-    return loss, None
+def _checked(num_steps: Any, warmup_steps: Any, lr_decay: Any, optim: Any, lr: float
+             ) -> tuple[int, pyro.optim.PyroOptim]:
+    """The warm-up length and the optimiser, after the checks of fit's arguments."""
+    if lr_decay is not None and not 0 < lr_decay <= 1:
+        raise ValueError(f"fit: lr_decay must be in (0, 1] or None, got {lr_decay!r}")
+    if not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"fit: num_steps must be a non-negative integer, got {num_steps!r}")
+    if warmup_steps is None:
+        warmup_steps = min(200, num_steps // 20)
+    if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError("fit: warmup_steps must be a non-negative integer or None, got "
+                         f"{warmup_steps!r}")
+    if optim is None:
+        optim = JointAdam({"lr": lr})
+    if not isinstance(optim, pyro.optim.PyroOptim):
+        raise TypeError("fit: optim must be a pyro.optim optimiser such as "
+                        f"pyro.optim.Adam({{'lr': 0.01}}), got {type(optim).__name__}")
+    return warmup_steps, optim
 
 
-def _drop_grads(params: list[torch.Tensor]) -> None:
-    for p in params:
-        p.grad = None
+def _schedule(step: int, num_steps: int, lr_schedule: Callable | None, lr_decay: float | None,
+              warmup_steps: int) -> float:
+    """The learning-rate factor at ``step``: the user's schedule, the decay, the warm-up."""
+    factor = lr_schedule(step) if lr_schedule is not None else 1.0
+    if lr_decay is not None and num_steps > 0:
+        factor *= lr_decay ** (step / num_steps)
+    if step < warmup_steps:
+        factor *= (step + 1) / warmup_steps
+    return factor
 
 
-def _captured(capture) -> list[torch.Tensor]:
-    """The unconstrained parameters a step touched, in a deterministic order."""
-    return list(dict.fromkeys(site["value"].unconstrained()
-                              for site in capture.trace.nodes.values()))
+def _progress_bar(progress: bool, initial: int, num_steps: int):
+    if not (progress and sys.stderr.isatty()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=num_steps, initial=initial, desc="fit", leave=True)
 
 
-def _raise_if_stuck(bad_in_a_row: int, limit: int, params, what: str, loss: float,
-                    lr_factor: float) -> None:
-    if bad_in_a_row < limit and lr_factor >= MIN_LR_FACTOR:
+def _record(result: FitResult, step: int, loss: float, hook: Callable | None, window: int,
+            tol: float, bar: Any) -> None:
+    """A taken step: its loss, the hook, the convergence flag, the bar."""
+    result.losses.append(float(loss))
+    result.steps = step + 1
+    if hook is not None:
+        hook(result.steps)
+    if not result.converged and _converged(result.losses, window, tol):
+        result.converged, result.converged_at = True, result.steps
+    if bar is not None:
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(elbo=f"{-np.mean(result.losses[-50:]):.4g}")
+
+
+def _warn_if_stalled(result: FitResult) -> None:
+    if result.lr_factor > STALLED_LR_FACTOR:
         return
-    names = _param_names()
-    labels = sorted({names.get(id(p), f"<unnamed {tuple(p.shape)}>") for p in params})
-    what = (f"{bad_in_a_row} consecutive steps with non-finite {what}" if bad_in_a_row >= limit
-            else f"steps with non-finite {what} halved the learning rate to "
-                 f"{lr_factor:.1e} of its value, where the fit cannot move")
-    raise NonFiniteLossError(
-        f"fit: {what} (last loss {loss}); "
-        f"parameters affected: {labels or 'none (the loss itself is not finite)'}. Check the "
-        "model for invalid parameter values (e.g. a scale that can reach 0), lower the "
-        "learning rate, or start the guide closer to the posterior (init_scale, init_loc_fn)"
-        + (_FLOAT64_HINT if any(p.dtype == torch.float32 for p in params) else ".")
-    )
+    warnings.warn(
+        f"fit: {result.skipped_steps} non-finite steps were skipped, each halving the "
+        f"learning rate, which ended {1 / result.lr_factor:.3g} times lower: the fit has "
+        "probably stalled. Lower lr, start the guide closer to the posterior (e.g. "
+        "AutoFlow.from_guide with a Laplace approximation), or look for values in the model "
+        "that overflow.", RuntimeWarning, stacklevel=3)
