@@ -232,24 +232,18 @@ def fit(
             particles run one at a time, with a warning.
         clip_norm: clip each parameter tensor's gradient norm to this, as Pyro's
             ``clip_args`` does (None: no clipping). Not the global norm: one tensor's huge
-            gradient would then shrink every other tensor's to almost nothing, and when it
-            subsides Adam, whose second-moment estimates remember the tiny gradients, takes
-            steps many times the learning rate. With a global norm of 10 the default
-            AutoFlow on posteriordb's sblrc-blr (initial loss 1.8e6) jumped to losses of
-            1e31 at step 60 and never came back; clipped per tensor it fits.
+            gradient would shrink every other tensor's to almost nothing, and Adam, whose
+            second moments remember those, then over-steps once it subsides.
         lr_schedule: ``step -> factor`` multiplying the optimiser's learning rate.
         lr_decay: exponential decay of the learning rate to ``lr_decay`` times its initial
             value at the last step (factor ``lr_decay ** (step / num_steps)``, combined with
             ``lr_schedule``); ``None`` or 1 keeps it constant. Late small steps cut the
             gradient noise that single-sample ELBO estimates leave near the optimum.
         warmup_steps: the learning rate ramps up linearly over this many first steps
-            (default ``min(200, num_steps // 20)``; 0 turns it off). Adam's first updates are
-            about ``lr * sign(gradient)`` for every parameter, because its second-moment
-            estimate rests on a few gradients (Liu et al., 2020, "On the Variance of the
-            Adaptive Learning Rate and Beyond"). In a flow those moves are coherent across a
-            conditioner's hidden units and compound over the layers: without the warm-up the
-            default AutoFlow on eight schools blew up to infinite losses within 12 steps for
-            one of three seeds.
+            (default ``min(200, num_steps // 20)``; 0 turns it off): Adam's first updates are
+            about ``lr * sign(gradient)`` for every parameter (Liu et al., 2020, "On the
+            Variance of the Adaptive Learning Rate and Beyond"), and in a flow they compound
+            over the layers.
         progress: a tqdm bar with the running ELBO (only when stderr is a terminal).
         seed: ``pyro.set_rng_seed(seed)`` first, so runs are reproducible.
         convergence_window, convergence_tol: the loss has converged when the means of the
