@@ -154,6 +154,20 @@ class LogDensity:
         return out
 
 
+    def pack(self, values: dict[str, torch.Tensor], batch: int) -> torch.Tensor:
+        """The inverse of :meth:`unpack`: constrained values, each of shape (batch, *site
+        shape), as packed unconstrained points of shape (batch, D)."""
+        parts = []
+        for name, site in self.sites.items():
+            if name not in values:
+                raise ValueError(f"LogDensity.pack: no values for the latent site '{name}'")
+            value = torch.as_tensor(values[name], dtype=self.dtype)
+            shape = self.guide._unconstrained_shapes[name]
+            free = torch.distributions.biject_to(site["fn"].support).inv(value)
+            parts.append(free.reshape(batch, math.prod(shape)))
+        return torch.cat(parts, -1)
+
+
 def site_log_prob(site: dict) -> torch.Tensor:
     """A site's log density as Pyro's ELBOs count it: masked and scaled (subsampling)."""
     lp = site["fn"].log_prob(site["value"])

@@ -166,6 +166,8 @@ class PathResult:
     #: the last iterate (the mode where L-BFGS converged) and its log density
     last: torch.Tensor | None = None
     last_log_density: float = -math.inf
+    #: the path ended because its ``stop`` rule said so, not because it converged
+    stopped: bool = False
 
 
 def _two_loop(grad: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]],
@@ -184,10 +186,14 @@ def _two_loop(grad: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, max_iters: int,
-                tol: float, num_elbo_draws: int, generator: torch.Generator) -> PathResult:
+                tol: float, num_elbo_draws: int, generator: torch.Generator,
+                stop: Callable[[torch.Tensor], bool] | None = None, score: bool = True
+                ) -> PathResult:
     """Minimise -log p by L-BFGS from ``start`` with a backtracking (Armijo) line search, keep
     every accepted iterate with its gradient, and pick the best normal approximation along
-    the path. Each trial point costs one gradient evaluation."""
+    the path. Each trial point costs one gradient evaluation. ``stop(x)`` ends the path early
+    (the mode search stops a path that has reached a known mode); ``score=False`` returns the
+    end point only, without the approximations."""
     evals = 0
 
     def value_and_grad(x: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -238,8 +244,14 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
             float(g_new.abs().max()) <= 1e-8
         x, f, g = x_new, f_new, g_new
         points.append((x, -g, f))
+        if stop is not None and stop(x):
+            return PathResult(None, -math.inf, len(points) - 1, evals, -1, last=x,
+                              last_log_density=-f, stopped=True)
         if converged:
             break
+    if not score:
+        return PathResult(None, -math.inf, len(points) - 1, evals, -1, last=x,
+                          last_log_density=-f)
     return _best_along(log_density, points, history, num_elbo_draws, generator, evals)
 
 

@@ -1,0 +1,192 @@
+"""Mode search and the missed-mode check, against mixtures whose modes and masses are known."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoNormal, init_to_value
+
+from pyro_nf.infer.logdensity import LogDensity
+from pyro_nf.infer.modes import find_modes, missed_modes
+
+
+def mixture(locs, weights, cov):
+    locs = torch.as_tensor(locs, dtype=torch.float32)
+    weights = torch.as_tensor(weights, dtype=torch.float32)
+    components = dist.MultivariateNormal(locs, covariance_matrix=cov.expand(len(locs), -1, -1))
+    return dist.MixtureSameFamily(dist.Categorical(weights), components)
+
+
+def mixture_model(locs, weights, cov):
+    """z ~ sum_k w_k N(locs[k], cov): separated modes whose masses are the weights."""
+    target = mixture(locs, weights, cov)
+
+    def model():
+        z = pyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), (len(cov),)))
+        pyro.factor("mixture", target.log_prob(z))
+    return model
+
+
+def exact_draws(locs, weights, cov, n, seed=0):
+    torch.manual_seed(seed)
+    return {"z": mixture(locs, weights, cov).sample((n,))}
+
+
+def by_location(search, locs):
+    """Each true location's estimated mass (the found mode nearest to it)."""
+    found = torch.stack([m.location for m in search.modes])
+    out = []
+    for loc in torch.as_tensor(locs, dtype=torch.float64):
+        k = int((found - loc).norm(dim=-1).argmin())
+        assert float((found[k] - loc).norm()) < 0.05
+        out.append(search.modes[k].mass)
+    return out
+
+
+@pytest.mark.parametrize("weights", [(0.3, 0.7), (0.1, 0.9)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_modes_with_their_masses(weights, seed):
+    locs = [[-2.0, 0.0], [2.0, 0.0]]
+    search = find_modes(mixture_model(locs, weights, 0.25 * torch.eye(2)), seed=seed)
+    assert len(search.modes) == 2
+    assert by_location(search, locs) == pytest.approx(list(weights), abs=0.02)
+
+
+def test_four_modes_with_their_masses():
+    locs = [[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0]]
+    weights = [0.1, 0.2, 0.3, 0.4]
+    search = find_modes(mixture_model(locs, weights, 0.25 * torch.eye(2)))
+    assert len(search.modes) == 4
+    assert by_location(search, locs) == pytest.approx(weights, abs=0.03)
+    assert [m.mass for m in search.modes] == sorted((m.mass for m in search.modes), reverse=True)
+
+
+def test_ten_dimensional_correlated_modes():
+    idx = torch.arange(10.0)
+    cov = 0.8 ** (idx[:, None] - idx[None, :]).abs() * 0.3
+    locs = [[-1.5] * 10, [1.5] * 10]
+    search = find_modes(mixture_model(locs, (0.3, 0.7), cov))
+    assert len(search.modes) == 2
+    assert by_location(search, locs) == pytest.approx([0.3, 0.7], abs=0.03)
+    # Laplace at each mode of a well-separated mixture is that component's covariance
+    found = search.modes[0].gaussian.covariance().float()
+    assert torch.allclose(found, cov, atol=1e-3)
+
+
+def test_one_gaussian_is_one_mode_with_its_covariance():
+    mean = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    cov = torch.tensor([[1.0, 0.9, 0.0], [0.9, 1.0, 0.3], [0.0, 0.3, 4.0]], dtype=torch.float64)
+
+    def model():
+        pyro.sample("x", dist.MultivariateNormal(mean, covariance_matrix=cov))
+
+    search = find_modes(model)
+    assert len(search.modes) == 1 and search.modes[0].mass == 1.0
+    assert torch.allclose(search.modes[0].location, mean, atol=1e-6)
+    assert torch.allclose(search.modes[0].gaussian.covariance(), cov, atol=1e-6)
+
+
+def test_constrained_sites_modes_are_in_unconstrained_space():
+    """A Gamma(3, 2) site: the mode of its unconstrained log density (log x) is at
+    log(a / b) = log 1.5, and sites() gives it back constrained."""
+    def model():
+        pyro.sample("x", dist.Gamma(3.0, 2.0))
+
+    search = find_modes(model)
+    assert len(search.modes) == 1
+    assert float(search.sites(0)["x"]) == pytest.approx(1.5, rel=1e-4)
+
+
+def test_funnel_mode_is_at_its_neck():
+    """Neal's funnel with five x: log p = -v^2/18 - 5v/2 - |x|^2 / (2 e^v) is largest at x = 0,
+    v = -22.5 (a bounded maximum, so one mode, deep in the neck)."""
+    def funnel():
+        v = pyro.sample("v", dist.Normal(0.0, 3.0))
+        pyro.sample("x", dist.Normal(0.0, torch.exp(v / 2)).expand([5]).to_event(1))
+
+    search = find_modes(funnel, num_starts=4)
+    assert len(search.modes) == 1
+    assert float(search.sites(0)["v"]) == pytest.approx(-22.5, abs=1e-3)
+
+
+def test_unbounded_density_has_no_mode_and_says_so():
+    """Eight schools, centred: as tau -> 0 with every theta at mu the density grows without
+    bound, so no path converges to a maximum."""
+    y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+    def schools():
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+        with pyro.plate("j", 8):
+            theta = pyro.sample("theta", dist.Normal(mu, tau))
+            pyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+    search = find_modes(schools, num_starts=3, max_iters=100)
+    assert search.modes == []
+    assert "no local mode" in str(search)
+
+
+def label_switching_model():
+    torch.manual_seed(0)
+    y = torch.cat([torch.randn(30) * 0.5 - 4, torch.randn(30) * 0.5, torch.randn(30) * 0.5 + 4])
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0).expand([3]).to_event(1))
+        with pyro.plate("n", len(y)):
+            pyro.sample("y", dist.MixtureSameFamily(dist.Categorical(torch.ones(3) / 3),
+                                                    dist.Normal(mu, 0.5)), obs=y)
+    return model
+
+
+def test_label_switching_is_reported_as_relabellings():
+    search = find_modes(label_switching_model(), num_starts=30)
+    assert len(search.modes) == math.factorial(3)
+    assert search.relabellings() == [list(range(6))]
+    assert [m.mass for m in search.modes] == pytest.approx([1 / 6] * 6, abs=0.02)
+    assert "label switching" in str(search)
+    # draws from one copy miss the other five, each marked as a relabelling
+    held = {"mu": search.sites(0)["mu"] + 0.05 * torch.randn(500, 3)}
+    missed = missed_modes(search, held)
+    assert len(missed) == 5 and all(m.relabelling for m in missed)
+
+
+def test_missed_mode_fires_on_a_guide_in_one_mode_and_not_on_exact_draws():
+    locs, weights, cov = [[-2.0, 0.0], [2.0, 0.0]], (0.3, 0.7), 0.25 * torch.eye(2)
+    model = mixture_model(locs, weights, cov)
+    search = find_modes(model)
+    pyro.clear_param_store()
+    one_mode = AutoNormal(model, init_loc_fn=init_to_value(values={"z": torch.tensor([2., 0.])}),
+                          init_scale=0.5)
+    missed = missed_modes(search, one_mode)
+    assert len(missed) == 1
+    assert missed[0].mass == pytest.approx(0.3, abs=0.02) and missed[0].guide_mass < 0.02
+    assert float(missed[0].location["z"][0]) == pytest.approx(-2.0, abs=1e-3)
+    assert not missed[0].relabelling and "30% of the posterior" in str(missed[0])
+    assert missed_modes(search, exact_draws(locs, weights, cov, 2000)) == []
+
+
+def test_draws_of_another_model_are_refused():
+    search = find_modes(mixture_model([[-2.0, 0.0], [2.0, 0.0]], (0.5, 0.5),
+                                      0.25 * torch.eye(2)))
+    with pytest.raises(ValueError, match="latent site 'z'"):
+        missed_modes(search, {"w": torch.zeros(10, 2)})
+    with pytest.raises(ValueError, match="num_starts"):
+        find_modes(search.log_density.model, num_starts=0)
+
+
+def test_pack_inverts_unpack():
+    def model():
+        pyro.sample("s", dist.LogNormal(0.0, 1.0).expand([2]).to_event(1))
+        pyro.sample("p", dist.Dirichlet(torch.ones(3)))
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    log_density = LogDensity(model)
+    theta = torch.randn(7, log_density.dim, dtype=torch.float64)
+    values = log_density.unpack(theta)
+    assert torch.allclose(log_density.pack(values, 7).double(), theta, atol=1e-5)
