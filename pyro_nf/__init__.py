@@ -5,6 +5,8 @@
 - :class:`AmortizedFlow`: an amortized (encoder + conditional flow) guide for local latents;
 - :func:`fit`: the SVI loop; :class:`STLTrace_ELBO`: the sticking-the-landing gradient;
 - :func:`pathfinder`: Gaussian approximations along L-BFGS paths (Zhang et al., 2022);
+- :func:`find_modes`: a posterior's separated modes and their masses (``diagnose(...,
+  modes=...)`` then says which of them a guide misses);
 - :mod:`pyro_nf.diagnostics`: InferenceData, PSIS diagnostics and posterior comparison.
 """
 
@@ -19,6 +21,7 @@ from pyro_nf.infer import (
     NonFiniteLossError,
     PathfinderResult,
     STLTrace_ELBO,
+    find_modes,
     fit,
     pathfinder,
 )
@@ -55,6 +58,6 @@ __all__ = ["transforms", "available", "build_flow", "register", "available_condi
            "build_conditional_flow", "AutoFlow", "DEFAULT_FLOW",
            "AmortizedFlow", "DEFAULT_AMORTIZED_FLOW",
            "fit", "FitResult", "NonFiniteLossError", "STLTrace_ELBO", "pathfinder",
-           "PathfinderResult", "AutoPathfinder", "to_inference_data",
+           "PathfinderResult", "AutoPathfinder", "find_modes", "to_inference_data",
            "from_mcmc", "from_posteriordb", "diagnose", "compare_posteriors",
            "format_comparison", "__version__"]

@@ -162,7 +162,7 @@ def test_missed_mode_fires_on_a_guide_in_one_mode_and_not_on_exact_draws():
     search = find_modes(model)
     pyro.clear_param_store()
     one_mode = AutoNormal(model, init_loc_fn=init_to_value(values={"z": torch.tensor([2., 0.])}),
-                          init_scale=0.5)
+                          init_scale=0.45)
     missed = missed_modes(search, one_mode)
     assert len(missed) == 1
     assert missed[0].mass == pytest.approx(0.3, abs=0.02) and missed[0].guide_mass < 0.02
@@ -190,3 +190,44 @@ def test_pack_inverts_unpack():
     theta = torch.randn(7, log_density.dim, dtype=torch.float64)
     values = log_density.unpack(theta)
     assert torch.allclose(log_density.pack(values, 7).double(), theta, atol=1e-5)
+
+
+def test_diagnose_calls_a_guide_in_one_mode_unreliable_whatever_khat_says():
+    """The issue's own case: a guide in the 0.7 mode alone has a small k-hat, and only the
+    mode check says it is wrong."""
+    from pyro_nf import diagnose
+    from pyro_nf import find_modes as top_level_find_modes
+
+    locs, weights, cov = [[-2.0, 0.0], [2.0, 0.0]], (0.3, 0.7), 0.25 * torch.eye(2)
+    model = mixture_model(locs, weights, cov)
+    pyro.clear_param_store()
+    guide = AutoNormal(model, init_loc_fn=init_to_value(values={"z": torch.tensor([2., 0.])}),
+                       init_scale=0.45)
+    plain = diagnose(model, guide, num_samples=1000)
+    assert plain.verdict == "reliable" and plain.missed_modes is None
+    checked = diagnose(model, guide, num_samples=1000, modes=True)
+    assert checked.verdict == "unreliable: missed mode(s)"
+    assert len(checked.missed_modes) == 1 and "missed: a mode at z=[-2.0" in str(checked)
+    # a saved InferenceData with the search's result gives the same answer
+    from pyro_nf import to_inference_data
+
+    idata = to_inference_data(model, guide, num_samples=1000)
+    again = diagnose(idata, modes=top_level_find_modes(model))
+    assert again.verdict == checked.verdict
+    with pytest.raises(ValueError, match="carries no model"):
+        diagnose(idata, modes=True)
+
+
+def test_an_exact_guide_is_reliable_whatever_khat_fits_to_round_off():
+    """A guide equal to the target's mode component: every log weight is log 0.7 up to float32
+    round-off, a tail Pareto fit of which is meaningless."""
+    from pyro_nf import diagnose
+
+    model = mixture_model([[-2.0, 0.0], [2.0, 0.0]], (0.3, 0.7), 0.25 * torch.eye(2))
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)  # no draw of these 1000 strays to z[0] < 0.5, where the other mode adds
+    guide = AutoNormal(model, init_loc_fn=init_to_value(values={"z": torch.tensor([2., 0.])}),
+                       init_scale=0.5)
+    report = diagnose(model, guide, num_samples=1000)
+    assert report.verdict.startswith("reliable")  # k-hat's fit said 1.6 here before the rule
+    assert report.elbo == pytest.approx(math.log(0.7), abs=1e-4)
