@@ -151,7 +151,8 @@ class AnchorMixin:
                     torch.enable_grad():
                 torch.manual_seed(0)
                 anchor = find_anchor(self._centering_model, args, kwargs, init_loc,
-                                     self._anchor_method, centring)
+                                     self._anchor_method, centring,
+                                     num_paths=getattr(self, "_anchor_paths", 2))
         except Exception as error:  # noqa: BLE001 - any failure: the flow starts as before
             warnings.warn(f"AutoFlow: no Gaussian anchor ({type(error).__name__}: "
                           f"{next(iter(str(error).splitlines()), '')}); the flow starts from "

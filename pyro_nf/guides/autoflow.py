@@ -46,7 +46,6 @@ from pyro.distributions.transforms import ComposeTransform
 from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroParam
 from torch import nn
-from torch.distributions import biject_to
 
 from pyro_nf.guides.anchor import ANCHORS, AnchorMixin
 from pyro_nf.guides.centering import (
@@ -58,6 +57,7 @@ from pyro_nf.guides.centering import (
     initial_centring,
     vectorisation_problem,
 )
+from pyro_nf.guides.summaries import SummariesMixin
 from pyro_nf.infer.init import init_to_median_or_uniform
 from pyro_nf.transforms.permutation import Permutation
 from pyro_nf.transforms.registry import _expand, build_flow
@@ -111,7 +111,7 @@ class LocScale(torch.distributions.Transform):
         return torch.log(self.scale).sum(-1).expand(u.shape[:-1])
 
 
-class AutoFlow(AnchorMixin, AutoContinuous):
+class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
     """Normalizing-flow autoguide: ``AutoFlow(model)`` replaces ``AutoNormal(model)``.
 
     Args:
@@ -143,16 +143,28 @@ class AutoFlow(AnchorMixin, AutoContinuous):
             z = mu + L (loc + scale * flow(b)), starting exactly at that Gaussian.
             ``"pathfinder"`` or ``"laplace"`` force one; ``None`` starts from
             ``init_loc_fn`` and ``init_scale`` (``from_guide``: the fitted guide).
+        modes: ``1`` (default): one flow. ``"auto"`` or K: a mixture of flows, one per mode
+            :func:`~pyro_nf.find_modes` finds, each fitted from its mode and weighted by the
+            mass it covers (:mod:`pyro_nf.guides.mixture`), for separated modes.
 
     Works with ``Predictive``, ``NeuTraReparam`` (``get_base_dist``/``get_transform``),
     ``AutoGuideList``, ``poutine.block``, ``psis_diagnostic`` and the param store.
     """
+
+    def __new__(cls, model: Callable = None, flow: Any = DEFAULT_FLOW, *, modes: Any = 1,
+                **options: Any) -> AutoFlow:
+        if modes == 1:
+            return super().__new__(cls)
+        from pyro_nf.guides.mixture import AutoFlowMixture
+
+        return AutoFlowMixture(model, flow, modes=modes, **options)
 
     def __init__(
         self,
         model: Callable,
         flow: Any = DEFAULT_FLOW,
         *,
+        modes: int | str = 1,
         init_loc_fn: Callable = init_to_median_or_uniform,
         init_scale: float = 0.1,
         base: str = "diagonal",
@@ -438,54 +450,6 @@ class AutoFlow(AnchorMixin, AutoContinuous):
         prior at every call; a model that cannot be pickled, such as a lambda or a closure,
         is not saved with the guide)."""
         object.__setattr__(self, "_centering_model", model)
-
-    # ------------------------------------------------------------------ summaries
-    def sample_latent_batch(self, num_samples: int, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """``num_samples`` draws of the packed unconstrained latent z (no gradient)."""
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
-        with torch.no_grad():
-            return self.get_posterior(*args, **kwargs).sample((num_samples,))
-
-    def sample_posterior(self, num_samples: int, *args: Any, **kwargs: Any
-                         ) -> dict[str, torch.Tensor]:
-        """``num_samples`` joint draws of every latent site, in constrained space, stacked on a
-        leading sample dimension (one vectorised pass; the model runs only for the centring
-        layer, up to its last latent site)."""
-        latent = self.sample_latent_batch(num_samples, *args, **kwargs)
-        return self.unpack_batch(latent)
-
-    def unpack_batch(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Split a batch of packed unconstrained latents ``(..., D)`` into constrained site
-        values of shape ``batch + site shape``."""
-        out, pos = {}, 0
-        batch = latent.shape[:-1]
-        for name, site in self.prototype_trace.iter_stochastic_nodes():
-            shape = self._unconstrained_shapes[name]
-            size = math.prod(shape)
-            value = latent[..., pos:pos + size].reshape(batch + shape)
-            out[name] = biject_to(site["fn"].support)(value)
-            pos += size
-        return out
-
-    @torch.no_grad()
-    def quantiles(self, quantiles, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Posterior quantiles of each latent site, estimated from ``num_quantile_samples``
-        draws made with a fixed seed (so repeated calls agree). Shape ``(len(q),) + site``."""
-        devices = [self.loc.device] if self.loc.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(0)
-            samples = self.sample_posterior(self.num_quantile_samples, *args, **kwargs)
-        ref = self.loc
-        qs = torch.as_tensor(quantiles, dtype=ref.dtype, device=ref.device)
-        if qs.dim() != 1 or not bool(((qs >= 0) & (qs <= 1)).all()):
-            raise ValueError(f"quantiles must be a list of numbers in [0, 1], got {quantiles}")
-        return {name: torch.quantile(value, qs, dim=0) for name, value in samples.items()}
-
-    @torch.no_grad()
-    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Posterior median of each latent site (Monte Carlo, see :meth:`quantiles`)."""
-        return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
 
     def flow_spec(self) -> str:
         """The flow spec as a string (for reports and InferenceData attrs)."""

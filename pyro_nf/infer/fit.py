@@ -76,6 +76,10 @@ class FitResult:
     chi2: float | None = None
     anchor_khat: float | None = None
     recommendation: str | None = None
+    #: for a mixture of flows (``AutoFlow(model, modes=...)``): each component's own result
+    #: (the mixture's ``khat`` is that of the weighted mixture, ``steps`` and ``losses``
+    #: the components' together)
+    components: list | None = None
 
     @property
     def final_elbo(self) -> float:
@@ -271,6 +275,20 @@ def fit(
     Returns:
         a :class:`FitResult`.
     """
+    if hasattr(guide, "fit_components"):  # a mixture of flows: each component, then weights
+        if checkpoint is not None:
+            raise ValueError("fit: checkpoints are not supported for a mixture of flows "
+                             "(AutoFlow(modes=...)); drop checkpoint=")
+        options = dict(num_steps=num_steps, optim=optim, lr=lr, elbo=elbo,
+                       num_particles=num_particles, vectorize_particles=vectorize_particles,
+                       clip_norm=clip_norm, lr_schedule=lr_schedule, lr_decay=lr_decay,
+                       warmup_steps=warmup_steps, progress=progress, seed=seed,
+                       convergence_window=convergence_window,
+                       convergence_tol=convergence_tol,
+                       stop_when_converged=stop_when_converged, max_bad_steps=max_bad_steps,
+                       accuracy=accuracy)
+        return guide.fit_components(lambda one: fit(model, one, *args, **options, **kwargs),
+                                    args, kwargs)
     if num_steps is None:
         return _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
                                     vectorize_particles, clip_norm, seed, checkpoint or resume,

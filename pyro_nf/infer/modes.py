@@ -12,7 +12,7 @@ looks for them independently of any guide:
    Laplace at the mode it converges to; an end point where it does not converge (a path down
    a funnel's neck, along a ridge: the density has no maximum there) is no mode. Above
    ``NEWTON_MAX_DIM`` dimensions, the path's end and its Pathfinder approximation. Modes
-   within two standard deviations (in either one's Gaussian) of a higher one are the same.
+   within sqrt(D) + 1 whitened units (in either one's Gaussian) of a higher one are the same.
 3. **Each mode's mass** by importance sampling: draws from every mode's Gaussian in equal
    numbers (the equal-weight mixture as proposal), weights p / q_mixture smoothed by PSIS
    (Vehtari et al., 2024), each draw credited to the mode whose Gaussian is densest there.
@@ -140,34 +140,38 @@ class MissedMode:
 
 
 def find_modes(model: Callable, *args: Any, num_starts: int = 20, init_radius: float = 4.0,
-               max_iters: int = 300, num_draws: int = 4000, seed: int = 0, **kwargs: Any
+               max_iters: int = 100, num_draws: int = 4000, seed: int = 0, **kwargs: Any
                ) -> ModeSearch:
     """Search the posterior of ``model`` for its distinct local modes and their masses (module
     docstring). A path that comes within the region of a mode already found stops there, so a
     unimodal posterior costs about one full L-BFGS run and ``num_starts - 1`` short ones;
-    where four paths find no maximum the search ends.
+    where the first two paths find no maximum the search ends. L-BFGS only has to bring a
+    path near a mode (relative tolerance 1e-7, at most ``max_iters`` iterations): Newton's
+    method finishes it.
     Returns a :class:`ModeSearch`; one without modes where no path converged to a maximum
     (a funnel's neck, a ridge: the density is unbounded or flat along some direction)."""
     if num_starts < 1:
         raise ValueError(f"find_modes: num_starts must be at least 1, got {num_starts}")
-    log_density = LogDensity(model, *args, **kwargs)
     generator = torch.Generator().manual_seed(seed)
     modes: list[Mode] = []
     grads, reached = 0, False
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
         torch.manual_seed(seed)
+        log_density = LogDensity(model, *args, **kwargs)
         for k in range(num_starts):
             start = log_density.init.to(F64) if k == 0 else \
                 (torch.rand(log_density.dim, dtype=F64, generator=generator) * 2 - 1) * init_radius
-            path = _lbfgs_path(log_density, start.to(log_density.init.device), history=6,
-                               max_iters=max_iters, tol=1e-10, num_elbo_draws=25,
+            target = _Whitened(log_density, modes[0].gaussian) \
+                if modes and log_density.dim <= NEWTON_MAX_DIM else _Whitened(log_density)
+            path = _lbfgs_path(target, target.inverse(start.to(log_density.init.device)),
+                               history=6, max_iters=max_iters, tol=1e-7, num_elbo_draws=25,
                                generator=generator, score=log_density.dim > NEWTON_MAX_DIM,
-                               stop=lambda x: _known(modes, x))
+                               stop=lambda u, t=target: _known(modes, t.forward(u)))
             grads += path.gradient_evaluations
             reached |= path.last is not None and math.isfinite(path.last_log_density)
-            if not path.stopped:
-                _add_mode(log_density, path, modes)
-            if k >= 3 and not modes:  # four paths and no maximum: the density has none
+            if not path.stopped and path.last is not None:
+                _add_mode(log_density, target.forward(path.last), path, modes)
+            if k >= 1 and not modes:  # two paths and no maximum: the density has none
                 break
     if not reached:
         raise ValueError("find_modes: no start reached a point where the model's log density "
@@ -179,21 +183,41 @@ def find_modes(model: Callable, *args: Any, num_starts: int = 20, init_radius: f
 
 
 def _radius(dim: int) -> float:
-    """Within this whitened distance of a mode a point is in that mode's region: 2 sd in low
-    dimension, half the typical-set radius sqrt(D) in high."""
-    return max(2.0, 0.5 * math.sqrt(dim))
+    """Within this whitened distance of a mode a point is in that mode's region: inside its
+    Gaussian's typical set (radius about sqrt(D)). A second mode that close would not be a
+    separate one: the two would share their mass."""
+    return math.sqrt(dim) + 1.0
 
 
 def _known(modes: list[Mode], x: torch.Tensor) -> bool:
     return any(_whitened_distance(m.gaussian, x) < _radius(len(x)) for m in modes)
 
 
-def _add_mode(log_density: LogDensity, path: Any, modes: list[Mode]) -> None:
-    """The mode near a converged path's end, appended to ``modes`` unless it is no maximum or
-    lies in the region of one already there (in either one's Gaussian)."""
-    if path.last is None or not math.isfinite(path.last_log_density):
+class _Whitened:
+    """The log density in the coordinates u of a mode's Gaussian, x = mu + L u (the identity
+    without one): the later paths of the search run on a problem that the first mode's
+    curvature has made well conditioned, as a mass matrix does for HMC."""
+
+    def __init__(self, log_density: LogDensity, gaussian: LowRankSqrt | None = None) -> None:
+        self.log_density, self.gaussian, self.dim = log_density, gaussian, log_density.dim
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return u if self.gaussian is None else self.gaussian(u)
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.gaussian is None else self.gaussian._inverse(x)
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return self.log_density(self.forward(u))
+
+
+def _add_mode(log_density: LogDensity, end: torch.Tensor, path: Any, modes: list[Mode]
+              ) -> None:
+    """The mode near a path's end point ``end``, appended to ``modes`` unless it is no maximum
+    or lies in the region of one already there (in either one's Gaussian)."""
+    if not math.isfinite(path.last_log_density):
         return
-    found = _gaussian_at(log_density, path)
+    found = _gaussian_at(log_density, end, path)
     if found is None:
         return
     x, gaussian = found
@@ -233,14 +257,16 @@ def _newton(log_density: LogDensity, x: torch.Tensor, steps: int = 20
     return x, LowRankSqrt.dense(x, torch.cholesky_inverse(chol))
 
 
-def _gaussian_at(log_density: LogDensity, path: Any) -> tuple[torch.Tensor, LowRankSqrt] | None:
+def _gaussian_at(log_density: LogDensity, end: torch.Tensor, path: Any
+                 ) -> tuple[torch.Tensor, LowRankSqrt] | None:
     """The mode near a path's end and its Gaussian: Newton and Laplace up to
-    ``NEWTON_MAX_DIM`` dimensions, above that the path's end and Pathfinder approximation."""
+    ``NEWTON_MAX_DIM`` dimensions, above that the path's end and Pathfinder approximation
+    (those paths run unwhitened, so both are in the model's coordinates)."""
     if log_density.dim <= NEWTON_MAX_DIM:
-        return _newton(log_density, path.last)
+        return _newton(log_density, end)
     if path.approximation is None:
         return None
-    return path.last.to(F64), path.approximation
+    return end.to(F64), path.approximation
 
 
 def _whitened_distance(gaussian: LowRankSqrt, x: torch.Tensor) -> float:
