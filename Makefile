@@ -6,6 +6,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The library finds data only through explicit paths or these variables: the project's copies.
+export PYRO_NF_MNIST ?= $(abspath ../shared/data)
+export PYRO_NF_POSTERIORDB ?= $(abspath ../shared/posteriordb)
 
 .PHONY: test test-arviz1 demo lint bench bench-quick bench-layers bench-mnist bench-validate bench-venv venv clean
 

@@ -90,7 +90,7 @@ def cmd_demo(args) -> int:
     from pyro_nf.demo import run_demo
 
     run_demo(args.out, posterior=args.posterior, quick=args.quick, steps=args.steps,
-             seed=args.seed)
+             seed=args.seed, posteriordb=args.posteriordb)
     return 0
 
 
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
     p.add_argument("--steps", type=int, default=5000, help="SVI steps per guide")
     p.add_argument("--seed", type=int, default=0, help="seed of the fits and of NUTS")
+    p.add_argument("--posteriordb", default=None, help="a posteriordb checkout for the "
+                   "schools' reference draws (default: $PYRO_NF_POSTERIORDB)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("fit", help="fit AutoFlow to a model in a Python file")
     p.add_argument("target", help="FILE.py:MODEL")

@@ -2,7 +2,8 @@
 
 ``posterior="funnel"`` (the default) is Neal's funnel in 10 dimensions, v ~ N(0, 3),
 x_i ~ N(0, exp(v / 2)), whose exact draws are the reference; ``"schools"`` is eight schools
-(centered), compared against posteriordb's reference draws when ../shared/posteriordb is found.
+(centered), compared against posteriordb's reference draws when ``$PYRO_NF_POSTERIORDB``
+(or ``--posteriordb``) names a checkout.
 AutoNormal and AutoFlow are fitted with the same budget and NUTS is run briefly; the demo
 prints the ``diagnose`` verdicts and the ``compare_posteriors`` table and writes a pair plot,
 the ELBO traces and every posterior as netCDF to the output folder. ``pyro-nf demo`` and
@@ -39,16 +40,15 @@ REFERENCE = "eight_schools-eight_schools_noncentered"  # the same posterior, rep
 FUNNEL_DIM = 10
 
 
-def find_posteriordb() -> Path | None:
-    """``$PYRO_NF_POSTERIORDB``, else ``../shared/posteriordb`` beside the repository or the
-    working directory; None if absent."""
-    env = os.environ.get("PYRO_NF_POSTERIORDB")
-    candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve().parents[1]
-    candidates += [here.parent / "shared" / "posteriordb",
-                   Path.cwd().parent / "shared" / "posteriordb"]
-    return next((c for c in candidates if (c / "posterior_database").is_dir()
-                 or (c / "reference_posteriors").is_dir()), None)
+def find_posteriordb(path: str | Path | None = None) -> Path | None:
+    """A posteriordb checkout: ``path``, else ``$PYRO_NF_POSTERIORDB`` (the Makefile and the
+    tests point it at ``../shared/posteriordb``); None where neither names one."""
+    where = path if path is not None else os.environ.get("PYRO_NF_POSTERIORDB")
+    if not where:
+        return None
+    root = Path(where)
+    found = (root / "posterior_database").is_dir() or (root / "reference_posteriors").is_dir()
+    return root if found else None
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def funnel_reference(num_draws: int, dim: int = FUNNEL_DIM, seed: int = 0) -> An
 
 def run_demo(out: str | Path = "pyro-nf-demo", *, posterior: str = "funnel", quick: bool = False,
              steps: int = 5000, nuts_samples: int = 500, draws: int = 20000, seed: int = 0,
-             echo=print) -> dict[str, Any]:
+             posteriordb: str | Path | None = None, echo=print) -> dict[str, Any]:
     """Run the demo; returns the reports, the comparison table and the files written.
 
     Args:
@@ -91,6 +91,8 @@ def run_demo(out: str | Path = "pyro-nf-demo", *, posterior: str = "funnel", qui
         nuts_samples: NUTS warm-up steps and draws.
         draws: guide draws for the diagnostics (k-hat from fewer draws is noisier).
         seed: seed of the fits and of NUTS.
+        posteriordb: a posteriordb checkout for the schools' reference draws (default
+            ``$PYRO_NF_POSTERIORDB``; without one NUTS is the reference).
     """
     if posterior not in CASES:
         raise ValueError(f"demo: posterior must be one of {sorted(CASES)}, got {posterior!r}")
@@ -125,7 +127,7 @@ def run_demo(out: str | Path = "pyro-nf-demo", *, posterior: str = "funnel", qui
         posteriors["exact"] = funnel_reference(draws, seed=seed)
         reference = "exact"
     else:
-        db = find_posteriordb()
+        db = find_posteriordb(posteriordb)
         if db is not None:
             posteriors["posteriordb"] = from_posteriordb(db, REFERENCE)
             reference = "posteriordb"

@@ -8,10 +8,17 @@ on the input's device. CI has no GPU and runs on the CPU.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pyro
 import pytest
 import torch
+
+# The library finds data only through explicit paths or these variables; the tests use the
+# project's copies in ../shared beside the repository unless the caller has set them.
+_SHARED = Path(__file__).resolve().parents[2] / "shared"
+os.environ.setdefault("PYRO_NF_MNIST", str(_SHARED / "data"))
+os.environ.setdefault("PYRO_NF_POSTERIORDB", str(_SHARED / "posteriordb"))
 
 _DEVICE = os.environ.get("PYRO_NF_TEST_DEVICE")
 if _DEVICE:

@@ -96,3 +96,17 @@ def test_funnel_reference_is_exact():
     # x_i / exp(v / 2) is standard normal, independent of v
     u = x / np.exp(v / 2)[:, None]
     assert np.all(np.abs(u.std(0) - 1) < 0.01) and abs(np.corrcoef(u[:, 0], v)[0, 1]) < 0.01
+
+
+def test_posteriordb_is_found_by_explicit_path_or_variable_only(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    from pyro_nf.demo import find_posteriordb
+
+    shared = Path(os.environ["PYRO_NF_POSTERIORDB"])  # conftest: ../shared/posteriordb
+    assert find_posteriordb() == shared
+    assert find_posteriordb(tmp_path) is None  # not a checkout
+    monkeypatch.delenv("PYRO_NF_POSTERIORDB")
+    assert find_posteriordb() is None  # no ../shared guess in library code
+    assert find_posteriordb(shared) == shared

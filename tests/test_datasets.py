@@ -41,7 +41,13 @@ def test_explicit_path_dtype_and_env(tmp_path, monkeypatch, mnist):
     assert got.train.dtype == torch.float64 and got.path == small
     torch.testing.assert_close(got.test.float(), mnist.test[:5])
     monkeypatch.setenv(MNIST_ENV, str(small))
-    assert binarized_mnist().path == small  # the variable comes before ../shared/data
+    assert binarized_mnist().path == small  # without a path, the variable is where it looks
+
+
+def test_no_path_and_no_variable_says_so(monkeypatch):
+    monkeypatch.delenv(MNIST_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match=r"nowhere \(no path given and \$PYRO_NF_MNIST"):
+        binarized_mnist()
 
 
 def test_missing_file_names_every_place(tmp_path, monkeypatch):

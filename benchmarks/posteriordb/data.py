@@ -100,9 +100,9 @@ def find_root(root: str | Path | None = None) -> Path:
     if root is None:
         from pyro_nf.demo import find_posteriordb
 
-        found = find_posteriordb()
+        here = Path(__file__).resolve().parents[3] / "shared" / "posteriordb"
+        found = find_posteriordb() or find_posteriordb(here)  # the project's copy
         if found is None:
-            here = Path(__file__).resolve().parents[3] / "shared" / "posteriordb"
             raise FileNotFoundError(
                 f"posteriordb not found: expected it at {here} (or set $PYRO_NF_POSTERIORDB "
                 "or pass root=)")

@@ -23,7 +23,8 @@ _PIXELS = 784
 _WHERE = ("it is the statically binarized MNIST of Larochelle & Murray (2011), e.g. the "
           "binarized_mnist_{train,valid,test}.amat files of the public repository "
           "mingzhang-yin/ARM-gradient packed with numpy.packbits into one .npz with keys "
-          "train/valid/test; this project's copy lives in ../shared/data beside the repository")
+          "train/valid/test; pass its path or set $PYRO_NF_MNIST (this project's copy lives "
+          "in ../shared/data beside the repository)")
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,7 @@ class BinarizedMNIST:
 def _candidates(path: str | os.PathLike | None) -> list[Path]:
     if path is not None:
         return [Path(path)]
-    out = []
-    if os.environ.get(MNIST_ENV):
-        out.append(Path(os.environ[MNIST_ENV]))
-    repo = Path(__file__).resolve().parents[2]
-    out += [repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
-    return out
+    return [Path(os.environ[MNIST_ENV])] if os.environ.get(MNIST_ENV) else []
 
 
 def _resolve(candidate: Path) -> Path:
@@ -59,10 +55,9 @@ def binarized_mnist(path: str | os.PathLike | None = None, *, dtype: torch.dtype
                     device: str | torch.device | None = None) -> BinarizedMNIST:
     """Load statically binarized MNIST.
 
-    Looks, in order, at ``path`` (the ``.npz`` file or a folder holding
-    ``binarized_mnist.npz``), then ``$PYRO_NF_MNIST``, then ``../shared/data`` beside the
-    repository (and beside the working directory). An explicit ``path`` is the only place
-    looked at when given. Raises ``FileNotFoundError`` listing every place looked at, and
+    Looks at ``path`` (the ``.npz`` file or a folder holding ``binarized_mnist.npz``), else at
+    ``$PYRO_NF_MNIST`` (the Makefile and the tests point it at ``../shared/data``). Raises
+    ``FileNotFoundError`` naming the place looked at (or that none was given), and
     ``ValueError`` naming the file when its contents are not the expected splits.
 
     Returns:
@@ -72,7 +67,8 @@ def binarized_mnist(path: str | os.PathLike | None = None, *, dtype: torch.dtype
     tried = [_resolve(c) for c in _candidates(path)]
     found = next((p for p in tried if p.is_file()), None)
     if found is None:
-        looked = ", ".join(str(p) for p in tried)
+        looked = ", ".join(str(p) for p in tried) or \
+            f"nowhere (no path given and ${MNIST_ENV} is not set)"
         raise FileNotFoundError(
             f"binarized MNIST not found; looked at: {looked}. Pass path=... or set "
             f"${MNIST_ENV} to the file; {_WHERE}. Nothing is downloaded automatically.")
