@@ -68,6 +68,7 @@ GUIDES = {
     "AutoFlow planar*8": lambda m: pyro_nf.AutoFlow(m, flow="planar*8"),
     "AutoFlow spline_coupling*4": lambda m: pyro_nf.AutoFlow(m, flow="spline_coupling*4"),
     "AutoFlow (default) from Laplace": laplace_warm_start,
+    "AutoFlow (modes='auto')": lambda m: pyro_nf.AutoFlow(m, modes="auto"),
 }
 QUICK = ["kidiq-kidscore_momiq", "eight_schools-eight_schools_centered"]
 
@@ -116,8 +117,10 @@ def _fit(model, guide, steps: int, seed: int, lr: float = LR, lr_decay: float = 
 
 
 def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000,
-             lr: float = LR, lr_decay: float = LR_DECAY, auto: bool = False) -> dict:
-    """One row; with ``auto`` ``fit`` runs without num_steps (its own defaults)."""
+             lr: float = LR, lr_decay: float = LR_DECAY, auto: bool = False,
+             check_modes: bool = False) -> dict:
+    """One row; with ``auto`` ``fit`` runs without num_steps (its own defaults); with
+    ``check_modes`` also the mode search (timed apart) and the modes the fitted guide misses."""
     pyro.clear_param_store()
     model = post.model
     t0 = time.perf_counter()  # a warm start's own fit counts
@@ -152,6 +155,14 @@ def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000
     }
     out["passes"] = passes(out)
     out["why"] = "" if out["passes"] else why(out)
+    if check_modes:
+        t0 = time.perf_counter()
+        search = pyro_nf.find_modes(model)
+        out["search_seconds"] = time.perf_counter() - t0
+        out["modes_found"] = len(search.modes)
+        out["missed_modes"] = len(pyro_nf.diagnose(idata, modes=search).missed_modes)
+    if result.components is not None:
+        out["components"] = len(result.components)
     return out
 
 

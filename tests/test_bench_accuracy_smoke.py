@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -66,3 +67,16 @@ def test_time_to_accuracy_paths():
     nu = time_to_accuracy.nuts_time(time_to_accuracy.hier100_model(y32.double()),
                                     list(ref), warmup=5, samples=10)
     assert nu["seconds"] > 0 and nu["min_bulk_ess"] > 0 and nu["extrapolated"]
+
+
+def test_modes_benchmark_quick(tmp_path):
+    """One mixture, one seed: the default AutoFlow misses the 0.3 mode and the check reports
+    it; modes='auto' keeps both masses."""
+    import modes
+
+    out = tmp_path / "modes.md"
+    assert modes.main(["--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| 2-D, 0.3 / 0.7 | 0 | 0.30 / 0.70 |" in text and "Worst mass error" in text
+    row = json.loads(out.with_suffix(".json").read_text())["mixtures"][0]
+    assert row["reported"] >= row["missed"] and row["max_error"] < 0.05

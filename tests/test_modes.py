@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoNormal, init_to_value
 
 from pyro_nf.infer.logdensity import LogDensity
 from pyro_nf.infer.modes import find_modes, missed_modes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from modes import label_switching_model, mixture_model  # noqa: E402
+from test_compiled import schools  # noqa: E402
 
 
 def mixture(locs, weights, cov):
@@ -20,16 +25,6 @@ def mixture(locs, weights, cov):
     weights = torch.as_tensor(weights, dtype=torch.float32)
     components = dist.MultivariateNormal(locs, covariance_matrix=cov.expand(len(locs), -1, -1))
     return dist.MixtureSameFamily(dist.Categorical(weights), components)
-
-
-def mixture_model(locs, weights, cov):
-    """z ~ sum_k w_k N(locs[k], cov): separated modes whose masses are the weights."""
-    target = mixture(locs, weights, cov)
-
-    def model():
-        z = pyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), (len(cov),)))
-        pyro.factor("mixture", target.log_prob(z))
-    return model
 
 
 def exact_draws(locs, weights, cov, n, seed=0):
@@ -117,31 +112,9 @@ def test_funnel_mode_is_at_its_neck():
 def test_unbounded_density_has_no_mode_and_says_so():
     """Eight schools, centred: as tau -> 0 with every theta at mu the density grows without
     bound, so no path converges to a maximum."""
-    y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
-    sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
-
-    def schools():
-        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-        with pyro.plate("j", 8):
-            theta = pyro.sample("theta", dist.Normal(mu, tau))
-            pyro.sample("y", dist.Normal(theta, sigma), obs=y)
-
     search = find_modes(schools, num_starts=3, max_iters=100)
     assert search.modes == []
     assert "no local mode" in str(search)
-
-
-def label_switching_model():
-    torch.manual_seed(0)
-    y = torch.cat([torch.randn(30) * 0.5 - 4, torch.randn(30) * 0.5, torch.randn(30) * 0.5 + 4])
-
-    def model():
-        mu = pyro.sample("mu", dist.Normal(0.0, 10.0).expand([3]).to_event(1))
-        with pyro.plate("n", len(y)):
-            pyro.sample("y", dist.MixtureSameFamily(dist.Categorical(torch.ones(3) / 3),
-                                                    dist.Normal(mu, 0.5)), obs=y)
-    return model
 
 
 def test_label_switching_is_reported_as_relabellings():

@@ -66,6 +66,8 @@ class MixtureOfFlows(dist.TorchDistribution):
 
     def sample(self, sample_shape: tuple = ()) -> torch.Tensor:
         shape = torch.Size(sample_shape)
+        if len(self.components) == 1:  # the same draws as the one flow
+            return self.components[0].sample(shape)
         with torch.no_grad():
             pick = dist.Categorical(logits=self.logits).sample(shape)
             draws = torch.stack([c.sample(shape) for c in self.components], -2)
@@ -182,7 +184,8 @@ class AutoFlowMixture(SummariesMixin, AutoContinuous):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         results = [fit_one(component) for component in self.components]
-        khat = self._reweight(args, kwargs)
+        # one component: nothing to weigh, and the caller's random stream stays the default's
+        khat = self._reweight(args, kwargs) if len(results) > 1 else results[0].khat
         return dataclasses.replace(
             results[0], guide=self, components=results, khat=khat, chi2=None,
             losses=[loss for r in results for loss in r.losses],
