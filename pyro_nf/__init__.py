@@ -1,6 +1,7 @@
 """pyro-nf: normalizing-flow variational posteriors for any Pyro model.
 
-- :mod:`pyro_nf.transforms`: the flow layers and their registry;
+- :mod:`pyro_nf.transforms`: the flow layers and their registry (``available``,
+  ``build_flow``, ``register`` and their conditional forms);
 - :class:`AutoFlow`: a flow autoguide over a model's global latents;
 - :class:`AmortizedFlow`: an amortized (encoder + conditional flow) guide for local latents;
 - :func:`fit`: the SVI loop; :class:`STLTrace_ELBO`: the sticking-the-landing gradient;
@@ -25,13 +26,6 @@ from pyro_nf.infer import (
     fit,
     pathfinder,
 )
-from pyro_nf.transforms import (
-    available,
-    available_conditional,
-    build_conditional_flow,
-    build_flow,
-    register,
-)
 
 try:  # the one version string is pyproject.toml's
     __version__ = version("pyro-nf")
@@ -45,7 +39,19 @@ _LAZY = {name: "pyro_nf.diagnostics" for name in
           "from_posteriordb", "to_inference_data")}
 
 
+#: Registry functions live in :mod:`pyro_nf.transforms`; the top-level names stay one release
+#: as deprecated aliases.
+_MOVED = ("available", "build_flow", "register", "available_conditional",
+          "build_conditional_flow")
+
+
 def __getattr__(name: str):
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(f"pyro_nf.{name} is deprecated and will be removed in the next release; "
+                      f"use pyro_nf.transforms.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(transforms, name)
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
@@ -54,8 +60,7 @@ def __getattr__(name: str):
         return import_module("pyro_nf.diagnostics")
     raise AttributeError(f"module 'pyro_nf' has no attribute {name!r}")
 
-__all__ = ["transforms", "available", "build_flow", "register", "available_conditional",
-           "build_conditional_flow", "AutoFlow", "DEFAULT_FLOW",
+__all__ = ["transforms", "AutoFlow", "DEFAULT_FLOW",
            "AmortizedFlow", "DEFAULT_AMORTIZED_FLOW",
            "fit", "FitResult", "NonFiniteLossError", "STLTrace_ELBO", "pathfinder",
            "PathfinderResult", "AutoPathfinder", "find_modes", "to_inference_data",

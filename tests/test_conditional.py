@@ -395,7 +395,7 @@ def test_conditional_distribution_of_a_stack():
 
 
 def test_public_api_exports():
-    assert pyro_nf.build_conditional_flow is build_conditional_flow
-    assert pyro_nf.available_conditional is available_conditional
+    with pytest.warns(DeprecationWarning, match="pyro_nf.transforms.available_conditional"):
+        assert pyro_nf.available_conditional is available_conditional
     assert pyro_nf.transforms.build_conditional_flow is build_conditional_flow
     assert isinstance(build_conditional_layer("iaf", 3, C), ConditionalAffineAutoregressive)

@@ -193,9 +193,11 @@ def test_flow_as_pyro_guide_distribution_trains():
     assert abs(float(torch.corrcoef(z.T)[0, 1]) - 0.8) < 0.1
 
 
-def test_top_level_api():
-    assert pyro_nf.available() == available()
-    assert pyro_nf.build_flow is build_flow
+def test_registry_functions_moved_to_transforms_with_deprecated_aliases():
+    assert pyro_nf.transforms.available() == available()
+    assert "build_flow" not in pyro_nf.__all__
+    with pytest.warns(DeprecationWarning, match="use pyro_nf.transforms.build_flow"):
+        assert pyro_nf.build_flow is build_flow
 
 
 def test_importing_the_package_leaves_arviz_pandas_and_matplotlib_out():
