@@ -104,7 +104,7 @@ def cmd_fit(args) -> int:
     model = _load_model(args.target)
     data = _load_data(args.data, model)
     try:
-        guide = AutoFlow(model, flow=args.flow)
+        guide = AutoFlow(model, flow=args.flow, modes=_modes(args.modes))
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     pyro.clear_param_store()
@@ -119,9 +119,23 @@ def cmd_fit(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _arviz.to_netcdf(idata, out)
-    print(diagnose(idata, label=f"{args.target} ({args.flow})"))
+    search = None
+    if args.check_modes:
+        from pyro_nf.infer.modes import find_modes
+
+        search = getattr(guide, "search", None) or find_modes(model, **data)
+    print(diagnose(idata, label=f"{args.target} ({args.flow})", modes=search))
     print(f"\nsaved {out}")
     return 0
+
+
+def _modes(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise CLIError(f"--modes must be 'auto' or a positive integer, got {text!r}") from None
 
 
 def _read(path: str):
@@ -191,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4000, help="posterior draws to save")
     p.add_argument("--out", default="run.nc", help="InferenceData netCDF to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--modes", default="1", help="1 (one flow), 'auto' or K: a mixture of "
+                   "flows, one per mode the mode search finds")
+    p.add_argument("--check-modes", action="store_true", help="run the mode search and "
+                   "report the modes the fitted guide misses")
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser("diagnose", help="PSIS diagnostics of a saved run")
     p.add_argument("run", help="RUN.nc written by 'pyro-nf fit' or to_inference_data")

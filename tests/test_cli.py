@@ -27,6 +27,30 @@ def files(tmp_path):
     return tmp_path
 
 
+BIMODAL = '''
+import pyro, pyro.distributions as dist, torch
+
+def model(sign=1.0):
+    # y = z^2 + noise observed at 4: z near +2 or -2, equal mass
+    z = pyro.sample("z", dist.Normal(0.0, 3.0))
+    pyro.sample("y", dist.Normal(z ** 2, 0.5), obs=torch.tensor(4.0 * sign))
+'''
+
+
+def test_fit_with_modes_and_the_mode_check(tmp_path, capsys):
+    (tmp_path / "b.py").write_text(BIMODAL)
+    common = [f"{tmp_path}/b.py:model", "--steps", "200", "--samples", "500", "--quiet"]
+    assert main(["fit", *common, "--check-modes", "--out", str(tmp_path / "one.nc")]) == 0
+    out = capsys.readouterr().out
+    assert "unreliable: missed mode(s)" in out and "holds 50% of the posterior" in out
+    assert main(["fit", *common, "--modes", "auto", "--check-modes",
+                 "--out", str(tmp_path / "two.nc")]) == 0
+    out = capsys.readouterr().out
+    assert "the guide holds every mode the search found" in out
+    assert main(["fit", *common, "--modes", "two", "--out", str(tmp_path / "x.nc")]) == 1
+    assert "--modes must be 'auto' or a positive integer" in capsys.readouterr().err
+
+
 def test_fit_diagnose_compare(files, capsys):
     a, b = files / "a.nc", files / "b.nc"
     common = ["--data", str(files / "d.json"), "--steps", "30", "--samples", "200", "--quiet"]
