@@ -67,6 +67,22 @@ def check_dim(dim: object, layer: str) -> int:
     return dim
 
 
+def check_tensor(x: object, layer: str, what: str, size: int, size_name: str,
+                 ref: Tensor | None, strict_dtype: bool = False) -> None:
+    """The one input check of every layer: ``x`` a tensor whose last dimension is ``size``
+    and whose dtype is that of the layer's parameters ``ref`` (any floating input; every input
+    with ``strict_dtype``). Each error names the layer, the argument and the fix."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer}: {what} must be a torch.Tensor, got {type(x)}")
+    if x.dim() < 1 or x.shape[-1] != size:
+        raise ValueError(f"{layer}: {what} has shape {tuple(x.shape)}, but this layer was built "
+                         f"for {size_name}={size}; the last dimension of {what} must be {size}")
+    if ref is not None and ref.dtype != x.dtype and (x.is_floating_point() or strict_dtype):
+        raise TypeError(f"{layer}: {what} is {x.dtype} but the layer's parameters are "
+                        f"{ref.dtype}; convert one of them (e.g. layer.to({x.dtype}) or "
+                        f"x.to({ref.dtype}))")
+
+
 def check_permutation(perm: object, dim: int, what: str) -> Tensor:
     """Validate a permutation of ``range(dim)`` (``what`` names it in the error) and return it
     as a CPU long tensor."""
@@ -152,19 +168,7 @@ class Flow(TransformModule):
         return self.forward_and_log_det(x)[1]
 
     def _check_input(self, x: Tensor, what: str) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{self._name()}: {what} must be a torch.Tensor, got {type(x)}")
-        if x.dim() < 1 or x.shape[-1] != self.dim:
-            raise ValueError(
-                f"{self._name()}: {what} has shape {tuple(x.shape)}, but this layer was built "
-                f"for dim={self.dim}; the last dimension must be {self.dim}"
-            )
-        ref = self._reference_parameter()
-        if ref is not None and ref.dtype != x.dtype and x.is_floating_point():
-            raise TypeError(
-                f"{self._name()}: {what} is {x.dtype} but the layer's parameters are "
-                f"{ref.dtype}; convert one of them (e.g. layer.to({x.dtype}) or x.to({ref.dtype}))"
-            )
+        check_tensor(x, self._name(), what, self.dim, "dim", self._reference_parameter())
 
     def _reference_parameter(self) -> Tensor | None:
         # The first floating parameter, looked up once: ``.to()``/``.double()`` and

@@ -138,13 +138,19 @@ def _unknown(name: object) -> str:
 def build_layer(name: str, dim: int, **options: Any) -> TransformModule:
     """Build one registered layer for event size ``dim``."""
     entry = info(name)
+    check_entry_call(entry, "flow", name, dim, options)
+    return entry.constructor(dim, **options)
+
+
+def check_entry_call(entry: FlowInfo, kind: str, name: str, dim: Any, options: dict) -> None:
+    """The checks of building one registered layer (``kind``: "flow" or "conditional flow"):
+    ``dim`` at least the entry's minimum, every option one the entry accepts."""
     if isinstance(dim, int) and not isinstance(dim, bool) and dim < entry.min_dim:
-        raise ValueError(f"flow {name!r} needs dim >= {entry.min_dim}, got dim={dim}")
+        raise ValueError(f"{kind} {name!r} needs dim >= {entry.min_dim}, got dim={dim}")
     bad = [k for k in options if k not in entry.options]
     if bad:
-        raise ValueError(f"flow {name!r} has no option(s) {bad}; its options are "
+        raise ValueError(f"{kind} {name!r} has no option(s) {bad}; its options are "
                          f"{sorted(entry.options) or 'none'}")
-    return entry.constructor(dim, **options)
 
 
 FlowSpec = str | TransformModule | Callable[[int], Any] | Iterable[Any]

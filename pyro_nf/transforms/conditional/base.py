@@ -33,7 +33,7 @@ import torch
 from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 
-from pyro_nf.transforms.base import Flow, check_dim
+from pyro_nf.transforms.base import Flow, check_dim, check_tensor
 from pyro_nf.transforms.nets import MLP, _hidden_tuple
 
 Tensor = torch.Tensor
@@ -134,19 +134,9 @@ class ConditionalFlow(ConditionalTransformModule):
 
     def check_context(self, context: Tensor) -> Tensor:
         """Validate a context (a tensor of shape (..., C) of the layer's dtype); returns it."""
-        name = self._name()
-        if not isinstance(context, torch.Tensor):
-            raise TypeError(f"{name}: the context must be a torch.Tensor, got {type(context)}")
-        if context.dim() < 1 or context.shape[-1] != self.context_dim:
-            raise ValueError(
-                f"{name}: the context has shape {tuple(context.shape)}, but this layer was "
-                f"built for context_dim={self.context_dim}; the last dimension of the context "
-                f"must be {self.context_dim}")
-        ref = next((p for p in self.parameters() if p.is_floating_point()), None)
-        if ref is not None and ref.dtype != context.dtype:
-            raise TypeError(
-                f"{name}: the context is {context.dtype} but the layer's parameters are "
-                f"{ref.dtype}; convert one of them (e.g. layer.to({context.dtype}))")
+        check_tensor(context, self._name(), "the context", self.context_dim, "context_dim",
+                     next((p for p in self.parameters() if p.is_floating_point()), None),
+                     strict_dtype=True)
         return context
 
     def _name(self) -> str:

@@ -21,7 +21,13 @@ from pyro.distributions.conditional import (
 
 from pyro_nf.transforms import registry as _flows
 from pyro_nf.transforms.base import check_dim
-from pyro_nf.transforms.registry import FlowInfo, _signature_options, assemble, check_metadata
+from pyro_nf.transforms.registry import (
+    FlowInfo,
+    _signature_options,
+    assemble,
+    check_entry_call,
+    check_metadata,
+)
 
 _CONDITIONAL: dict[str, FlowInfo] = {}
 
@@ -98,12 +104,7 @@ def build_conditional_layer(name: str, dim: int, context_dim: int, **options: An
     """Build one registered conditional layer for event size ``dim`` and context size
     ``context_dim``."""
     entry = conditional_info(name)
-    if isinstance(dim, int) and not isinstance(dim, bool) and dim < entry.min_dim:
-        raise ValueError(f"conditional flow {name!r} needs dim >= {entry.min_dim}, got dim={dim}")
-    bad = [k for k in options if k not in entry.options]
-    if bad:
-        raise ValueError(f"conditional flow {name!r} has no option(s) {bad}; its options are "
-                         f"{sorted(entry.options) or 'none'}")
+    check_entry_call(entry, "conditional flow", name, dim, options)
     return entry.constructor(dim, context_dim, **options)
 
 
