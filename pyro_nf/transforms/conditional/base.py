@@ -146,6 +146,32 @@ class ConditionalFlow(ConditionalTransformModule):
         return f"dim={self.dim}, context_dim={self.context_dim}"
 
 
+class HyperResidual(ConditionalFlow):
+    """A residual layer (planar, radial) whose parameters an MLP of the context outputs per
+    data point, started at the unconditional layer's initial values for every context (zero
+    output weights, output bias = :meth:`initial`).
+
+    Args:
+        dim: the event size D.
+        context_dim: the context size C.
+        hidden: hypernetwork hidden widths (default ``clip(4 (D + C), 32, 256)`` twice; ``[]``
+            for a linear map of the context).
+        activation: hypernetwork activation.
+    """
+
+    kind = "residual"
+
+    def __init__(self, dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
+                 activation: str = "elu") -> None:
+        super().__init__(dim, context_dim)
+        self.hyper = HyperNet(context_dim, self.initial(),
+                              hyper_hidden(hidden, self.dim + context_dim), activation)
+
+    def initial(self) -> dict[str, Tensor]:
+        """The unconditional layer's initial parameters by name (the hypernetwork's outputs)."""
+        raise NotImplementedError
+
+
 class ConditionedFlow(Flow):
     """A conditional layer bound to a context h of shape (..., C): the :class:`Flow`
     x -> f(x; h), with x of shape (..., D) broadcasting against h's batch dimensions.

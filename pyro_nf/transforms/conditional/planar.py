@@ -14,11 +14,9 @@ functions, batched over data points).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from pyro_nf.transforms.conditional.base import ConditionalFlow, HyperNet, hyper_hidden
+from pyro_nf.transforms.conditional.base import HyperResidual
 from pyro_nf.transforms.conditional.registry import register_conditional
 from pyro_nf.transforms.planar import (
     planar_constrain,
@@ -35,28 +33,16 @@ ParamsT = tuple[Tensor, Tensor, Tensor, Tensor]
 @register_conditional("planar", paper="Rezende & Mohamed (2015), Variational Inference with "
                       "Normalizing Flows: planar flow, parameters amortized by a network of the "
                       "context")
-class ConditionalPlanar(ConditionalFlow):
+class ConditionalPlanar(HyperResidual):
     """Planar flow whose u, w, b are outputs of an MLP of the context (one set per data point).
 
     Initialisation: the unconditional :class:`~pyro_nf.transforms.planar.Planar`'s identity map
-    for every context (zero output weights, output bias = its initial u, w, b).
-
-    Args:
-        dim: the event size D.
-        context_dim: the context size C.
-        hidden: hypernetwork hidden widths (default ``clip(4 (D + C), 32, 256)`` twice; ``[]``
-            for a linear map of the context).
-        activation: hypernetwork activation.
+    for every context. Arguments: :class:`HyperResidual`'s.
     """
 
-    kind = "residual"
-
-    def __init__(self, dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
-                 activation: str = "elu") -> None:
-        super().__init__(dim, context_dim)
+    def initial(self) -> dict[str, Tensor]:
         u, w, b = planar_init(self.dim)
-        self.hyper = HyperNet(context_dim, {"u": u, "w": w, "b": b},
-                              hyper_hidden(hidden, self.dim + context_dim), activation)
+        return {"u": u, "w": w, "b": b}
 
     def flow_parameters(self, context: Tensor) -> ParamsT:
         """(u_hat, w, b, q) per data point, q = 1 + w^T u_hat = softplus(w^T u) >= 0."""

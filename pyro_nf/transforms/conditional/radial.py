@@ -12,11 +12,9 @@ over data points).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from pyro_nf.transforms.conditional.base import ConditionalFlow, HyperNet, hyper_hidden
+from pyro_nf.transforms.conditional.base import HyperResidual
 from pyro_nf.transforms.conditional.registry import register_conditional
 from pyro_nf.transforms.radial import radial_alpha_s, radial_forward, radial_init, radial_inverse
 
@@ -28,29 +26,16 @@ ParamsT = tuple[Tensor, Tensor, Tensor]
 @register_conditional("radial", paper="Rezende & Mohamed (2015), Variational Inference with "
                       "Normalizing Flows: radial flow, parameters amortized by a network of the "
                       "context")
-class ConditionalRadial(ConditionalFlow):
+class ConditionalRadial(HyperResidual):
     """Radial flow whose centre z0 and raw alpha, beta are outputs of an MLP of the context.
 
     Initialisation: the unconditional :class:`~pyro_nf.transforms.radial.Radial`'s identity map
-    (beta = 0) for every context.
-
-    Args:
-        dim: the event size D.
-        context_dim: the context size C.
-        hidden: hypernetwork hidden widths (default ``clip(4 (D + C), 32, 256)`` twice; ``[]``
-            for a linear map of the context).
-        activation: hypernetwork activation.
+    (beta = 0) for every context. Arguments: :class:`HyperResidual`'s.
     """
 
-    kind = "residual"
-
-    def __init__(self, dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
-                 activation: str = "elu") -> None:
-        super().__init__(dim, context_dim)
+    def initial(self) -> dict[str, Tensor]:
         z0, raw_alpha, raw_beta = radial_init(self.dim)
-        self.hyper = HyperNet(context_dim, {"z0": z0, "raw_alpha": raw_alpha,
-                                            "raw_beta": raw_beta},
-                              hyper_hidden(hidden, self.dim + context_dim), activation)
+        return {"z0": z0, "raw_alpha": raw_alpha, "raw_beta": raw_beta}
 
     def flow_parameters(self, context: Tensor) -> ParamsT:
         """(z0, alpha, s) per data point, alpha > 0 and s = alpha + beta >= 0."""
