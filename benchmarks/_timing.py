@@ -8,11 +8,14 @@ Not a script. What it provides:
   times, so that lazy set-up (prototype trace, parameter creation, Adam state) is not timed;
 * :func:`time_interleaved`: seconds per step of several contenders timed round-robin, in blocks,
   so that a change of load on a shared machine hits every contender alike;
-* :func:`machine_info` and :func:`machine_line`: the header every results file carries.
+* :func:`machine_info` and :func:`machine_line`: the header every results file carries;
+* :func:`timing_parser` and :func:`settings_overrides`: the command line every timing script
+  shares (``--quick``, ``--tiny``, ``--dims``, ``--rounds``, ``--block-seconds``, ``--out``).
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import hashlib
 import json
@@ -197,3 +200,29 @@ def write_report(out: Path | str | None, text: str, payload: Any) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def timing_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every timing script takes; each adds its own after."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--tiny", action="store_true", help="one tiny case (smoke tests)")
+    parser.add_argument("--dims", type=int, nargs="+", default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--block-seconds", type=float, default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="markdown file; the JSON goes next to it (.json)")
+    return parser
+
+
+def settings_overrides(args: argparse.Namespace, tiny: Mapping[str, Any],
+                       quick: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    """The ``Settings`` fields the command line sets: the ``--tiny``/``--quick`` presets, then
+    ``--dims``, ``--rounds``, ``--block-seconds`` and the script's own ``names`` (tuples for
+    list options)."""
+    overrides: dict[str, Any] = dict(tiny if args.tiny else quick if args.quick else {})
+    for name in ("dims", "rounds", "block_seconds", *names):
+        value = getattr(args, name)
+        if value:
+            overrides[name] = tuple(value) if isinstance(value, list) else value
+    return overrides

@@ -58,7 +58,9 @@ from _timing import (  # noqa: E402  (benchmarks/ is not a package)
     machine_line,
     make_model,
     prepare_svi,
+    settings_overrides,
     time_interleaved,
+    timing_parser,
     write_report,
 )
 
@@ -287,16 +289,9 @@ def run(settings: Settings, *, verbose: bool = True,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="D in {10, 100}, few steps")
-    parser.add_argument("--tiny", action="store_true", help="one tiny case (smoke tests)")
-    parser.add_argument("--dims", type=int, nargs="+", default=None)
+    parser = timing_parser(__doc__, "D in {10, 100}, few steps")
     parser.add_argument("--guides", nargs="+", choices=list(GUIDES), default=None)
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--block-seconds", type=float, default=None)
     parser.add_argument("--mem-steps", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="markdown file; the JSON goes next to it (.json)")
     parser.add_argument("--memory-worker", nargs=3, metavar=("GUIDE", "D", "STEPS"),
                         default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -304,14 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         key, dim, steps = args.memory_worker
         print(json.dumps(memory_worker(key, int(dim), int(steps))))
         return 0
-    overrides: dict[str, Any] = dict(TINY if args.tiny else QUICK if args.quick else {})
-    for name in ("rounds", "block_seconds", "mem_steps"):
-        if getattr(args, name):
-            overrides[name] = getattr(args, name)
-    if args.dims:
-        overrides["dims"] = tuple(args.dims)
-    if args.guides:
-        overrides["guides"] = tuple(args.guides)
+    overrides = settings_overrides(args, TINY, QUICK, "mem_steps", "guides")
     settings = Settings(**overrides)
     command = "python benchmarks/scaling.py " + " ".join(
         argv if argv is not None else sys.argv[1:])

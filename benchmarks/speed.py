@@ -38,7 +38,6 @@ cache, never by inversion. Targets: pyro-nf <= 1.0x Pyro and <= 1.2x zuko.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import sys
@@ -63,7 +62,9 @@ from _timing import (  # noqa: E402  (benchmarks/ is not a package)
     machine_line,
     make_model,
     prepare_svi,
+    settings_overrides,
     time_interleaved,
+    timing_parser,
     write_report,
 )
 
@@ -296,26 +297,11 @@ def run(settings: Settings, *, use_zuko: bool = True, verbose: bool = True,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="D in {10, 100}, short blocks")
-    parser.add_argument("--tiny", action="store_true", help="one tiny case (smoke tests)")
-    parser.add_argument("--dims", type=int, nargs="+", default=None)
+    parser = timing_parser(__doc__, "D in {10, 100}, short blocks")
     parser.add_argument("--flows", nargs="+", choices=FLOWS, default=None)
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--block-seconds", type=float, default=None)
     parser.add_argument("--no-zuko", action="store_true", help="leave zuko out")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="markdown file; the JSON goes next to it (.json)")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = dict(TINY if args.tiny else QUICK if args.quick else {})
-    if args.dims:
-        overrides["dims"] = tuple(args.dims)
-    if args.flows:
-        overrides["flows"] = tuple(args.flows)
-    if args.rounds:
-        overrides["rounds"] = args.rounds
-    if args.block_seconds:
-        overrides["block_seconds"] = args.block_seconds
+    overrides = settings_overrides(args, TINY, QUICK, "flows")
     settings = Settings(**overrides)
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text, payload = run(settings, use_zuko=not args.no_zuko, command=command.strip())
