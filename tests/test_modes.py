@@ -204,3 +204,20 @@ def test_an_exact_guide_is_reliable_whatever_khat_fits_to_round_off():
     report = diagnose(model, guide, num_samples=1000)
     assert report.verdict.startswith("reliable")  # k-hat's fit said 1.6 here before the rule
     assert report.elbo == pytest.approx(math.log(0.7), abs=1e-4)
+
+
+def test_high_dimensional_modes_masses_and_the_unreliable_mass_fallback():
+    """At D = 250 Newton still checks each mode (masses exact); at D = 1200 the modes'
+    Gaussians are Pathfinder's, the mass estimate's k-hat says they are poor, and then every
+    mode a guide misses is reported, whatever its estimated mass."""
+    for dim, reliable in ((250, True), (1200, False)):
+        locs = [[-1.0] * dim, [1.0] * dim]
+        search = find_modes(mixture_model(locs, (0.3, 0.7), 0.25 * torch.eye(dim)))
+        assert len(search.modes) == 2 and search.masses_reliable is reliable
+        if reliable:
+            assert by_location(search, [[-1.0] * dim, [1.0] * dim]) == pytest.approx(
+                [0.3, 0.7], abs=0.02)
+        light = {"z": torch.full((200, dim), -1.0) + 0.5 * torch.randn(200, dim)}
+        missed = missed_modes(search, light)
+        assert [round(float(m.location["z"].mean())) for m in missed] == [1]
+        assert ("uncertain share" in str(missed[0])) is not reliable

@@ -136,9 +136,9 @@ class AutoFlowMixture(SummariesMixin, AutoContinuous):
         """Indices of the modes that get a component: the heaviest ``modes`` (an integer), or
         those with at least ``min_mass`` up to ``max_modes`` (``"auto"``)."""
         order = list(range(len(self.search.modes)))  # by decreasing mass already
-        if self._modes == "auto":
-            return [k for k in order if self.search.modes[k].mass >= self._min_mass][
-                :self._max_modes]
+        if self._modes == "auto":  # unreliable masses: every mode, the fit weighs them
+            floor = self._min_mass if self.search.masses_reliable else -1.0
+            return [k for k in order if self.search.modes[k].mass >= floor][:self._max_modes]
         if len(order) < self._modes:
             import warnings
 

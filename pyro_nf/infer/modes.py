@@ -6,16 +6,17 @@ looks for them independently of any guide:
 
 1. **Multi-start L-BFGS** in the packed unconstrained space (float64): the model's initial
    point and ``num_starts - 1`` starts drawn uniformly from ``[-init_radius, init_radius]^D``
-   (Stan's rule, widened), each run to convergence by the L-BFGS of
-   :mod:`pyro_nf.infer.quasi_newton`.
-2. **A Gaussian per mode**: Newton's method with the exact Hessian from each end point, and
-   Laplace at the mode it converges to; an end point where it does not converge (a path down
-   a funnel's neck, along a ridge: the density has no maximum there) is no mode. Above
-   ``NEWTON_MAX_DIM`` dimensions, the path's end and its Pathfinder approximation. Modes
-   within sqrt(D) + 1 whitened units (in either one's Gaussian) of a higher one are the same.
+   (Stan's rule, widened), by the L-BFGS of :mod:`pyro_nf.infer.quasi_newton`; the later
+   paths whitened by the first mode's Gaussian, each stopped on reaching a known mode.
+2. **A Gaussian per mode**: Newton's method with the exact Hessian from each end point (up to
+   ``NEWTON_MAX_DIM`` dimensions; above, the path's Pathfinder approximation), and Laplace at
+   the mode it converges to; an end point where it does not converge (a path down a funnel's
+   neck, along a ridge: the density has no maximum there) is no mode. Modes within sqrt(D) + 1
+   whitened units (in either one's Gaussian) of a higher one are the same.
 3. **Each mode's mass** by importance sampling: draws from every mode's Gaussian in equal
    numbers (the equal-weight mixture as proposal), weights p / q_mixture smoothed by PSIS
-   (Vehtari et al., 2024), each draw credited to the mode whose Gaussian is densest there.
+   (Vehtari et al., 2024), each draw credited to the mode whose Gaussian is densest there;
+   k-hat >= 0.7 marks the masses unreliable.
 
 :func:`missed_modes` then credits a guide's draws to the modes in the same way and reports the
 modes that hold a noticeable share of the posterior but almost none of the guide.
@@ -34,7 +35,11 @@ from pyro_nf.infer.logdensity import LogDensity
 from pyro_nf.infer.quasi_newton import LowRankSqrt, _lbfgs_path, normal_of
 
 F64 = torch.float64
-NEWTON_MAX_DIM = 200  # exact Hessians cost D backward passes each; above, Pathfinder's
+#: Newton with exact Hessians (D backward passes each) up to this dimension, above it the
+#: path's Pathfinder Gaussian; above ``MANY_NEWTON_DIM`` only a few Newton steps, from an end
+#: point that L-BFGS has already brought close.
+NEWTON_MAX_DIM = 1000
+MANY_NEWTON_DIM = 200
 
 
 @dataclass
@@ -69,6 +74,13 @@ class ModeSearch:
         """Mode ``k``'s location as constrained site values."""
         return {name: v.detach() for name, v in
                 self.log_density.unpack(self.modes[k].location).items()}
+
+    @property
+    def masses_reliable(self) -> bool:
+        """False where the mass estimate's k-hat is 0.7 or more (the modes' Gaussians are poor
+        proposals, as Pathfinder's can be above ``NEWTON_MAX_DIM``): then every mode counts as
+        possibly heavy."""
+        return not self.khat >= 0.7
 
     def relabellings(self) -> list[list[int]]:
         """Groups (of two or more) of modes that are relabellings of one another: the same
@@ -129,9 +141,11 @@ class MissedMode:
     mass: float
     guide_mass: float
     relabelling: bool = False
+    mass_reliable: bool = True
 
     def __str__(self) -> str:
-        text = (f"a mode at {_where(self.location)} holds {self.mass:.0%} of the posterior but "
+        held = f"{self.mass:.0%}" if self.mass_reliable else "an uncertain share"
+        text = (f"a mode at {_where(self.location)} holds {held} of the posterior but "
                 f"{self.guide_mass:.1%} of the guide")
         if self.relabelling:
             text += (" (a relabelling of a mode the guide holds: label switching; summaries "
@@ -263,7 +277,7 @@ def _gaussian_at(log_density: LogDensity, end: torch.Tensor, path: Any
     ``NEWTON_MAX_DIM`` dimensions, above that the path's end and Pathfinder approximation
     (those paths run unwhitened, so both are in the model's coordinates)."""
     if log_density.dim <= NEWTON_MAX_DIM:
-        return _newton(log_density, end)
+        return _newton(log_density, end, 20 if log_density.dim <= MANY_NEWTON_DIM else 3)
     if path.approximation is None:
         return None
     return end.to(F64), path.approximation
@@ -307,7 +321,9 @@ def missed_modes(search: ModeSearch, draws: Any, *args: Any, num_draws: int = 20
     ``max_guide_mass`` of the draws, with their locations and masses. ``draws``: a fitted
     guide of any kind (ours or Pyro's; ``num_draws`` are taken with ``*args, **kwargs``), an
     InferenceData or a dict of constrained site values of shape (N, *site shape). A missed
-    mode that is a relabelling of one the draws hold (label switching) is marked so."""
+    mode that is a relabelling of one the draws hold (label switching) is marked so. Where
+    the search's masses are unreliable (``masses_reliable``) every mode the draws miss is
+    reported, whatever its estimated mass."""
     values = _draw_values(draws, num_draws, args, kwargs)
     n = len(next(iter(values.values())))
     try:
@@ -320,12 +336,14 @@ def missed_modes(search: ModeSearch, draws: Any, *args: Any, num_draws: int = 20
     owner = search.nearest(z)
     shares = [float((owner == k).double().mean()) for k in range(len(search.modes))]
     groups = search.relabellings()
+    heavy = (lambda mass: mass >= min_mass) if search.masses_reliable else (lambda mass: True)
     out = []
     for k, mode in enumerate(search.modes):
-        if mode.mass >= min_mass and shares[k] < max_guide_mass:
+        if heavy(mode.mass) and shares[k] < max_guide_mass:
             kin = next((g for g in groups if k in g), [])
             held = any(shares[j] >= max_guide_mass for j in kin if j != k)
-            out.append(MissedMode(search.sites(k), mode.mass, shares[k], held))
+            out.append(MissedMode(search.sites(k), mode.mass, shares[k], held,
+                                  mass_reliable=search.masses_reliable))
     return out
 
 
