@@ -202,21 +202,16 @@ class AutoFlowMixture(SummariesMixin, AutoContinuous):
         mixture's own importance weights."""
         from pyro_nf.diagnostics import _arviz
         from pyro_nf.infer.logdensity import LogDensity
+        from pyro_nf.infer.modes import balance_masses
 
         log_density = LogDensity(self._raw_model, *args, **kwargs)
         posteriors = [c.get_posterior(*args, **kwargs) for c in self.components]
-        z = torch.cat([q.sample((WEIGHT_DRAWS,)) for q in posteriors])
-        log_q = torch.stack([q.log_prob(z) for q in posteriors], -1).double()
-        log_p = log_density(z).double()
         k = len(posteriors)
-        log_w = log_p - (log_q.logsumexp(-1) - math.log(k))
-        finite = torch.isfinite(log_w)
-        if k > 1 and int(finite.sum()) > 10:
-            smoothed, _ = _arviz.psis(log_w[finite].cpu().numpy())
-            w = torch.from_numpy(smoothed).exp()
-            owner = log_q[finite].argmax(-1).cpu()
-            mass = torch.stack([w[owner == j].sum() for j in range(k)]) / w.sum()
-            self.logits.copy_(mass.clamp_min(1e-12).log().to(self.logits))
+        z = torch.cat([q.sample((WEIGHT_DRAWS,)) for q in posteriors])
+        masses, _ = balance_masses(log_density(z),
+                                   torch.stack([q.log_prob(z) for q in posteriors], -1))
+        if masses is not None:
+            self.logits.copy_(masses.clamp_min(1e-12).log().to(self.logits))
         fitted = MixtureOfFlows(self.logits, posteriors)
         z = fitted.sample((WEIGHT_DRAWS * k,))
         own = log_density(z).double() - fitted.log_prob(z).double()

@@ -292,8 +292,6 @@ def _whitened_distance(gaussian: LowRankSqrt, x: torch.Tensor) -> float:
 def _masses(log_density: LogDensity, modes: list[Mode], num_draws: int,
             generator: torch.Generator) -> float:
     """Fill in each mode's mass (module docstring, 3); return the weights' k-hat."""
-    from pyro_nf.diagnostics import _arviz
-
     if len(modes) <= 1:
         for mode in modes:
             mode.mass = 1.0
@@ -301,16 +299,36 @@ def _masses(log_density: LogDensity, modes: list[Mode], num_draws: int,
     per = max(1, num_draws // len(modes))
     draws = torch.cat([m.gaussian(torch.randn(per, len(m.location), dtype=F64,
                                               generator=generator)) for m in modes])
-    scores = torch.stack([normal_of(m.gaussian).log_prob(draws) for m in modes], -1)
-    log_q = torch.logsumexp(scores, -1) - math.log(len(modes))
-    log_w = log_density(draws).to(F64) - log_q
+    log_q = torch.stack([normal_of(m.gaussian).log_prob(draws) for m in modes], -1)
+    masses, khat = balance_masses(log_density(draws), log_q)
+    for mode in modes:  # too few finite weights to say: equal, flagged by k-hat inf
+        mode.mass = 1.0 / len(modes)
+    for mode, mass in zip(modes, [] if masses is None else masses.tolist()):
+        mode.mass = mass
+    return khat
+
+
+def balance_masses(log_p: torch.Tensor, log_q: torch.Tensor
+                   ) -> tuple[torch.Tensor | None, float]:
+    """Each of K components' share of the posterior mass, from draws made in equal numbers
+    from every component: ``log_p`` (N,) the model's log density at the draws, ``log_q``
+    (N, K) every component's. Weights p / mean_k q_k (the balance heuristic of multiple
+    importance sampling, Veach & Guibas, 1995), PSIS-smoothed, each draw credited to the
+    component densest there. Returns the K masses (None, with k-hat inf, where fewer than
+    ten weights are finite) and the weights' k-hat."""
+    from pyro_nf.diagnostics import _arviz
+
+    log_p, log_q = log_p.detach().double().cpu(), log_q.detach().double().cpu()
+    k = log_q.shape[-1]
+    log_w = log_p - (log_q.logsumexp(-1) - math.log(k))
     finite = torch.isfinite(log_w)
+    if int(finite.sum()) < 10:
+        return None, math.inf
     smoothed, khat = _arviz.psis(log_w[finite].numpy())
     weights = torch.from_numpy(smoothed).exp()
-    owner = scores[finite].argmax(-1)
-    for k, mode in enumerate(modes):
-        mode.mass = float(weights[owner == k].sum() / weights.sum())
-    return float(khat)
+    owner = log_q[finite].argmax(-1)
+    masses = torch.stack([weights[owner == j].sum() for j in range(k)]) / weights.sum()
+    return masses, float(khat)
 
 
 @torch.no_grad()
