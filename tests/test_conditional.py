@@ -125,7 +125,7 @@ def test_register_conditional_adds_a_layer_and_needs_metadata_without_a_twin():
         flow = build_conditional_flow(["cond_shift_test", "planar"], 3, C, scale=2.0)
         assert len(flow.transforms) == 2
     finally:
-        cond_registry._CONDITIONAL.pop("cond_shift_test")
+        cond_registry._REGISTRY.pop("cond_shift_test")
     with pytest.raises(ValueError, match="no unconditional twin"):
         register_conditional("no_twin_here", paper="x")
 

@@ -67,6 +67,14 @@ def check_dim(dim: object, layer: str) -> int:
     return dim
 
 
+def check_context_dim(context_dim: object, layer: str) -> int:
+    """Validate a conditional layer's (or flow's) context size and return it as an int."""
+    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+        raise ValueError(f"{layer}: context_dim must be a positive integer, got "
+                         f"{context_dim!r}")
+    return context_dim
+
+
 def check_tensor(x: object, layer: str, what: str, size: int, size_name: str,
                  ref: Tensor | None, strict_dtype: bool = False) -> None:
     """The one input check of every layer: ``x`` a tensor whose last dimension is ``size``

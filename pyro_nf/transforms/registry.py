@@ -1,9 +1,11 @@
 """One registry of flow layers, and the spec builder that composes them.
 
 Every layer family registers a constructor ``f(dim, **options) -> TransformModule`` under a name
-with its metadata (paper, exact or numerical inverse, volume preserving, kind). The registry
-drives :func:`build_flow`, the CLI's ``pyro-nf flows`` table and the test battery: registering a
-layer is enough to have it tested.
+with its metadata (paper, exact or numerical inverse, volume preserving, kind), and, where it has
+one, its conditional form ``f(dim, context_dim, **options)`` under the same name
+(:func:`register_conditional`; the entry's ``conditional`` field). The registry drives
+:func:`build_flow` (conditional with ``context_dim``), the CLI's ``pyro-nf flows`` table and the
+test batteries: registering a layer is enough to have it tested.
 """
 
 from __future__ import annotations
@@ -11,11 +13,17 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from pyro.distributions.conditional import (
+    ConditionalComposeTransformModule,
+    ConditionalTransform,
+)
 from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
+
+from pyro_nf.transforms.base import check_context_dim, check_dim
 
 #: Kinds of layer. Coupling and autoregressive layers only mix dimensions in one direction, so
 #: :func:`build_flow` puts a permutation between two consecutive ones.
@@ -25,10 +33,15 @@ _MIXING_KINDS = ("coupling", "autoregressive")
 
 @dataclass(frozen=True)
 class FlowInfo:
-    """Metadata of a registered flow layer."""
+    """Metadata of a registered flow layer.
+
+    ``conditional`` is the metadata of the layer's conditional form (its constructor
+    ``f(dim, context_dim, **options)``, paper and options), None where it has none. An entry
+    registered only in conditional form has ``constructor`` None.
+    """
 
     name: str
-    constructor: Callable[..., TransformModule]
+    constructor: Callable[..., TransformModule] | None
     paper: str
     inverse: str
     kind: str
@@ -36,37 +49,44 @@ class FlowInfo:
     min_dim: int = 1
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    conditional: FlowInfo | None = None
 
     def accepts(self, option: str) -> bool:
         return option in self.options
 
     @property
     def conditional_twin(self) -> bool:
-        """Whether a conditional layer of the same name is registered
-        (:func:`pyro_nf.transforms.available_conditional`)."""
-        from pyro_nf.transforms.conditional.registry import available_conditional
-
-        return self.name in available_conditional()
+        """Whether the layer has a conditional form (:func:`available_conditional`)."""
+        return self.conditional is not None
 
 
+#: name -> entry; an entry with ``constructor`` None exists only in conditional form.
 _REGISTRY: dict[str, FlowInfo] = {}
+
+
+def _plain() -> dict[str, FlowInfo]:
+    """The entries with a plain (unconditional) constructor."""
+    return {name: e for name, e in _REGISTRY.items() if e.constructor is not None}
+
+
+def _conditional() -> dict[str, FlowInfo]:
+    """The conditional forms, by name."""
+    return {name: e.conditional for name, e in _REGISTRY.items() if e.conditional is not None}
 
 
 def _signature_options(fn: Callable, positional: int = 1) -> dict[str, Any]:
     """The options of a constructor: its parameters after the first ``positional`` ones (dim,
     and context_dim for conditional layers), with their defaults."""
     params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
-    out = {}
-    for p in params[positional:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        name = p.name
-        out[name] = None if p.default is inspect.Parameter.empty else p.default
-    return out
+    return {p.name: None if p.default is p.empty else p.default for p in params[positional:]
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def check_metadata(inverse: str, kind: str) -> None:
-    """The checks every registry (plain or conditional) applies to a layer's metadata."""
+def check_metadata(inverse: str, kind: str, name: str | None = None) -> None:
+    """The checks of a layer's metadata (plain or conditional form) and, if given, name."""
+    if name is not None and (not isinstance(name, str)
+                             or not re.fullmatch(r"[a-z][a-z0-9_]*", name)):
+        raise ValueError(f"flow name must match [a-z][a-z0-9_]*, got {name!r}")
     if inverse not in ("exact", "numerical"):
         raise ValueError(f"inverse must be 'exact' or 'numerical', got {inverse!r}")
     if kind not in KINDS:
@@ -102,44 +122,140 @@ def register(
         min_dim: the smallest event dimension the layer supports.
         overwrite: allow replacing an existing entry.
     """
-    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise ValueError(f"flow name must match [a-z][a-z0-9_]*, got {name!r}")
-    check_metadata(inverse, kind)
+    check_metadata(inverse, kind, name)
 
     def decorator(fn: Callable[..., TransformModule]) -> Callable[..., TransformModule]:
-        if name in _REGISTRY and not overwrite:
+        old = _REGISTRY.get(name)
+        if old is not None and old.constructor is not None and not overwrite:
             raise ValueError(f"a flow named {name!r} is already registered; pass overwrite=True")
-        options = _signature_options(fn.__init__ if inspect.isclass(fn) else fn)
-        _REGISTRY[name] = FlowInfo(name, fn, paper, inverse, kind, volume_preserving, min_dim,
-                                   description or (inspect.getdoc(fn) or "").split("\n")[0],
-                                   options)
+        # a conditional form registered before (or with) the plain layer stays attached
+        _REGISTRY[name] = replace(_entry(name, fn, paper, inverse, kind, volume_preserving,
+                                         min_dim, description),
+                                  conditional=old.conditional if old is not None else None)
+        return fn
+
+    return decorator
+
+
+def _entry(name: str, fn: Callable[..., Any], paper: str, inverse: str, kind: str,
+           volume_preserving: bool, min_dim: int, description: str,
+           positional: int = 1) -> FlowInfo:
+    """The metadata of constructor ``fn``: its options are its parameters after the first
+    ``positional`` ones, its description defaults to its docstring's first line."""
+    options = _signature_options(fn.__init__ if inspect.isclass(fn) else fn, positional)
+    return FlowInfo(name, fn, paper, inverse, kind, volume_preserving, min_dim,
+                    description or (inspect.getdoc(fn) or "").split("\n")[0], options)
+
+
+def register_conditional(
+    name: str,
+    *,
+    paper: str,
+    inverse: str | None = None,
+    kind: str | None = None,
+    volume_preserving: bool | None = None,
+    min_dim: int | None = None,
+    description: str = "",
+    overwrite: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering the conditional form ``f(dim, context_dim, **options)`` (returning
+    a :class:`~pyro.distributions.conditional.ConditionalTransformModule`) of layer ``name``.
+
+    ``inverse``, ``kind``, ``volume_preserving`` and ``min_dim`` default to those of the plain
+    layer of the same name, whose entry the conditional form is attached to; without a plain
+    layer they must be given, and the name exists only in conditional form.
+
+    Args:
+        name: the spec name, normally the plain layer's.
+        paper: the references (the layer and its amortization).
+        overwrite: allow replacing an existing conditional form.
+    """
+    twin = _plain().get(name)
+
+    def pick(value: Any, attr: str) -> Any:
+        if value is not None:
+            return value
+        if twin is None:
+            raise ValueError(f"conditional flow {name!r} has no unconditional twin to take "
+                             f"{attr!r} from; pass {attr}= explicitly")
+        return getattr(twin, attr)
+
+    inverse, kind = pick(inverse, "inverse"), pick(kind, "kind")
+    volume_preserving = pick(volume_preserving, "volume_preserving")
+    min_dim = pick(min_dim, "min_dim")
+    check_metadata(inverse, kind, name)
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        old = _REGISTRY.get(name)
+        if old is not None and old.conditional is not None and not overwrite:
+            raise ValueError(f"a conditional flow named {name!r} is already registered; pass "
+                             "overwrite=True")
+        form = _entry(name, fn, paper, inverse, kind, volume_preserving, min_dim, description,
+                      positional=2)
+        if old is None or old.constructor is None:  # conditional only
+            _REGISTRY[name] = replace(form, constructor=None, conditional=form)
+        else:
+            _REGISTRY[name] = replace(old, conditional=form)
         return fn
 
     return decorator
 
 
 def available() -> list[str]:
-    """The registered flow names, sorted."""
-    return sorted(_REGISTRY)
+    """The registered flow names (those with a plain form), sorted."""
+    return sorted(_plain())
+
+
+def available_conditional() -> list[str]:
+    """The names of the layers with a conditional form, sorted."""
+    return sorted(_conditional())
 
 
 def info(name: str) -> FlowInfo:
-    """The metadata of flow ``name``."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(_unknown(name)) from None
+    """The metadata of flow ``name`` (its conditional form's in ``.conditional``)."""
+    entry = _plain().get(name)
+    if entry is None:
+        raise ValueError(_unknown(name))
+    return entry
+
+
+def conditional_info(name: str) -> FlowInfo:
+    """The metadata of the conditional form of flow ``name``."""
+    entry = _conditional().get(name)
+    if entry is None:
+        raise ValueError(_unknown_conditional(name))
+    return entry
 
 
 def _unknown(name: object) -> str:
+    if name in _conditional():
+        return (f"flow {name!r} exists only in conditional form; pass context_dim (e.g. "
+                f"build_flow({name!r}, dim, context_dim=C))")
     return f"unknown flow {name!r}; available flows: {', '.join(available())}"
 
 
-def build_layer(name: str, dim: int, **options: Any) -> TransformModule:
-    """Build one registered layer for event size ``dim``."""
+def _unknown_conditional(name: object) -> str:
+    return (f"unknown conditional flow {name!r}; available conditional flows: "
+            f"{', '.join(available_conditional())}")
+
+
+def build_layer(name: str, dim: int, context_dim: int | None = None,
+                **options: Any) -> TransformModule:
+    """Build one registered layer for event size ``dim``; with ``context_dim``, its
+    conditional form for context size ``context_dim`` (:func:`build_conditional_layer`)."""
+    if context_dim is not None:
+        return build_conditional_layer(name, dim, context_dim, **options)
     entry = info(name)
     check_entry_call(entry, "flow", name, dim, options)
     return entry.constructor(dim, **options)
+
+
+def build_conditional_layer(name: str, dim: int, context_dim: int, **options: Any) -> Any:
+    """Build the conditional form of layer ``name`` for event size ``dim`` and context size
+    ``context_dim``."""
+    entry = conditional_info(name)
+    check_entry_call(entry, "conditional flow", name, dim, options)
+    return entry.constructor(dim, context_dim, **options)
 
 
 def check_entry_call(entry: FlowInfo, kind: str, name: str, dim: Any, options: dict) -> None:
@@ -160,14 +276,11 @@ _GRAMMAR = ("a flow spec is a name ('maf'), a repeated name ('planar*8'), a list
             "(name, options) pairs or modules, or a callable dim -> module(s)")
 
 
-def _expand(spec: Any, entries: Mapping[str, FlowInfo] | None = None,
-            unknown: Callable[[object], str] = _unknown,
+def _expand(spec: Any, entries: Mapping[str, FlowInfo], unknown: Callable[[object], str],
             ) -> list[tuple[str | None, dict[str, Any] | TransformModule | Callable]]:
     """Flatten a spec into ``(name, options)`` items and ``(None, module_or_callable)`` items,
-    with names looked up in ``entries`` (default: this registry; the conditional registry
-    passes its own, and ``unknown`` for its error message)."""
-    if entries is None:
-        entries = _REGISTRY
+    with names looked up in ``entries`` (the plain or the conditional forms) and ``unknown``
+    giving the error message of a name not there."""
     if isinstance(spec, TransformModule):
         return [(None, spec)]
     if isinstance(spec, str):
@@ -197,14 +310,20 @@ def _kind_of(module: Any) -> str | None:
     return getattr(module, "kind", None)
 
 
-def build_flow(spec: FlowSpec, dim: int, *, permutation: str | None = "reverse", seed: int = 0,
-               **options: Any) -> ComposeTransformModule:
-    """Compose the layers named by ``spec`` for event size ``dim``.
+def build_flow(spec: FlowSpec, dim: int, *, context_dim: int | None = None,
+               permutation: str | None = "reverse", seed: int = 0,
+               **options: Any) -> ComposeTransformModule | ConditionalComposeTransformModule:
+    """Compose the layers named by ``spec`` for event size ``dim``; with ``context_dim``, their
+    conditional forms for context size ``context_dim``.
 
     Args:
         spec: ``"planar*8"``; ``["realnvp", "reverse"] * 4``; ``[("maf", {"hidden": 64})]``;
-            a ``TransformModule``; or a callable ``dim -> module or list of modules``.
+            a ``TransformModule``; or a callable ``dim -> module or list of modules``
+            (``(dim, context_dim) -> ...`` with ``context_dim``; conditional modules and plain
+            transforms, used for every context, mix with names).
         dim: the event size D.
+        context_dim: the context size C: build the conditional flow, whose ``.condition(h)`` is
+            the flow for a context h of shape (..., C). None (default): a plain flow.
         permutation: how two consecutive coupling/autoregressive layers that have no other
             layer between them are mixed: ``"reverse"``, ``"random"`` (seeded by ``seed`` and
             the position) or ``None`` for no mixing. Between two autoregressive layers the
@@ -215,26 +334,50 @@ def build_flow(spec: FlowSpec, dim: int, *, permutation: str | None = "reverse",
             option that no layer in the spec accepts is an error.
 
     Returns:
-        a :class:`~pyro.distributions.torch_transform.ComposeTransformModule` of the layers.
+        a :class:`~pyro.distributions.torch_transform.ComposeTransformModule` of the layers, or
+        with ``context_dim`` a
+        :class:`~pyro.distributions.conditional.ConditionalComposeTransformModule`.
+
+    Raises:
+        ValueError: an unknown name (the message lists the flows of the asked form), a
+            malformed spec, an option no layer accepts, or a bad ``dim``/``context_dim``.
     """
-    from pyro_nf.transforms.base import check_dim
-
     check_dim(dim, "build_flow")
-
-    def other(payload: Any) -> list[Any]:
-        built = payload if isinstance(payload, TransformModule) else payload(dim)
-        mods = list(built) if isinstance(built, (list, tuple)) else [built]
-        for mod in mods:
-            if not isinstance(mod, torch.distributions.Transform):
-                raise ValueError(f"a callable flow spec returned {type(mod).__name__}, "
-                                 "not a Transform")
-        return mods
-
+    conditional = context_dim is not None
+    if conditional:
+        check_context_dim(context_dim, "build_flow")
     layers = assemble(spec, dim, permutation=permutation, seed=seed, options=options,
-                      entries=_REGISTRY, unknown=_unknown,
-                      build_named=lambda name, **kw: build_layer(name, dim, **kw),
-                      build_other=other)
-    return ComposeTransformModule(layers)
+                      entries=_conditional() if conditional else _plain(),
+                      unknown=_unknown_conditional if conditional else _unknown,
+                      build_named=lambda name, **kw: build_layer(name, dim, context_dim, **kw),
+                      build_other=lambda payload: _built_modules(payload, dim, context_dim))
+    return (ConditionalComposeTransformModule if conditional else ComposeTransformModule)(layers)
+
+
+def build_conditional_flow(spec: Any, dim: int, context_dim: int, *,
+                           permutation: str | None = "reverse", seed: int = 0,
+                           **options: Any) -> ConditionalComposeTransformModule:
+    """``build_flow(spec, dim, context_dim=context_dim, ...)``: the conditional flow, whose
+    ``.condition(h)`` is the flow (a ``ComposeTransformModule``) for the context h."""
+    check_context_dim(context_dim, "build_conditional_flow")
+    return build_flow(spec, dim, context_dim=context_dim, permutation=permutation, seed=seed,
+                      **options)
+
+
+def _built_modules(payload: Any, dim: int, context_dim: int | None) -> list[Any]:
+    """The modules of a module or callable item of a spec (called with ``(dim,)``, or
+    ``(dim, context_dim)`` for a conditional flow), checked to be transforms."""
+    usable: tuple[type, ...] = (torch.distributions.Transform,)
+    if context_dim is not None:
+        usable += (ConditionalTransform,)
+    args = (dim,) if context_dim is None else (dim, context_dim)
+    built = payload if isinstance(payload, usable) else payload(*args)
+    mods = list(built) if isinstance(built, (list, tuple)) else [built]
+    for mod in mods:
+        if not isinstance(mod, usable):
+            what = "Transform" if context_dim is None else "(conditional) transform"
+            raise ValueError(f"a callable flow spec returned {type(mod).__name__}, not a {what}")
+    return mods
 
 
 def assemble(spec: Any, dim: int, *, permutation: str | None, seed: int,
@@ -242,12 +385,12 @@ def assemble(spec: Any, dim: int, *, permutation: str | None, seed: int,
              unknown: Callable[[object], str], build_named: Callable[..., Any],
              build_other: Callable[[Any], list[Any]]) -> list[Any]:
     """The layers of a flow spec, with permutations between consecutive mixing layers: the
-    machinery shared by :func:`build_flow` and
-    :func:`~pyro_nf.transforms.conditional.build_conditional_flow`.
+    machinery of :func:`build_flow`, plain or conditional.
 
-    ``entries`` is the registry the names are looked up in, ``build_named(name, **options)``
-    builds one named layer (also ``"reverse"`` and ``"permute"``, the inserted permutations)
-    and ``build_other(payload)`` turns a module or callable item of the spec into modules.
+    ``entries`` are the forms (plain or conditional) the names are looked up in,
+    ``build_named(name, **options)`` builds one named layer (also ``"reverse"`` and
+    ``"permute"``, the inserted permutations) and ``build_other(payload)`` turns a module or
+    callable item of the spec into modules.
     """
     if permutation not in ("reverse", "random", None):
         raise ValueError(f"permutation must be 'reverse', 'random' or None, got {permutation!r}")
@@ -300,8 +443,7 @@ def markdown_table() -> str:
     """The registry as a markdown table (used by docs/layers.md and ``pyro-nf flows``)."""
     lines = ["| name | kind | inverse | volume preserving | min D | conditional twin | paper |",
              "|---|---|---|---|---|---|---|"]
-    for name in available():
-        e = _REGISTRY[name]
+    for name, e in sorted(_plain().items()):
         lines.append(f"| `{name}` | {e.kind} | {e.inverse} | "
                      f"{'yes' if e.volume_preserving else 'no'} | {e.min_dim} | "
                      f"{'yes' if e.conditional_twin else 'no'} | {e.paper} |")

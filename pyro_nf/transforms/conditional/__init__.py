@@ -8,6 +8,9 @@
 :mod:`pyro_nf.transforms.conditional.base` for how each family depends on the context.
 """
 
+import sys
+
+from pyro_nf.transforms import registry as _registry
 from pyro_nf.transforms.conditional import (  # noqa: F401  (importing registers the layers)
     autoregressive,
     coupling,
@@ -35,19 +38,22 @@ from pyro_nf.transforms.conditional.coupling import (
 )
 from pyro_nf.transforms.conditional.planar import ConditionalPlanar
 from pyro_nf.transforms.conditional.radial import ConditionalRadial
-from pyro_nf.transforms.conditional.registry import (
-    available_conditional,
-    build_conditional_flow,
-    build_conditional_layer,
-    conditional_info,
-    register_conditional,
-)
 from pyro_nf.transforms.conditional.sylvester import (
     ConditionalHouseholderSylvester,
     ConditionalOrthogonalSylvester,
     ConditionalSylvester,
     ConditionalTriangularSylvester,
 )
+from pyro_nf.transforms.registry import (
+    available_conditional,
+    build_conditional_flow,
+    build_conditional_layer,
+    conditional_info,
+    register_conditional,
+)
+
+# the conditional registry is the one registry's conditional half
+sys.modules[f"{__name__}.registry"] = registry = _registry
 
 __all__ = [
     "available_conditional", "build_conditional_flow", "build_conditional_layer",

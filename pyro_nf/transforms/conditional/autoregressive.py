@@ -21,8 +21,8 @@ import torch
 
 from pyro_nf.transforms.autoregressive import autoregressive_pass, check_direction
 from pyro_nf.transforms.conditional.base import ConditionalFlow
-from pyro_nf.transforms.conditional.registry import register_conditional
 from pyro_nf.transforms.nets import MADE, _hidden_tuple
+from pyro_nf.transforms.registry import register_conditional
 from pyro_nf.transforms.transformers import Affine, RationalQuadraticSpline, Transformer
 
 Tensor = torch.Tensor

@@ -33,7 +33,7 @@ import torch
 from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 
-from pyro_nf.transforms.base import Flow, check_dim, check_tensor
+from pyro_nf.transforms.base import Flow, check_context_dim, check_dim, check_tensor
 from pyro_nf.transforms.nets import MLP, _hidden_tuple
 
 Tensor = torch.Tensor
@@ -100,10 +100,7 @@ class ConditionalFlow(ConditionalTransformModule):
     def __init__(self, dim: int, context_dim: int) -> None:
         super().__init__()
         self.dim = check_dim(dim, type(self).__name__)
-        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
-            raise ValueError(f"{type(self).__name__}: context_dim must be a positive integer, "
-                             f"got {context_dim!r}")
-        self.context_dim = context_dim
+        self.context_dim = check_context_dim(context_dim, type(self).__name__)
 
     # -- what subclasses write ---------------------------------------------------------------
     def flow_parameters(self, context: Tensor) -> Any:

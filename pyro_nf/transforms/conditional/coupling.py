@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import torch
 
 from pyro_nf.transforms.conditional.base import ConditionalFlow
-from pyro_nf.transforms.conditional.registry import register_conditional
 from pyro_nf.transforms.coupling import check_split, coupling_pass
 from pyro_nf.transforms.nets import MLP, _hidden_tuple
+from pyro_nf.transforms.registry import register_conditional
 from pyro_nf.transforms.transformers import (
     Additive,
     Affine,

@@ -6,8 +6,8 @@ between consecutive coupling/autoregressive layers."""
 from __future__ import annotations
 
 from pyro_nf.transforms.conditional.base import ContextFree
-from pyro_nf.transforms.conditional.registry import register_conditional
 from pyro_nf.transforms.permutation import RandomPermutation, Reverse
+from pyro_nf.transforms.registry import register_conditional
 
 
 @register_conditional("reverse", paper="Dinh, Sohl-Dickstein & Bengio (2017), RealNVP "

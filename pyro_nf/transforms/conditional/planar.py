@@ -17,13 +17,13 @@ from __future__ import annotations
 import torch
 
 from pyro_nf.transforms.conditional.base import HyperResidual
-from pyro_nf.transforms.conditional.registry import register_conditional
 from pyro_nf.transforms.planar import (
     planar_constrain,
     planar_forward,
     planar_init,
     planar_inverse,
 )
+from pyro_nf.transforms.registry import register_conditional
 
 Tensor = torch.Tensor
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from pyro_nf.transforms.conditional.base import HyperResidual
-from pyro_nf.transforms.conditional.registry import register_conditional
 from pyro_nf.transforms.radial import radial_alpha_s, radial_forward, radial_init, radial_inverse
+from pyro_nf.transforms.registry import register_conditional
 
 Tensor = torch.Tensor
 

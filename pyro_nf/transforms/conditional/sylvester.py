@@ -32,7 +32,7 @@ import torch
 
 from pyro_nf.transforms.base import check_dim
 from pyro_nf.transforms.conditional.base import ConditionalFlow, HyperNet, hyper_hidden
-from pyro_nf.transforms.conditional.registry import register_conditional
+from pyro_nf.transforms.registry import register_conditional
 from pyro_nf.transforms.sylvester import (
     _PAPER,
     bjorck,
