@@ -101,27 +101,8 @@ def run_demo(out: str | Path = "pyro-nf-demo", *, posterior: str = "funnel", qui
     out.mkdir(parents=True, exist_ok=True)
     if quick:
         steps, nuts_samples, draws = 30, 30, 300
-    fits, posteriors, reports = {}, {}, {}
-    for name, make in (("AutoNormal", lambda: AutoNormal(case.model)),
-                       ("AutoFlow", lambda: AutoFlow(case.model))):
-        pyro.clear_param_store()
-        t0 = time.perf_counter()
-        guide = make()
-        fits[name] = fit(case.model, guide, *case.args, num_steps=steps, num_particles=16,
-                         seed=seed, progress=False)
-        posteriors[name] = to_inference_data(case.model, guide, *case.args,
-                                             num_samples=draws, fit_result=fits[name])
-        reports[name] = diagnose(posteriors[name], label=name)
-        echo(f"{reports[name]}\n({steps} steps in {time.perf_counter() - t0:.0f} s)\n")
-    pyro.set_rng_seed(seed)
-    t0 = time.perf_counter()
-    mcmc = MCMC(NUTS(case.model, jit_compile=False), num_samples=nuts_samples,
-                warmup_steps=nuts_samples, disable_progbar=True)
-    mcmc.run(*case.args)
-    posteriors["NUTS"] = from_mcmc(mcmc)
-    divergences = len(mcmc.diagnostics()["divergences"]["chain 0"])
-    echo(f"NUTS: {nuts_samples} warm-up + {nuts_samples} draws in "
-         f"{time.perf_counter() - t0:.0f} s, {divergences} divergent transitions\n")
+    fits, posteriors, reports = _fit_guides(case, steps, draws, seed, echo)
+    posteriors["NUTS"] = _run_nuts(case, nuts_samples, seed, echo)
     reference = "NUTS"
     if posterior == "funnel":
         posteriors["exact"] = funnel_reference(draws, seed=seed)
@@ -135,6 +116,43 @@ def run_demo(out: str | Path = "pyro-nf-demo", *, posterior: str = "funnel", qui
     echo(format_comparison(table))
     verdicts = ", ".join(f"{k}: {r.verdict} (k-hat {r.khat:.2f})" for k, r in reports.items())
     echo(f"\nVerdicts: {verdicts}")
+    files = _write_outputs(out, case, posteriors, reports, fits, echo)
+    return {"reports": reports, "table": table, "files": files, "fits": fits}
+
+
+def _fit_guides(case: Any, steps: int, draws: int, seed: int, echo) -> tuple[dict, dict, dict]:
+    """AutoNormal and AutoFlow fitted with the same budget: their fits, posteriors, reports."""
+    fits, posteriors, reports = {}, {}, {}
+    for name, make in (("AutoNormal", lambda: AutoNormal(case.model)),
+                       ("AutoFlow", lambda: AutoFlow(case.model))):
+        pyro.clear_param_store()
+        t0 = time.perf_counter()
+        guide = make()
+        fits[name] = fit(case.model, guide, *case.args, num_steps=steps, num_particles=16,
+                         seed=seed, progress=False)
+        posteriors[name] = to_inference_data(case.model, guide, *case.args,
+                                             num_samples=draws, fit_result=fits[name])
+        reports[name] = diagnose(posteriors[name], label=name)
+        echo(f"{reports[name]}\n({steps} steps in {time.perf_counter() - t0:.0f} s)\n")
+    return fits, posteriors, reports
+
+
+def _run_nuts(case: Any, nuts_samples: int, seed: int, echo) -> Any:
+    """Pyro's NUTS on the same model, as InferenceData."""
+    pyro.set_rng_seed(seed)
+    t0 = time.perf_counter()
+    mcmc = MCMC(NUTS(case.model, jit_compile=False), num_samples=nuts_samples,
+                warmup_steps=nuts_samples, disable_progbar=True)
+    mcmc.run(*case.args)
+    divergences = len(mcmc.diagnostics()["divergences"]["chain 0"])
+    echo(f"NUTS: {nuts_samples} warm-up + {nuts_samples} draws in "
+         f"{time.perf_counter() - t0:.0f} s, {divergences} divergent transitions\n")
+    return from_mcmc(mcmc)
+
+
+def _write_outputs(out: Path, case: Any, posteriors: dict, reports: dict, fits: dict,
+                   echo) -> list[Path]:
+    """The pair and ELBO plots and one netCDF file per posterior."""
     from pyro_nf.diagnostics import plots
 
     files = [out / "pair.png", out / "elbo.png"]
@@ -145,4 +163,4 @@ def run_demo(out: str | Path = "pyro-nf-demo", *, posterior: str = "funnel", qui
         _arviz.to_netcdf(idata, path)
         files.append(path)
     echo(f"\nWrote {', '.join(str(f) for f in files)}")
-    return {"reports": reports, "table": table, "files": files, "fits": fits}
+    return files

@@ -180,6 +180,13 @@ def _converged(losses: list[float], window: int, tol: float) -> bool:
     return diff <= max(tol * (abs(a.mean()) + 1.0), noise)
 
 
+#: The arguments of :func:`fit` that a mixture of flows passes on to each component's fit.
+_MIXTURE_OPTIONS = ("num_steps", "optim", "lr", "elbo", "num_particles", "vectorize_particles",
+                    "clip_norm", "lr_schedule", "lr_decay", "warmup_steps", "progress", "seed",
+                    "convergence_window", "convergence_tol", "stop_when_converged",
+                    "max_bad_steps", "accuracy")
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -207,137 +214,148 @@ def fit(
     _step_hook: Callable[[int], None] | None = None,
     **kwargs: Any,
 ) -> FitResult:
-    """Optimise the ELBO of ``guide`` for ``model`` with SVI.
+    """Optimise the ELBO of ``guide`` for ``model`` with SVI; ``docs/fit.md`` gives the reasons
+    behind each default, with references.
 
     Args:
         model, guide, *args, **kwargs: as for ``pyro.infer.SVI``; args go to both.
-        num_steps: total number of steps (a resumed run continues up to this many). Without
-            it (the default) the fit tunes and stops itself (:mod:`pyro_nf.infer.auto`): a
-            step-size pilot over Adam learning rates 0.01, 0.005 and 0.002 (``lr`` and
-            ``lr_decay`` are not used), windows of 200 steps until the loss is stationary,
-            four halvings of the learning rate, then the parameters averaged over the last
-            400 steps; at most 10,000 steps, 8 particles unless ``num_particles`` says;
-            ``FitResult.stage``/``stop_reason`` say how it ended. A guide over the packed
-            latent (AutoFlow, ``AutoContinuous``) also stops as soon as an importance check
-            proves it within ``accuracy``, possibly before its first step.
+        num_steps: total number of steps (a resumed run continues up to this many). None (the
+            default): the fit tunes and stops itself (:mod:`pyro_nf.infer.auto`): a step-size
+            pilot, windows until the loss is stationary, four halvings of the learning rate,
+            Polyak averaging, and an importance check that may stop it early.
         optim: a ``pyro.optim`` optimiser (default :class:`~pyro_nf.infer.optim.JointAdam`
-            ``({"lr": lr})``: Adam, all tensors in one fused step).
-        elbo: an ELBO instance (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``RenyiELBO``,
-            ``JitTrace_ELBO``, ...), ``"trace"`` (eager ``Trace_ELBO``) or ``"stl"``
-            (sticking the landing, :class:`~pyro_nf.infer.STLTrace_ELBO`). Default:
-            ``Trace_ELBO`` compiled by ``torch.jit.trace`` where its loss and gradients
-            equal the eager ones on three seeds (:mod:`pyro_nf.infer.compiled`; 1.6-4x
-            faster steps), else eager with a one-line note. A model that reads Python state
-            which changes during the fit (a call counter, a global annealing weight) is
-            frozen by the trace between the checks every 200 steps: pass ``"trace"``.
-        num_particles, vectorize_particles: used when ``elbo`` is not an instance
-            (``num_particles`` defaults to 1 with ``num_steps``, else 8). A model that does
-            not broadcast over vectorised particles is noticed at the start and its
-            particles run one at a time, with a warning.
-        clip_norm: clip each parameter tensor's gradient norm to this, as Pyro's
-            ``clip_args`` does (None: no clipping). Not the global norm: one tensor's huge
-            gradient would shrink every other tensor's to almost nothing, and Adam, whose
-            second moments remember those, then over-steps once it subsides.
+            ``({"lr": lr})``, Adam over all tensors in one fused step); needs ``num_steps``.
+        elbo: an ELBO instance, ``"trace"`` (eager ``Trace_ELBO``) or ``"stl"``
+            (:class:`~pyro_nf.infer.STLTrace_ELBO`). Default: ``Trace_ELBO`` compiled where it
+            provably equals the eager one (:mod:`pyro_nf.infer.compiled`). A model that reads
+            changing Python state (a global annealing weight) needs ``"trace"``.
+        num_particles, vectorize_particles: used when ``elbo`` is not an instance (default 1
+            particle with ``num_steps``, else 8); a model that does not broadcast over
+            vectorised particles runs them one at a time, with a warning.
+        clip_norm: clip each parameter tensor's gradient norm to this (None: no clipping).
         lr_schedule: ``step -> factor`` multiplying the optimiser's learning rate.
-        lr_decay: exponential decay of the learning rate to ``lr_decay`` times its initial
-            value at the last step (factor ``lr_decay ** (step / num_steps)``, combined with
-            ``lr_schedule``); ``None`` or 1 keeps it constant. Late small steps cut the
-            gradient noise that single-sample ELBO estimates leave near the optimum.
-        warmup_steps: the learning rate ramps up linearly over this many first steps
-            (default ``min(200, num_steps // 20)``; 0 turns it off): Adam's first updates are
-            about ``lr * sign(gradient)`` for every parameter (Liu et al., 2020, "On the
-            Variance of the Adaptive Learning Rate and Beyond"), and in a flow they compound
-            over the layers.
+        lr_decay: the learning rate decays exponentially to ``lr_decay`` times its initial
+            value at the last step; None or 1 keeps it constant.
+        warmup_steps: a linear learning-rate warm-up over this many first steps (default
+            ``min(200, num_steps // 20)``; 0 turns it off).
         progress: a tqdm bar with the running ELBO (only when stderr is a terminal).
         seed: ``pyro.set_rng_seed(seed)`` first, so runs are reproducible.
-        convergence_window, convergence_tol: the loss has converged when the means of the
-            last two windows differ by less than ``tol * (|mean| + 1)`` or than twice their
-            standard error; ``stop_when_converged`` then ends the loop.
-        checkpoint: a file to save the parameters, optimiser state, RNG states and losses to,
-            every ``checkpoint_every`` steps and at the end. With ``resume=True`` and an
-            existing file, the run continues exactly where it stopped.
-        max_bad_steps: the non-finite guard skips a step whose loss or gradients are not
-            finite (or whose update makes a parameter non-finite), restores the parameters
-            from before the last update (the last ones whose loss was finite) and halves the
-            learning rate; after this many consecutive bad steps it raises
-            :class:`NonFiniteLossError` naming the affected parameters. Isolated bad steps
-            do not raise, but once they have cut the learning rate 128-fold (7 of them) the
-            fit ends with a ``RuntimeWarning`` that it has probably stalled;
-            ``FitResult.lr_factor`` says what is left of the learning rate.
-        accuracy: without ``num_steps``: stop once 2000 of the guide's draws, weighted by
-            p(z | x) / q(z), show chi^2(p || q) <= accuracy^2 (with two standard errors to
-            spare) and PSIS k-hat < 0.5, checked at the start and whenever the loss is
-            stationary. Then every posterior mean is within ``accuracy`` guide sds of the
-            guide's, since |E_p f - E_q f| <= sqrt(chi^2(p || q)) sd_q(f) (Cauchy-Schwarz), and
-            every sd of a near-Gaussian marginal within about 1.4 ``accuracy`` of it. None:
-            no such check, the whole schedule runs. Not used with ``num_steps``.
+        convergence_window, convergence_tol, stop_when_converged: the loss has converged when
+            the means of the last two windows differ by less than ``tol * (|mean| + 1)`` or
+            twice their standard error; ``stop_when_converged`` then ends the loop.
+        checkpoint, checkpoint_every, resume: save the parameters, optimiser and RNG states
+            and losses to this file every ``checkpoint_every`` steps and at the end; with
+            ``resume=True`` and an existing file the run continues exactly where it stopped.
+        max_bad_steps: a step whose loss, gradients or update is not finite is undone and
+            halves the learning rate; this many in a row raise :class:`NonFiniteLossError`.
+        accuracy: without ``num_steps``, stop once an importance check proves every posterior
+            mean within ``accuracy`` guide sds (chi^2(p || q) <= accuracy^2, k-hat < 0.5);
+            None turns the check off.
 
     Returns:
         a :class:`FitResult`.
     """
+    given = locals()
     if hasattr(guide, "fit_components"):  # a mixture of flows: each component, then weights
-        if checkpoint is not None:
-            raise ValueError("fit: checkpoints are not supported for a mixture of flows "
-                             "(AutoFlow(modes=...)); drop checkpoint=")
-        options = dict(num_steps=num_steps, optim=optim, lr=lr, elbo=elbo,
-                       num_particles=num_particles, vectorize_particles=vectorize_particles,
-                       clip_norm=clip_norm, lr_schedule=lr_schedule, lr_decay=lr_decay,
-                       warmup_steps=warmup_steps, progress=progress, seed=seed,
-                       convergence_window=convergence_window,
-                       convergence_tol=convergence_tol,
-                       stop_when_converged=stop_when_converged, max_bad_steps=max_bad_steps,
-                       accuracy=accuracy)
-        return guide.fit_components(lambda one: fit(model, one, *args, **options, **kwargs),
-                                    args, kwargs)
+        return _fit_mixture(model, guide, args, kwargs, checkpoint,
+                            {name: given[name] for name in _MIXTURE_OPTIONS})
     if num_steps is None:
         return _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
                                     vectorize_particles, clip_norm, seed, checkpoint or resume,
                                     max_bad_steps, accuracy)
-    num_particles = 1 if num_particles is None else num_particles
     warmup_steps, optim = _checked(num_steps, warmup_steps, lr_decay, optim, lr)
-    loss_fn = _make_elbo(elbo, num_particles, vectorize_particles)
+    if resume and checkpoint is None:
+        raise ValueError("fit: resume=True needs checkpoint=<file>")
     if seed is not None:
         pyro.set_rng_seed(seed)
-    result = FitResult(guide=guide)
-    lr_factor = 1.0
-    path = Path(checkpoint) if checkpoint is not None else None
-    if resume and path is None:
-        raise ValueError("fit: resume=True needs checkpoint=<file>")
-    if resume and path.exists():
-        lr_factor = _restore(path, model, guide, loss_fn, optim, result, args, kwargs)
-    loss_fn = _particles_that_work(loss_fn, model, guide, args, kwargs)
-    if num_steps > result.steps:
-        loss_fn = _compile(loss_fn, model, guide, args, kwargs, try_jit=elbo is None)
-
+    loss_fn = _make_elbo(elbo, 1 if num_particles is None else num_particles,
+                         vectorize_particles)
+    run = _Run(model, guide, args, kwargs, loss_fn, optim, FitResult(guide=guide),
+               max_bad_steps, Path(checkpoint) if checkpoint is not None else None)
+    run.prepare(num_steps, resume, try_jit=elbo is None)
     start = time.perf_counter()
-    bad_in_a_row = 0
-    snapshot = Snapshot()
-    bar = _progress_bar(progress, result.steps, num_steps)
-    for step in range(result.steps, num_steps):
-        factor = lr_factor * _schedule(step, num_steps, lr_schedule, lr_decay, warmup_steps)
-        loss, skipped = guarded_step(loss_fn, model, guide, args, kwargs, optim, factor,
-                                     clip_norm, snapshot, started=bool(result.losses))
-        if skipped is not None:  # not taken: the parameters are as before it
-            lr_factor *= 0.5
-            bad_in_a_row += 1
-            result.skipped_steps += 1
-            _raise_if_stuck(bad_in_a_row, max_bad_steps, skipped[1], skipped[0], loss,
-                            lr_factor)
+    bar = _progress_bar(progress, run.result.steps, num_steps)
+    for step in range(run.result.steps, num_steps):
+        factor = _schedule(step, num_steps, lr_schedule, lr_decay, warmup_steps)
+        if not run.step(factor, clip_norm):
             continue
-        bad_in_a_row = 0
-        _record(result, step, loss, _step_hook, convergence_window, convergence_tol, bar)
-        if path is not None and result.steps % checkpoint_every == 0:
-            _checkpoint(path, optim, result, lr_factor)
-        if result.converged and stop_when_converged:
+        _record(run.result, step, run.loss, _step_hook, convergence_window, convergence_tol,
+                bar)
+        if run.path is not None and run.result.steps % checkpoint_every == 0:
+            _checkpoint(run.path, optim, run.result, run.lr_factor)
+        if run.result.converged and stop_when_converged:
             break
-    if bar is not None:
-        bar.close()
-    if path is not None:
-        _checkpoint(path, optim, result, lr_factor)
-    result.seconds = time.perf_counter() - start
-    result.lr_factor = lr_factor
-    _warn_if_stalled(result)
-    return result
+    return run.finish(bar, time.perf_counter() - start)
+
+
+@dataclass
+class _Run:
+    """The state of one fixed-schedule fit: what it fits, with which loss and optimiser,
+    and the non-finite guard's memory (its learning-rate cut, bad steps in a row, the
+    restore point)."""
+
+    model: Callable
+    guide: Callable
+    args: tuple
+    kwargs: dict
+    loss_fn: ELBO
+    optim: pyro.optim.PyroOptim
+    result: FitResult
+    max_bad_steps: int
+    path: Path | None
+    lr_factor: float = 1.0
+    bad_in_a_row: int = 0
+    loss: float = float("nan")
+    snapshot: Snapshot = field(default_factory=Snapshot)
+
+    def prepare(self, num_steps: int, resume: bool, try_jit: bool) -> None:
+        """Resume from the checkpoint if asked and it exists; the particles that work; the
+        compiled ELBO when steps are left to take."""
+        if resume and self.path.exists():
+            self.lr_factor = _restore(self.path, self.model, self.guide, self.loss_fn,
+                                      self.optim, self.result, self.args, self.kwargs)
+        self.loss_fn = _particles_that_work(self.loss_fn, self.model, self.guide, self.args,
+                                            self.kwargs)
+        if num_steps > self.result.steps:
+            self.loss_fn = _compile(self.loss_fn, self.model, self.guide, self.args,
+                                    self.kwargs, try_jit=try_jit)
+
+    def step(self, factor: float, clip_norm: float | None) -> bool:
+        """One guarded step at ``lr_factor * factor``; False when it was not taken (the
+        parameters are as before it, the learning rate halved)."""
+        self.loss, skipped = guarded_step(self.loss_fn, self.model, self.guide, self.args,
+                                          self.kwargs, self.optim, self.lr_factor * factor,
+                                          clip_norm, self.snapshot,
+                                          started=bool(self.result.losses))
+        if skipped is None:
+            self.bad_in_a_row = 0
+            return True
+        self.lr_factor *= 0.5
+        self.bad_in_a_row += 1
+        self.result.skipped_steps += 1
+        _raise_if_stuck(self.bad_in_a_row, self.max_bad_steps, skipped[1], skipped[0],
+                        self.loss, self.lr_factor)
+        return False
+
+    def finish(self, bar: Any, seconds: float) -> FitResult:
+        if bar is not None:
+            bar.close()
+        if self.path is not None:
+            _checkpoint(self.path, self.optim, self.result, self.lr_factor)
+        self.result.seconds = seconds
+        self.result.lr_factor = self.lr_factor
+        _warn_if_stalled(self.result)
+        return self.result
+
+
+def _fit_mixture(model, guide, args, kwargs, checkpoint, options: dict) -> FitResult:
+    """``fit`` of a mixture of flows (``AutoFlow(modes=...)``): each component, then the
+    weights (:meth:`~pyro_nf.guides.mixture.AutoFlowMixture.fit_components`)."""
+    if checkpoint is not None:
+        raise ValueError("fit: checkpoints are not supported for a mixture of flows "
+                         "(AutoFlow(modes=...)); drop checkpoint=")
+    return guide.fit_components(lambda one: fit(model, one, *args, **options, **kwargs),
+                                args, kwargs)
 
 
 def _checked(num_steps: Any, warmup_steps: Any, lr_decay: Any, optim: Any, lr: float

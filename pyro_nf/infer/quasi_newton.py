@@ -185,6 +185,34 @@ def _two_loop(grad: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]
     return -r
 
 
+def _energy_and_grad(log_density: LogDensity, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """-log p(x) and its gradient in float64; (inf, 0) where the model cannot be evaluated."""
+    x = x.detach().requires_grad_(True)
+    try:
+        f = -log_density(x).to(F64)
+        if not bool(torch.isfinite(f)):
+            return math.inf, torch.zeros_like(x)
+        (g,) = torch.autograd.grad(f, x)
+    except (ValueError, RuntimeError):  # the model cannot be evaluated there
+        return math.inf, torch.zeros_like(x)
+    return float(f.detach()), g.detach()
+
+
+def _armijo(value_and_grad: Callable, x: torch.Tensor, f: float, d: torch.Tensor,
+            slope: float) -> tuple[torch.Tensor, float, torch.Tensor] | None:
+    """Backtracking from a unit step along ``d`` until the Armijo condition holds (at most 40
+    halvings): the accepted point, its value and gradient, or None."""
+    t = 1.0
+    for _ in range(40):
+        x_new = x + t * d
+        f_new, g_new = value_and_grad(x_new)
+        if math.isfinite(f_new) and f_new <= f + 1e-4 * t * slope \
+                and bool(torch.isfinite(g_new).all()):
+            return x_new, f_new, g_new
+        t *= 0.5
+    return None
+
+
 def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, max_iters: int,
                 tol: float, num_elbo_draws: int, generator: torch.Generator,
                 stop: Callable[[torch.Tensor], bool] | None = None, score: bool = True
@@ -194,25 +222,16 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
     the path. Each trial point costs one gradient evaluation. ``stop(x)`` ends the path early
     (the mode search stops a path that has reached a known mode); ``score=False`` returns the
     end point only, without the approximations."""
-    evals = 0
+    calls = [0]
 
     def value_and_grad(x: torch.Tensor) -> tuple[float, torch.Tensor]:
-        nonlocal evals
-        evals += 1
-        x = x.detach().requires_grad_(True)
-        try:
-            f = -log_density(x).to(F64)
-            if not bool(torch.isfinite(f)):
-                return math.inf, torch.zeros_like(x)
-            (g,) = torch.autograd.grad(f, x)
-        except (ValueError, RuntimeError):  # the model cannot be evaluated there
-            return math.inf, torch.zeros_like(x)
-        return float(f.detach()), g.detach()
+        calls[0] += 1
+        return _energy_and_grad(log_density, x)
 
     x = start.to(F64).clone()
     f, g = value_and_grad(x)
     if not math.isfinite(f) or not bool(torch.isfinite(g).all()):
-        return PathResult(None, -math.inf, 0, evals, -1)
+        return PathResult(None, -math.inf, 0, calls[0], -1)
     points = [(x, -g, f)]
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     alpha = None  # the diagonal inverse-Hessian estimate, H0 of the two-loop recursion
@@ -222,15 +241,7 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
         if slope >= 0:  # not a descent direction: restart from steepest descent
             pairs, d = [], -g / max(1.0, float(g.abs().sum()))
             slope = float(g @ d)
-        t, accepted = 1.0, None
-        for _ in range(40):
-            x_new = x + t * d
-            f_new, g_new = value_and_grad(x_new)
-            if math.isfinite(f_new) and f_new <= f + 1e-4 * t * slope \
-                    and bool(torch.isfinite(g_new).all()):
-                accepted = (x_new, f_new, g_new)
-                break
-            t *= 0.5
+        accepted = _armijo(value_and_grad, x, f, d, slope)
         if accepted is None:
             break
         x_new, f_new, g_new = accepted
@@ -245,14 +256,14 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
         x, f, g = x_new, f_new, g_new
         points.append((x, -g, f))
         if stop is not None and stop(x):
-            return PathResult(None, -math.inf, len(points) - 1, evals, -1, last=x,
+            return PathResult(None, -math.inf, len(points) - 1, calls[0], -1, last=x,
                               last_log_density=-f, stopped=True)
         if converged:
             break
     if not score:
-        return PathResult(None, -math.inf, len(points) - 1, evals, -1, last=x,
+        return PathResult(None, -math.inf, len(points) - 1, calls[0], -1, last=x,
                           last_log_density=-f)
-    return _best_along(log_density, points, history, num_elbo_draws, generator, evals)
+    return _best_along(log_density, points, history, num_elbo_draws, generator, calls[0])
 
 
 def _best_along(log_density: LogDensity, points: list, history: int, num_elbo_draws: int,
@@ -371,8 +382,6 @@ def pathfinder(model: Callable, *args: Any, num_paths: int = 4, num_draws: int =
     Returns:
         a :class:`PathfinderResult`.
     """
-    from pyro_nf.diagnostics import _arviz
-
     if num_paths < 1 or num_draws < 1:
         raise ValueError(f"pathfinder: num_paths and num_draws must be positive, got "
                          f"{num_paths} and {num_draws}")
@@ -388,6 +397,23 @@ def pathfinder(model: Callable, *args: Any, num_paths: int = 4, num_draws: int =
                            "log density was not finite, or the L-BFGS curvature was never "
                            "positive); check the model's density at its initial values")
     grads = sum(p.gradient_evaluations for p in paths)
+    best = max(usable, key=lambda p: p.elbo)
+    draws, khat = _resample_paths(log_density, usable, best, num_draws, generator)
+    guide = AutoPathfinder(model, best.approximation, log_density)
+    return PathfinderResult(
+        approximation=best.approximation, guide=guide, draws=draws,
+        samples=log_density.unpack(draws), elbo=best.elbo, elbos=[p.elbo for p in paths],
+        khat=float(khat), gradient_evaluations=grads,
+        density_evaluations=log_density.evaluations - grads, paths=paths)
+
+
+def _resample_paths(log_density: LogDensity, usable: list[PathResult], best: PathResult,
+                    num_draws: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Multi-path Pathfinder's importance resampling: draws from every path's approximation,
+    Pareto-smoothed weights p / q, resampled where k-hat < 0.7 (else the best path's own
+    draws: a few draws would carry all the weight). Returns the draws and k-hat."""
+    from pyro_nf.diagnostics import _arviz
+
     per_path = -(-num_draws // len(usable))
     xs, lws = [], []
     for p in usable:
@@ -400,22 +426,13 @@ def pathfinder(model: Callable, *args: Any, num_paths: int = 4, num_draws: int =
     x, lw = torch.cat(xs), torch.cat(lws)
     finite = torch.isfinite(lw)
     smoothed, khat = _arviz.psis(lw[finite].numpy())
-    best = max(usable, key=lambda p: p.elbo)
-    if khat < 0.7:  # reliable weights: resample the pooled draws (drops minor modes)
-        weights = torch.zeros_like(lw)
-        weights[finite] = torch.as_tensor(smoothed).exp()
-        index = torch.multinomial(weights / weights.sum(), num_draws, replacement=True,
-                                  generator=generator)
-        draws = x[index]
-    else:  # a few draws would carry all the weight: the best path's own draws instead
-        draws = _draw(best.approximation, num_draws, generator)[0]
-    best = max(usable, key=lambda p: p.elbo)
-    guide = AutoPathfinder(model, best.approximation, log_density)
-    return PathfinderResult(
-        approximation=best.approximation, guide=guide, draws=draws,
-        samples=log_density.unpack(draws), elbo=best.elbo, elbos=[p.elbo for p in paths],
-        khat=float(khat), gradient_evaluations=grads,
-        density_evaluations=log_density.evaluations - grads, paths=paths)
+    if khat >= 0.7:
+        return _draw(best.approximation, num_draws, generator)[0], float(khat)
+    weights = torch.zeros_like(lw)
+    weights[finite] = torch.as_tensor(smoothed).exp()
+    index = torch.multinomial(weights / weights.sum(), num_draws, replacement=True,
+                              generator=generator)
+    return x[index], float(khat)
 
 
 def run_paths(target: Callable, init: torch.Tensor, num_paths: int, generator: torch.Generator,
