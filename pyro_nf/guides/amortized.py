@@ -169,10 +169,10 @@ class AmortizedFlow(AutoGuide):
         if self.flow_spec is None:
             self.flow = None
         else:
-            from pyro_nf.transforms.conditional import build_conditional_flow
+            from pyro_nf.transforms import build_flow
 
-            self.flow = build_conditional_flow(self.flow_spec, self.latent_dim, width,
-                                               **self.flow_options)
+            self.flow = build_flow(self.flow_spec, self.latent_dim, context_dim=width,
+                                   **self.flow_options)
         for module in (self.encoder, self.loc_head, self.scale_head, self.flow):
             if module is not None:
                 module.to(**factory)

@@ -1,4 +1,5 @@
-"""Base classes of the conditional (amortized) flow layers.
+"""Base classes of the conditional (amortized) flow layers; each family's conditional form
+lives in the family's module (``ConditionalPlanar`` in :mod:`pyro_nf.transforms.planar`, ...).
 
 A conditional layer is a bijection f(. ; h) of R^D for every context h in R^C. As a Pyro
 :class:`~pyro.distributions.conditional.ConditionalTransformModule`, ``layer.condition(h)``

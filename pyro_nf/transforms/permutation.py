@@ -1,12 +1,15 @@
 """Fixed permutations of the coordinates, put between coupling and autoregressive layers so
-that every dimension is eventually transformed conditioned on every other."""
+that every dimension is eventually transformed conditioned on every other. In conditional
+stacks they are the same for every context (:class:`~pyro_nf.transforms.context.ContextFree`),
+so that :func:`~pyro_nf.transforms.build_flow` with ``context_dim`` can name and insert them."""
 
 from __future__ import annotations
 
 import torch
 
 from pyro_nf.transforms.base import Flow, check_permutation, permutation_sign
-from pyro_nf.transforms.registry import register
+from pyro_nf.transforms.context import ContextFree
+from pyro_nf.transforms.registry import register, register_conditional
 
 Tensor = torch.Tensor
 
@@ -56,3 +59,17 @@ class RandomPermutation(Permutation):
         gen = torch.Generator().manual_seed(int(seed))
         super().__init__(dim, torch.randperm(dim, generator=gen))
         self.seed = int(seed)
+
+
+@register_conditional("reverse", paper="Dinh, Sohl-Dickstein & Bengio (2017), RealNVP "
+                      "(alternating masks); the same for every context")
+def conditional_reverse(dim: int, context_dim: int) -> ContextFree:
+    """Reverses the coordinates, whatever the context."""
+    return ContextFree(Reverse(dim), context_dim)
+
+
+@register_conditional("permute", paper="Papamakarios, Pavlakou & Murray (2017), MAF (random "
+                      "orderings); the same for every context")
+def conditional_permute(dim: int, context_dim: int, seed: int = 0) -> ContextFree:
+    """A random permutation drawn once from ``seed``, the same for every context."""
+    return ContextFree(RandomPermutation(dim, seed), context_dim)

@@ -32,6 +32,11 @@ increasing and its root lies in [c - |k|, c + |k|] (because |k tanh(a)| <= |k|).
 found by the bracketed Newton solver :func:`~pyro_nf.transforms.base.solve_monotone` without
 autograd, and given its implicit gradients (da = -(dg/dtheta) / g'(a), with respect to u, w, b
 and y) by :func:`~pyro_nf.transforms.base.implicit_newton_step`. Then z = y - u_hat tanh(a).
+
+Conditional form (:class:`ConditionalPlanar`, Rezende & Mohamed's Sec. 4: the inference network
+outputs the flow parameters): u(h), w(h), b(h) are outputs of a hypernetwork of the context h,
+and the same constraint, log-det and inverse (the functions below, batched over data points)
+make f(. ; h) invertible for every context.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ from pyro_nf.transforms.base import (
     softplus_inverse,
     solve_monotone,
 )
-from pyro_nf.transforms.registry import register
+from pyro_nf.transforms.context import HyperResidual
+from pyro_nf.transforms.registry import register, register_conditional
 
 Tensor = torch.Tensor
 
@@ -205,3 +211,34 @@ class Planar(Flow):
 
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return planar_inverse(y, *self._map_args(), layer=self._name())
+
+
+PlanarParams = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@register_conditional("planar", paper="Rezende & Mohamed (2015), Variational Inference with "
+                      "Normalizing Flows: planar flow, parameters amortized by a network of the "
+                      "context")
+class ConditionalPlanar(HyperResidual):
+    """Planar flow f(z; h) = z + u_hat(h) tanh(w(h)^T z + b(h)) whose u, w, b are outputs of an
+    MLP of the context (one set per data point), constrained as :class:`Planar`'s.
+
+    Initialisation: :class:`Planar`'s identity map for every context. Arguments:
+    :class:`~pyro_nf.transforms.context.HyperResidual`'s.
+    """
+
+    def initial(self) -> dict[str, Tensor]:
+        u, w, b = planar_init(self.dim)
+        return {"u": u, "w": w, "b": b}
+
+    def flow_parameters(self, context: Tensor) -> PlanarParams:
+        """(u_hat, w, b, q) per data point, q = 1 + w^T u_hat = softplus(w^T u) >= 0."""
+        p = self.hyper(context)
+        u_hat, q = planar_constrain(p["u"], p["w"])
+        return u_hat, p["w"], p["b"], q
+
+    def forward_and_log_det(self, x: Tensor, params: PlanarParams) -> tuple[Tensor, Tensor]:
+        return planar_forward(x, *params)
+
+    def inverse_and_log_det(self, y: Tensor, params: PlanarParams) -> tuple[Tensor, Tensor]:
+        return planar_inverse(y, *params, layer=self._name())

@@ -36,6 +36,11 @@ At the centre (r = 0) the norm is not differentiable, and sqrt(sum v^2) has a Na
 there (0/0); :func:`safe_norm` gives it the subgradient 0 instead, with which autograd
 reproduces the true Jacobian of f at z0, (1 + beta / alpha) I (f is differentiable there), and
 the inverse is finite at y = z0 in value and gradient.
+
+Conditional form (:class:`ConditionalRadial`, Rezende & Mohamed's Sec. 4): z0(h) and the raw
+alpha(h), beta(h) are outputs of a hypernetwork of the context h, with the same constraints,
+log-det and exact inverse (the functions below, batched over data points), so f(. ; h) is
+invertible for every context.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ import torch
 from torch import nn
 
 from pyro_nf.transforms.base import Flow, softplus_exact, softplus_inverse
-from pyro_nf.transforms.registry import register
+from pyro_nf.transforms.context import HyperResidual
+from pyro_nf.transforms.registry import register, register_conditional
 
 Tensor = torch.Tensor
 
@@ -150,3 +156,33 @@ class Radial(Flow):
 
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return radial_inverse(y, self.z0, *self._alpha_s())
+
+
+RadialParams = tuple[Tensor, Tensor, Tensor]
+
+
+@register_conditional("radial", paper="Rezende & Mohamed (2015), Variational Inference with "
+                      "Normalizing Flows: radial flow, parameters amortized by a network of the "
+                      "context")
+class ConditionalRadial(HyperResidual):
+    """Radial flow whose centre z0 and raw alpha, beta are outputs of an MLP of the context
+    (one set per data point), constrained as :class:`Radial`'s (alpha > 0, beta >= -alpha).
+
+    Initialisation: :class:`Radial`'s identity map (beta = 0) for every context. Arguments:
+    :class:`~pyro_nf.transforms.context.HyperResidual`'s.
+    """
+
+    def initial(self) -> dict[str, Tensor]:
+        z0, raw_alpha, raw_beta = radial_init(self.dim)
+        return {"z0": z0, "raw_alpha": raw_alpha, "raw_beta": raw_beta}
+
+    def flow_parameters(self, context: Tensor) -> RadialParams:
+        """(z0, alpha, s) per data point, alpha > 0 and s = alpha + beta >= 0."""
+        p = self.hyper(context)
+        return (p["z0"], *radial_alpha_s(p["raw_alpha"], p["raw_beta"]))
+
+    def forward_and_log_det(self, x: Tensor, params: RadialParams) -> tuple[Tensor, Tensor]:
+        return radial_forward(x, *params)
+
+    def inverse_and_log_det(self, y: Tensor, params: RadialParams) -> tuple[Tensor, Tensor]:
+        return radial_inverse(y, *params)

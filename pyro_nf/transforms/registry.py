@@ -276,11 +276,14 @@ _GRAMMAR = ("a flow spec is a name ('maf'), a repeated name ('planar*8'), a list
             "(name, options) pairs or modules, or a callable dim -> module(s)")
 
 
-def _expand(spec: Any, entries: Mapping[str, FlowInfo], unknown: Callable[[object], str],
+def _expand(spec: Any, entries: Mapping[str, FlowInfo] | None = None,
+            unknown: Callable[[object], str] = _unknown,
             ) -> list[tuple[str | None, dict[str, Any] | TransformModule | Callable]]:
     """Flatten a spec into ``(name, options)`` items and ``(None, module_or_callable)`` items,
-    with names looked up in ``entries`` (the plain or the conditional forms) and ``unknown``
-    giving the error message of a name not there."""
+    with names looked up in ``entries`` (default: the plain forms; the conditional flow passes
+    the conditional ones) and ``unknown`` giving the error message of a name not there."""
+    if entries is None:
+        entries = _plain()
     if isinstance(spec, TransformModule):
         return [(None, spec)]
     if isinstance(spec, str):

@@ -1,67 +1,25 @@
-"""Conditional (amortized) twins of the flow layers: ``layer.condition(h)`` is a
-:class:`~pyro_nf.transforms.Flow` batched over data points, for a context h of shape (..., C).
+"""Deprecated: the old home of the conditional layers, kept for one release.
 
-``available_conditional()`` lists the names (those of the unconditional twins),
-``build_conditional_flow(spec, dim, context_dim)`` composes a
-:class:`~pyro.distributions.conditional.ConditionalComposeTransformModule` from a spec such as
-``"planar*10"`` or ``"iaf*2"``, and ``register_conditional`` adds a layer. See
-:mod:`pyro_nf.transforms.conditional.base` for how each family depends on the context.
+Each family's conditional form now lives in the family's module (``ConditionalPlanar`` in
+:mod:`pyro_nf.transforms.planar`, ...), the conditional machinery in
+:mod:`pyro_nf.transforms.context` and the one registry in :mod:`pyro_nf.transforms.registry`;
+:mod:`pyro_nf.transforms` exports every name. Build conditional flows with
+``build_flow(spec, dim, context_dim=C)``. This package re-exports its former names, and its
+former submodules (``.planar``, ``.base``, ``.registry``, ...) are aliases of the new modules.
 """
 
 import sys
 
-from pyro_nf.transforms import registry as _registry
-from pyro_nf.transforms.conditional import (  # noqa: F401  (importing registers the layers)
-    autoregressive,
-    coupling,
-    permutation,
-    planar,
-    radial,
-    sylvester,
-)
-from pyro_nf.transforms.conditional.autoregressive import (
-    ConditionalAffineAutoregressive,
-    ConditionalAutoregressive,
-    ConditionalSplineAutoregressive,
-)
-from pyro_nf.transforms.conditional.base import (
-    ConditionalFlow,
-    ConditionedFlow,
-    ContextFree,
-    HyperNet,
-)
-from pyro_nf.transforms.conditional.coupling import (
-    ConditionalAdditiveCoupling,
-    ConditionalAffineCoupling,
-    ConditionalCoupling,
-    ConditionalSplineCoupling,
-)
-from pyro_nf.transforms.conditional.planar import ConditionalPlanar
-from pyro_nf.transforms.conditional.radial import ConditionalRadial
-from pyro_nf.transforms.conditional.sylvester import (
-    ConditionalHouseholderSylvester,
-    ConditionalOrthogonalSylvester,
-    ConditionalSylvester,
-    ConditionalTriangularSylvester,
-)
-from pyro_nf.transforms.registry import (
-    available_conditional,
-    build_conditional_flow,
-    build_conditional_layer,
-    conditional_info,
-    register_conditional,
-)
+from pyro_nf import transforms as _transforms
 
-# the conditional registry is the one registry's conditional half
-sys.modules[f"{__name__}.registry"] = registry = _registry
+#: the former names: the conditional part of pyro_nf.transforms.__all__, which comes last
+__all__ = _transforms.__all__[_transforms.__all__.index("available_conditional"):]
+globals().update((name, getattr(_transforms, name)) for name in __all__)
 
-__all__ = [
-    "available_conditional", "build_conditional_flow", "build_conditional_layer",
-    "conditional_info", "register_conditional",
-    "ConditionalFlow", "ConditionedFlow", "ContextFree", "HyperNet",
-    "ConditionalPlanar", "ConditionalRadial", "ConditionalSylvester",
-    "ConditionalOrthogonalSylvester", "ConditionalHouseholderSylvester",
-    "ConditionalTriangularSylvester", "ConditionalCoupling", "ConditionalAdditiveCoupling",
-    "ConditionalAffineCoupling", "ConditionalSplineCoupling", "ConditionalAutoregressive",
-    "ConditionalAffineAutoregressive", "ConditionalSplineAutoregressive",
-]
+# the former submodules, importable by their old paths
+for _name in ("autoregressive", "base", "coupling", "permutation", "planar", "radial",
+              "registry", "sylvester"):
+    _module = getattr(_transforms, "context" if _name == "base" else _name)
+    sys.modules[f"{__name__}.{_name}"] = _module
+    setattr(sys.modules[__name__], _name, _module)
+del _name, _module
