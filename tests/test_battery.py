@@ -1,4 +1,5 @@
-"""The registry-driven battery: every registered flow layer is put through every property here.
+"""The registry-driven battery: every registered flow layer is put through every property here
+(the conditional forms get theirs in test_conditional.py, with the same helpers).
 
 Registering a layer is enough to have it tested. Each layer is built, warmed up with one inverse
 pass (so data-dependent initialisation such as ActNorm's happens), and its parameters perturbed
@@ -14,7 +15,7 @@ import io
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import assert_grads
+from helpers import assert_grads, make_layer, round_trip_tol, standard_normal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,30 +42,6 @@ def _smallest_dim(name: str, wanted: int) -> int:
     return max(wanted, info(name).min_dim)
 
 
-def make_layer(name: str, dim: int, dtype=torch.float64, *, seed: int = 0, perturb: float = 0.3):
-    """Build, warm up (one inverse pass) and perturb a registered layer."""
-    torch.manual_seed(seed)
-    layer = build_layer(name, dim).to(dtype)
-    with torch.no_grad():
-        layer.inv(torch.randn(64, dim, dtype=dtype) * 1.5 + 0.5)
-        for p in layer.parameters():  # weight matrices: noise scaled by 1/sqrt(fan-in)
-            fan_in = p.shape[-1] if p.dim() >= 2 else 1
-            p.add_(perturb / fan_in ** 0.5 * torch.randn_like(p))
-    return layer
-
-
-def _base(dim, dtype):
-    zeros = torch.zeros(dim, dtype=dtype)
-    return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
-
-
-def _tol(dtype, name):
-    numerical = info(name).inverse == "numerical"
-    if dtype == torch.float64:
-        return {"atol": 1e-7 if numerical else 1e-9, "rtol": 1e-7}
-    return {"atol": 5e-4 if numerical else 2e-4, "rtol": 2e-4}
-
-
 # ----------------------------------------------------------------------------- inverses
 @pytest.mark.parametrize("name,dim,dtype", _cases())
 def test_inverse_round_trip_on_fresh_tensors(name, dim, dtype):
@@ -74,9 +51,9 @@ def test_inverse_round_trip_on_fresh_tensors(name, dim, dtype):
         y = layer(x)
         assert y.shape == x.shape and y.dtype == dtype
         x_back = layer.inv(y.clone())  # clone: a fresh tensor, no cache hit
-        torch.testing.assert_close(x_back, x, **_tol(dtype, name))
+        torch.testing.assert_close(x_back, x, **round_trip_tol(dtype, name))
         y0 = torch.randn(*shape, dim, dtype=dtype) * 2
-        torch.testing.assert_close(layer(layer.inv(y0).clone()), y0, **_tol(dtype, name))
+        torch.testing.assert_close(layer(layer.inv(y0).clone()), y0, **round_trip_tol(dtype, name))
 
 
 # ----------------------------------------------------------------------------- log-dets
@@ -105,7 +82,7 @@ def test_log_det_matches_autograd_jacobian(name, dim, dtype):
     torch.testing.assert_close(layer.inv.log_abs_det_jacobian(y_fresh, layer.inv(y_fresh)),
                                inv_expected, **tol)
     torch.testing.assert_close(layer.inverse_and_log_det(y_fresh)[1], ladj[:1],
-                               **_tol(dtype, name))
+                               **round_trip_tol(dtype, name))
     if info(name).volume_preserving:
         assert torch.all(ladj == 0)
 
@@ -166,7 +143,7 @@ def test_log_det_right_for_any_pair_not_only_the_cached_one(name):
 @pytest.mark.parametrize("name,dim,dtype", _cases(dims=(1, 2), dtypes=(torch.float64,)))
 def test_density_integrates_to_one(name, dim, dtype):
     layer = make_layer(name, dim, dtype)
-    flow_dist = dist.TransformedDistribution(_base(dim, dtype), [layer])
+    flow_dist = dist.TransformedDistribution(standard_normal(dim, dtype), [layer])
     with torch.no_grad():
         s = flow_dist.sample((20000,))
         lo = s.min(0).values - 1.0 * (s.max(0).values - s.min(0).values) - 1
@@ -194,7 +171,7 @@ def test_only_permutations_have_no_parameters():
 def test_gradients_reach_every_parameter(name):
     dim = _smallest_dim(name, 5)
     layer = make_layer(name, dim, torch.float64)
-    flow_dist = dist.TransformedDistribution(_base(dim, torch.float64), [layer])
+    flow_dist = dist.TransformedDistribution(standard_normal(dim, torch.float64), [layer])
     y = flow_dist.rsample((64,))
     loss = (y ** 2).sum() + flow_dist.log_prob(y).sum()
     loss.backward()

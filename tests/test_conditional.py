@@ -1,5 +1,6 @@
-"""The conditional (amortized) layers: a registry-driven battery over available_conditional(),
-and build_conditional_flow's spec grammar.
+"""The conditional (amortized) layers: a registry-driven battery over every registry entry with
+a conditional form (available_conditional()), the spec grammar of build_flow with context_dim,
+the one registry's conditional API and the deprecated pyro_nf.transforms.conditional aliases.
 
 Every registered conditional layer is built, its parameters (hypernetwork and conditioner
 output layers included) perturbed so that it is not the identity and depends on the context,
@@ -13,10 +14,13 @@ context" and "starts at the identity".
 
 from __future__ import annotations
 
-import pyro.distributions as dist
+import importlib
+import sys
+
 import pytest
 import torch
-from helpers import assert_grads
+from helpers import assert_grads, round_trip_tol, standard_normal
+from helpers import make_layer as make_any_layer
 from pyro.distributions.conditional import (
     ConditionalComposeTransformModule,
     ConditionalTransformedDistribution,
@@ -24,20 +28,27 @@ from pyro.distributions.conditional import (
 from pyro.distributions.torch_transform import ComposeTransformModule
 
 import pyro_nf
-from pyro_nf.transforms import Flow, Reverse, info
-from pyro_nf.transforms.conditional import (
+from pyro_nf.transforms import (
     ConditionalAffineAutoregressive,
     ConditionalAffineCoupling,
     ConditionalPlanar,
     ContextFree,
+    Flow,
+    Reverse,
+    available,
     available_conditional,
     build_conditional_flow,
     build_conditional_layer,
+    build_flow,
+    build_layer,
     conditional_info,
+    info,
+    register,
     register_conditional,
+    registry,
 )
-from pyro_nf.transforms.conditional import registry as cond_registry
 
+#: every registry entry whose conditional form exists (``info(name).conditional``)
 NAMES = available_conditional()
 C = 3
 DTYPES = (torch.float32, torch.float64)
@@ -64,27 +75,13 @@ def _cases(dims=(2, 5), dtypes=DTYPES):
     return out
 
 
-def make_layer(name: str, dim: int, dtype=F64, *, seed: int = 0, perturb: float = 0.3):
-    """Build a registered conditional layer and perturb every parameter."""
-    torch.manual_seed(seed)
-    layer = build_conditional_layer(name, dim, C).to(dtype)
-    with torch.no_grad():
-        for p in layer.parameters():  # weight matrices: noise scaled by 1/sqrt(fan-in)
-            fan_in = p.shape[-1] if p.dim() >= 2 else 1
-            p.add_(perturb / fan_in ** 0.5 * torch.randn_like(p))
-    return layer
+def make_layer(name: str, dim: int, dtype=F64, **kwargs):
+    """Build the conditional form of a registered layer and perturb every parameter."""
+    return make_any_layer(name, dim, dtype, context_dim=C, **kwargs)
 
 
 def _tol(dtype, name):
-    numerical = conditional_info(name).inverse == "numerical"
-    if dtype == F64:
-        return {"atol": 1e-7 if numerical else 1e-9, "rtol": 1e-7}
-    return {"atol": 5e-4 if numerical else 2e-4, "rtol": 2e-4}
-
-
-def _base(dim, dtype):
-    zeros = torch.zeros(dim, dtype=dtype)
-    return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+    return round_trip_tol(dtype, name, conditional=True)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -125,7 +122,7 @@ def test_register_conditional_adds_a_layer_and_needs_metadata_without_a_twin():
         flow = build_conditional_flow(["cond_shift_test", "planar"], 3, C, scale=2.0)
         assert len(flow.transforms) == 2
     finally:
-        cond_registry._REGISTRY.pop("cond_shift_test")
+        registry._REGISTRY.pop("cond_shift_test")
     with pytest.raises(ValueError, match="no unconditional twin"):
         register_conditional("no_twin_here", paper="x")
 
@@ -181,7 +178,7 @@ def test_log_det_matches_autograd_jacobian_per_data_point(name, dim, dtype):
 def test_gradients_reach_every_network_parameter(name):
     dim = _dim(name, 5)
     layer = make_layer(name, dim)
-    q = ConditionalTransformedDistribution(_base(dim, F64), [layer])
+    q = ConditionalTransformedDistribution(standard_normal(dim, F64), [layer])
     context = torch.randn(8, C, dtype=F64)
     y = q.condition(context).rsample((4, 8))  # one draw per context, 4 times
     assert y.shape == (4, 8, dim)
@@ -382,12 +379,12 @@ def test_conditional_distribution_of_a_stack():
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.2 * torch.randn_like(p))
-    q = ConditionalTransformedDistribution(_base(dim, F64), [flow])
+    q = ConditionalTransformedDistribution(standard_normal(dim, F64), [flow])
     context = torch.randn(5, C, dtype=F64)
     y = 2 * torch.randn(5, dim, dtype=F64)
     cond = flow.condition(context)
     x = cond.inv(y)
-    expected = _base(dim, F64).log_prob(x) - cond.log_abs_det_jacobian(x, y)
+    expected = standard_normal(dim, F64).log_prob(x) - cond.log_abs_det_jacobian(x, y)
     torch.testing.assert_close(q.condition(context).log_prob(y), expected)
     # the same context in each row: a single unbatched context conditions all of them
     single = q.condition(context[0]).log_prob(y)
@@ -399,3 +396,113 @@ def test_public_api_exports():
         assert pyro_nf.available_conditional is available_conditional
     assert pyro_nf.transforms.build_conditional_flow is build_conditional_flow
     assert isinstance(build_conditional_layer("iaf", 3, C), ConditionalAffineAutoregressive)
+
+
+# ----------------------------------------------------------------------------- one registry
+def test_build_flow_with_context_dim_is_build_conditional_flow():
+    spec = [("realnvp", {"hidden": 16}), "iaf", "iaf", "planar", "sylvester_householder"]
+    torch.manual_seed(0)
+    one = build_flow(spec, 4, context_dim=C, permutation="random", seed=2, activation="tanh")
+    torch.manual_seed(0)
+    other = build_conditional_flow(spec, 4, C, permutation="random", seed=2, activation="tanh")
+    assert isinstance(one, ConditionalComposeTransformModule)
+    assert [type(t) for t in one.transforms] == [type(t) for t in other.transforms]
+    state, other_state = one.state_dict(), other.state_dict()
+    assert state.keys() == other_state.keys()
+    assert all(torch.equal(state[k], other_state[k]) for k in state)
+    h, x = torch.randn(5, C), torch.randn(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(one.condition(h)(x), other.condition(h)(x), atol=0, rtol=0)
+    torch.manual_seed(1)
+    layer = build_layer("radial", 3, context_dim=C, hidden=[8])
+    torch.manual_seed(1)
+    twin = build_conditional_layer("radial", 3, C, hidden=[8])
+    assert type(layer) is type(twin) and layer.context_dim == C
+    assert all(torch.equal(a, b) for a, b in zip(layer.parameters(), twin.parameters()))
+    with pytest.raises(ValueError, match="context_dim must be a positive integer"):
+        build_flow("planar", 3, context_dim=0)
+    with pytest.raises(ValueError, match="context_dim must be a positive integer"):
+        build_conditional_flow("planar", 3, None)
+
+
+def test_flow_info_holds_its_conditional_form():
+    planar = info("planar")
+    assert planar.conditional is conditional_info("planar") and planar.conditional_twin
+    assert planar.conditional.constructor is ConditionalPlanar
+    assert planar.constructor is not ConditionalPlanar and planar.conditional.conditional is None
+    for name in ("lu", "bnaf", "actnorm"):
+        assert info(name).conditional is None and not info(name).conditional_twin
+        with pytest.raises(ValueError, match=f"unknown conditional flow '{name}'"):
+            conditional_info(name)
+    assert set(available_conditional()) == {n for n in available() if info(n).conditional}
+
+
+def test_a_conditional_only_layer_needs_context_dim():
+    @register_conditional("cond_only_test", paper="test", inverse="exact", kind="permutation",
+                          volume_preserving=True, min_dim=1)
+    def reversed_only(dim: int, context_dim: int):
+        return ContextFree(Reverse(dim), context_dim)
+
+    try:
+        assert "cond_only_test" in available_conditional()
+        assert "cond_only_test" not in available()
+        assert "cond_only_test" not in registry.markdown_table()
+        hint = "'cond_only_test' exists only in conditional form; pass context_dim"
+        for call in (lambda: info("cond_only_test"), lambda: build_layer("cond_only_test", 3),
+                     lambda: build_flow(["planar", "cond_only_test"], 3)):
+            with pytest.raises(ValueError, match=hint) as err:
+                call()
+            assert "\n" not in str(err.value)
+        layer = build_layer("cond_only_test", 3, context_dim=C)
+        assert isinstance(layer, ContextFree)
+        assert len(build_flow("cond_only_test*2", 3, context_dim=C).transforms) == 2
+
+        # registering the plain form afterwards keeps the conditional one
+        @register("cond_only_test", paper="test", inverse="exact", kind="permutation",
+                  volume_preserving=True)
+        def plain(dim: int):
+            return Reverse(dim)
+
+        assert info("cond_only_test").constructor is plain
+        assert info("cond_only_test").conditional.constructor is reversed_only
+        with pytest.raises(ValueError, match="already registered"):
+            register_conditional("cond_only_test", paper="again")(reversed_only)
+    finally:
+        registry._REGISTRY.pop("cond_only_test", None)
+
+
+#: pyro_nf.transforms.conditional's names before the families were merged
+OLD_CONDITIONAL_ALL = [
+    "available_conditional", "build_conditional_flow", "build_conditional_layer",
+    "conditional_info", "register_conditional",
+    "ConditionalFlow", "ConditionedFlow", "ContextFree", "HyperNet",
+    "ConditionalPlanar", "ConditionalRadial", "ConditionalSylvester",
+    "ConditionalOrthogonalSylvester", "ConditionalHouseholderSylvester",
+    "ConditionalTriangularSylvester", "ConditionalCoupling", "ConditionalAdditiveCoupling",
+    "ConditionalAffineCoupling", "ConditionalSplineCoupling", "ConditionalAutoregressive",
+    "ConditionalAffineAutoregressive", "ConditionalSplineAutoregressive",
+]
+
+
+def test_old_import_paths_are_deprecated_aliases_of_the_new_modules():
+    with pytest.warns(DeprecationWarning, match="pyro_nf.transforms.conditional is deprecated"):
+        old = importlib.reload(importlib.import_module("pyro_nf.transforms.conditional"))
+    assert old.__all__ == OLD_CONDITIONAL_ALL
+    for name in OLD_CONDITIONAL_ALL:
+        assert getattr(old, name) is getattr(pyro_nf.transforms, name), name
+    new = {"planar": "planar", "radial": "radial", "coupling": "coupling",
+           "autoregressive": "autoregressive", "permutation": "permutation",
+           "sylvester": "sylvester", "base": "context", "registry": "registry"}
+    for submodule, module in new.items():
+        alias = importlib.import_module(f"pyro_nf.transforms.conditional.{submodule}")
+        assert alias is sys.modules[f"pyro_nf.transforms.{module}"], submodule
+        assert getattr(old, submodule) is alias
+    from pyro_nf.transforms.conditional.base import HyperResidual
+    from pyro_nf.transforms.conditional.planar import ConditionalPlanar as OldPlanar
+    from pyro_nf.transforms.conditional.registry import build_conditional_flow as old_build
+    from pyro_nf.transforms.conditional.sylvester import ConditionalTriangularSylvester as Old
+
+    assert OldPlanar is pyro_nf.transforms.planar.ConditionalPlanar
+    assert Old is pyro_nf.transforms.sylvester.ConditionalTriangularSylvester
+    assert HyperResidual is pyro_nf.transforms.context.HyperResidual
+    assert old_build is build_conditional_flow

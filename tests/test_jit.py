@@ -14,9 +14,13 @@ import torch
 from pyro.infer import Predictive
 
 from pyro_nf import AmortizedFlow, AutoFlow
-from pyro_nf.transforms import available, build_layer
+from pyro_nf.transforms import (
+    available,
+    available_conditional,
+    build_conditional_layer,
+    build_layer,
+)
 from pyro_nf.transforms.base import permutation_sign
-from pyro_nf.transforms.conditional import available_conditional, build_conditional_layer
 from pyro_nf.transforms.linear import LULinear
 from pyro_nf.transforms.permutation import Permutation
 

@@ -9,8 +9,15 @@ former submodules (``.planar``, ``.base``, ``.registry``, ...) are aliases of th
 """
 
 import sys
+import warnings
 
 from pyro_nf import transforms as _transforms
+
+warnings.warn("pyro_nf.transforms.conditional is deprecated and will be removed in the next "
+              "release; import its names from pyro_nf.transforms (the classes live in the "
+              "families' modules, e.g. pyro_nf.transforms.planar.ConditionalPlanar) and build "
+              "conditional flows with build_flow(spec, dim, context_dim=C)",
+              DeprecationWarning, stacklevel=2)
 
 #: the former names: the conditional part of pyro_nf.transforms.__all__, which comes last
 __all__ = _transforms.__all__[_transforms.__all__.index("available_conditional"):]
