@@ -220,12 +220,9 @@ PlanarParams = tuple[Tensor, Tensor, Tensor, Tensor]
                       "Normalizing Flows: planar flow, parameters amortized by a network of the "
                       "context")
 class ConditionalPlanar(HyperResidual):
-    """Planar flow f(z; h) = z + u_hat(h) tanh(w(h)^T z + b(h)) whose u, w, b are outputs of an
-    MLP of the context (one set per data point), constrained as :class:`Planar`'s.
-
-    Initialisation: :class:`Planar`'s identity map for every context. Arguments:
-    :class:`~pyro_nf.transforms.context.HyperResidual`'s.
-    """
+    """Planar flow f(z; h) = z + u_hat(h) tanh(w(h)^T z + b(h)): u, w, b per data point from the
+    MLP of the context of :class:`~pyro_nf.transforms.context.HyperResidual` (its arguments),
+    constrained as :class:`Planar`'s; starts at :class:`Planar`'s identity for every context."""
 
     def initial(self) -> dict[str, Tensor]:
         u, w, b = planar_init(self.dim)

@@ -33,12 +33,9 @@ _MIXING_KINDS = ("coupling", "autoregressive")
 
 @dataclass(frozen=True)
 class FlowInfo:
-    """Metadata of a registered flow layer.
-
-    ``conditional`` is the metadata of the layer's conditional form (its constructor
-    ``f(dim, context_dim, **options)``, paper and options), None where it has none. An entry
-    registered only in conditional form has ``constructor`` None.
-    """
+    """Metadata of a registered flow layer. ``conditional`` is its conditional form's (the
+    constructor ``f(dim, context_dim, **options)``, paper, options), None where it has none; an
+    entry registered only in conditional form has ``constructor`` None."""
 
     name: str
     constructor: Callable[..., TransformModule] | None
@@ -239,8 +236,7 @@ def _unknown_conditional(name: object) -> str:
             f"{', '.join(available_conditional())}")
 
 
-def build_layer(name: str, dim: int, context_dim: int | None = None,
-                **options: Any) -> TransformModule:
+def build_layer(name: str, dim: int, context_dim: int | None = None, **options: Any) -> Any:
     """Build one registered layer for event size ``dim``; with ``context_dim``, its
     conditional form for context size ``context_dim`` (:func:`build_conditional_layer`)."""
     if context_dim is not None:
@@ -282,8 +278,7 @@ def _expand(spec: Any, entries: Mapping[str, FlowInfo] | None = None,
     """Flatten a spec into ``(name, options)`` items and ``(None, module_or_callable)`` items,
     with names looked up in ``entries`` (default: the plain forms; the conditional flow passes
     the conditional ones) and ``unknown`` giving the error message of a name not there."""
-    if entries is None:
-        entries = _plain()
+    entries = _plain() if entries is None else entries
     if isinstance(spec, TransformModule):
         return [(None, spec)]
     if isinstance(spec, str):
