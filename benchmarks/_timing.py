@@ -1,6 +1,5 @@
-"""Shared helpers of the SVI timing benchmarks (guides.py, speed.py, scaling.py).
-
-Not a script. What it provides:
+"""The SVI timing loops of the benchmarks (guides, speed, scaling, overhead). Not a script.
+What it provides:
 
 * :func:`make_model`: the benchmark model, a D-dimensional standard-normal latent ``z`` with one
   Gaussian observation per dimension;
@@ -8,25 +7,20 @@ Not a script. What it provides:
   times, so that lazy set-up (prototype trace, parameter creation, Adam state) is not timed;
 * :func:`time_interleaved`: seconds per step of several contenders timed round-robin, in blocks,
   so that a change of load on a shared machine hits every contender alike;
-* :func:`machine_info` and :func:`machine_line`: the header every results file carries;
-* :func:`timing_parser` and :func:`settings_overrides`: the command line every timing script
-  shares (``--quick``, ``--tiny``, ``--dims``, ``--rounds``, ``--block-seconds``, ``--out``).
+  :func:`adaptive_blocks` sizes the blocks, :func:`time_guides` runs it on SVI guides;
+* :class:`TimingSettings`: what the timing scripts' command line sets (their ``Settings``
+  add their own fields).
+
+The machine header, the command line and the report writer are in :mod:`benchmarks.common`.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import hashlib
-import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyro
@@ -52,6 +46,18 @@ def prepare_svi(model: Callable, guide: Callable, *, lr: float = 1e-3, warmup: i
     for _ in range(warmup):
         svi.step()
     return svi
+
+
+@dataclass
+class TimingSettings:
+    """The dimensions measured, the interleaved rounds, the block length (about
+    ``block_seconds``, at most ``max_block`` steps) and the untimed warm-up steps."""
+
+    dims: tuple[int, ...] = (10, 100, 1000)
+    rounds: int = 15
+    block_seconds: float = 0.3
+    max_block: int = 50
+    warmup: int = 5
 
 
 @dataclass
@@ -133,96 +139,3 @@ def time_guides(model: Callable, makers: Mapping[str, Callable[[], Callable]], s
     times = time_interleaved({name: svi.step for name, svi in svis.items()}, rounds=rounds,
                              block=block)
     return {name: t.step_median for name, t in times.items()}
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of torch, pyro and (when importable) zuko."""
-    out = {"torch": torch.__version__, "pyro": pyro.__version__}
-    try:
-        import zuko
-    except ImportError:
-        out["zuko"] = "not installed"
-    else:
-        out["zuko"] = getattr(zuko, "__version__", "unknown")
-    return out
-
-
-def source_info() -> dict[str, Any]:
-    """The pyro-nf code measured: git commit, whether the working tree differs from it, and a
-    SHA-256 over the package's ``.py`` files (the working tree may carry uncommitted edits)."""
-    import pyro_nf
-
-    root = Path(pyro_nf.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    out: dict[str, Any] = {"pyro_nf_sha256": digest.hexdigest()[:16]}
-    try:
-        git = ["git", "-C", str(root.parent)]
-        out["git_commit"] = subprocess.run(git + ["rev-parse", "--short", "HEAD"],
-                                           capture_output=True, text=True,
-                                           check=True).stdout.strip()
-        dirty = subprocess.run(git + ["status", "--porcelain", "--", "pyro_nf"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        out["pyro_nf_uncommitted_changes"] = bool(dirty)
-    except (OSError, subprocess.CalledProcessError):
-        out["git_commit"] = None
-    return out
-
-
-def machine_info() -> dict[str, Any]:
-    """Platform, CPU count, torch threads and library versions."""
-    return {"platform": platform.platform(), "machine": platform.machine(),
-            "processor": platform.processor() or "unknown", "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            **library_versions(), **source_info()}
-
-
-def machine_line(info: Mapping[str, Any] | None = None) -> str:
-    """One markdown line describing the machine."""
-    info = info or machine_info()
-    return (f"Machine: {info['platform']} ({info['machine']}), {info['cpu_count']} CPUs, "
-            f"{info['torch_threads']} torch thread(s); torch {info['torch']}, "
-            f"pyro {info['pyro']}, zuko {info['zuko']}, Python {info['python']}; pyro-nf at "
-            f"commit {info.get('git_commit')}"
-            f"{' with uncommitted changes' if info.get('pyro_nf_uncommitted_changes') else ''}"
-            f" (source sha256 {info.get('pyro_nf_sha256')}).")
-
-
-def write_report(out: Path | str | None, text: str, payload: Any) -> None:
-    """Print the markdown report; with ``out``, write it there and the JSON payload beside it
-    (same name, ``.json``)."""
-    print(text)
-    if out is None:
-        return
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def timing_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
-    """The options every timing script takes; each adds its own after."""
-    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--tiny", action="store_true", help="one tiny case (smoke tests)")
-    parser.add_argument("--dims", type=int, nargs="+", default=None)
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--block-seconds", type=float, default=None)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="markdown file; the JSON goes next to it (.json)")
-    return parser
-
-
-def settings_overrides(args: argparse.Namespace, tiny: Mapping[str, Any],
-                       quick: Mapping[str, Any], *names: str) -> dict[str, Any]:
-    """The ``Settings`` fields the command line sets: the ``--tiny``/``--quick`` presets, then
-    ``--dims``, ``--rounds``, ``--block-seconds`` and the script's own ``names`` (tuples for
-    list options)."""
-    overrides: dict[str, Any] = dict(tiny if args.tiny else quick if args.quick else {})
-    for name in ("dims", "rounds", "block_seconds", *names):
-        value = getattr(args, name)
-        if value:
-            overrides[name] = tuple(value) if isinstance(value, list) else value
-    return overrides

@@ -1,10 +1,10 @@
 """Posterior accuracy against posteriordb's reference draws, for Pyro's guides and AutoFlow on
 15 posteriors.
 
-    python benchmarks/accuracy.py                          # all 15 posteriors, DEFAULT_GUIDES
-    python benchmarks/accuracy.py --only kidiq-kidscore_momiq --guides "AutoFlow (default)"
-    python benchmarks/accuracy.py --quick                  # 2 posteriors, 200 steps (smoke)
-    python benchmarks/accuracy.py --out benchmarks/results/accuracy.md
+    python -m benchmarks.accuracy                       # all 15 posteriors, DEFAULT_GUIDES
+    python -m benchmarks.accuracy --only kidiq-kidscore_momiq --guides "AutoFlow (default)"
+    python -m benchmarks.accuracy --quick               # 2 posteriors, 200 steps (smoke)
+    python -m benchmarks.accuracy --out benchmarks/results/accuracy.md
 
 Every guide gets the same budget on every posterior: ``pyro_nf.fit(model, guide, seed=0)``
 with fit's own defaults (no num_steps: the step-size pilot, 8 particles, the self-stopping
@@ -21,14 +21,14 @@ lowest 90% central-interval coverage, and the energy distance of
 ``pyro_nf.compare_posteriors`` on reference-standardized draws.
 
 A posterior *passes* for a guide when k-hat < 0.7, every standardized mean error < 0.1 and
-every sd ratio is within [0.9, 1.1]. Fitting wall time (seconds) is reported beside.
+every sd ratio is within [0.9, 1.1] (``benchmarks.common.passes``). Fitting wall time (seconds)
+is reported beside.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import traceback
@@ -37,17 +37,19 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
-from pyro.infer.autoguide import (
-    AutoIAFNormal,
-    AutoLaplaceApproximation,
-    AutoMultivariateNormal,
-    AutoNormal,
-)
+from pyro.infer.autoguide import AutoLaplaceApproximation
 
 import pyro_nf
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import posteriordb  # noqa: E402
+from benchmarks import posteriordb
+from benchmarks.common import (
+    BASELINE_GUIDES,
+    CRITERION,
+    accuracy_row,
+    machine_info,
+    machine_line,
+    reference_draws,
+    script_parser,
+)
 
 MAP_STEPS = 1000
 
@@ -61,10 +63,7 @@ def laplace_warm_start(model):
 
 
 GUIDES = {
-    "AutoNormal": lambda m: AutoNormal(m),
-    "AutoMultivariateNormal": lambda m: AutoMultivariateNormal(m),
-    "Pyro AutoIAFNormal": lambda m: AutoIAFNormal(m, num_transforms=2),
-    "AutoFlow (default)": lambda m: pyro_nf.AutoFlow(m),
+    **BASELINE_GUIDES,
     "AutoFlow planar*8": lambda m: pyro_nf.AutoFlow(m, flow="planar*8"),
     "AutoFlow spline_coupling*4": lambda m: pyro_nf.AutoFlow(m, flow="spline_coupling*4"),
     "AutoFlow (default) from Laplace": laplace_warm_start,
@@ -73,33 +72,11 @@ GUIDES = {
 QUICK = ["kidiq-kidscore_momiq", "eight_schools-eight_schools_centered"]
 
 
-def passes(row: dict) -> bool:
-    return (row["khat"] < 0.7 and row["worst_std_mean_error"] < 0.1
-            and 0.9 <= row["worst_sd_ratio"] <= 1.1)
-
-
-def why(row: dict) -> str:
-    """The criteria a failing row misses, with the offending parameter."""
-    out = []
-    if not row["khat"] < 0.7:
-        out.append(f"k-hat {row['khat']:.2f}")
-    if not row["worst_std_mean_error"] < 0.1:
-        out.append(f"mean off by {row['worst_std_mean_error']:.2f} sd ({row['worst_mean_param']})")
-    if not 0.9 <= row["worst_sd_ratio"] <= 1.1:
-        out.append(f"sd ratio {row['worst_sd_ratio']:.2f} ({row['worst_sd_param']})")
-    return "; ".join(out)
-
-
-def _reference_draws(post) -> dict[str, np.ndarray]:
-    return {k: v.reshape((-1,) + v.shape[2:]) for k, v in post.reference.items()}
-
-
 LR, LR_DECAY = 0.005, 0.1
 
 
 #: The guides of a run without ``--guides``: Pyro's three and the default AutoFlow.
-DEFAULT_GUIDES = ["AutoNormal", "AutoMultivariateNormal", "Pyro AutoIAFNormal",
-                  "AutoFlow (default)"]
+DEFAULT_GUIDES = list(BASELINE_GUIDES)
 
 
 def _fit(model, guide, steps: int, seed: int, lr: float = LR, lr_decay: float = LR_DECAY,
@@ -129,15 +106,6 @@ def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000
                               defaults=auto)
     seconds = time.perf_counter() - t0
     idata = pyro_nf.to_inference_data(model, guide, num_samples=draws, fit_result=result)
-    report = pyro_nf.diagnose(idata)
-    ref = _reference_draws(post)
-    table = pyro_nf.compare_posteriors({"guide": idata, "reference": ref},
-                                       reference="reference", var_names=list(ref))
-    rows = table.loc["guide"]
-    log_ratio = np.abs(np.log(rows["sd_ratio"].to_numpy()))
-    summary = table.attrs["summary"]
-    energy = float(summary.loc["guide", "energy_distance"]) if "energy_distance" in \
-        summary.columns else float("nan")
     out = {
         "posterior": post.name, "guide": guide_name, "dim": post.dim, "steps": result.steps,
         "stage": result.stage, "recommendation": result.recommendation,
@@ -145,16 +113,8 @@ def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000
         "seconds": seconds, "vectorised_particles": vectorised,
         "final_elbo": (result.elbo_estimate if result.elbo_estimate is not None
                        else float(-np.mean(result.losses[-100:]))),
-        "khat": float(report.khat),
-        "worst_std_mean_error": float(rows["std_mean_error"].max()),
-        "worst_mean_param": str(rows["std_mean_error"].idxmax()),
-        "worst_sd_ratio": float(rows["sd_ratio"].to_numpy()[np.argmax(log_ratio)]),
-        "worst_sd_param": str(rows.index[np.argmax(log_ratio)]),
-        "min_coverage90": float(rows["coverage90"].min()),
-        "energy_distance": energy,
+        **accuracy_row(idata, reference_draws(post)),
     }
-    out["passes"] = passes(out)
-    out["why"] = "" if out["passes"] else why(out)
     if check_modes:
         t0 = time.perf_counter()
         search = pyro_nf.find_modes(model)
@@ -166,27 +126,20 @@ def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000
     return out
 
 
-def machine() -> str:
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} torch thread(s); python {platform.python_version()}, "
-            f"torch {torch.__version__}, pyro {pyro.__version__}")
-
-
 def markdown(results: list[dict], steps: int, notes: dict[str, str], lr: float = LR,
-             lr_decay: float = LR_DECAY) -> str:
+             lr_decay: float = LR_DECAY, info: dict | None = None) -> str:
     guides = list(dict.fromkeys(r["guide"] for r in results))
     names = list(dict.fromkeys(r["posterior"] for r in results))
     lines = ["# Posterior accuracy against posteriordb reference draws", "",
-             "    python benchmarks/accuracy.py --out benchmarks/results/accuracy.md", "",
-             f"Machine: {machine()}.", "",
+             "    python -m benchmarks.accuracy --out benchmarks/results/accuracy.md", "",
+             machine_line(info), "",
              (f"Budget per fit: {steps} steps, Adam lr {lr} decayed to {lr * lr_decay:g}, "
               "8 particles" if steps else "Budget per fit: `pyro_nf.fit(model, guide, "
               "seed=0)` with fit's own defaults (pilot, 8 particles, self-stopping schedule, "
               "importance check)") + ", seed 0, float32, each guide's default initialisation "
              "(the Laplace variant: MAP by 1000 Adam steps at lr 0.05, then "
-             "AutoFlow.from_guide). Pass: k-hat < 0.7, every standardized mean error < 0.1, "
-             "every sd ratio in [0.9, 1.1]. Cells: pass/FAIL, k-hat, worst |mean error| in "
-             "sds, worst sd ratio.",
+             f"AutoFlow.from_guide). Pass: {CRITERION}. Cells: pass/FAIL, k-hat, worst "
+             "|mean error| in sds, worst sd ratio.",
              "",
              "## Passes per guide", "",
              f"| guide | passes (of {len(names)}) | median seconds |", "|---|---|---|"]
@@ -197,8 +150,9 @@ def markdown(results: list[dict], steps: int, notes: dict[str, str], lr: float =
         lines.append(f"| {g} | {ok} | {np.median(secs) if secs else float('nan'):.0f} |")
     if any(r.get("from_log") for r in results):
         lines += ["", "Rows marked * were rebuilt from their run's progress log by "
-                  "`benchmarks/accuracy_from_log.py` (that run was killed before writing its "
-                  "JSON): their coverage, energy distance and ELBO were not recorded (nan)."]
+                  "`python -m benchmarks.accuracy_from_log` (that run was killed before "
+                  "writing its JSON): their coverage, energy distance and ELBO were not "
+                  "recorded (nan)."]
     wide = {r["posterior"] for r in results if r.get("dtype") == "float64"}
     lines += ["", "## Per posterior", "", "| posterior | dim | " + " | ".join(guides) + " |",
               "|---|---|" + "---|" * len(guides)]
@@ -241,8 +195,8 @@ def markdown(results: list[dict], steps: int, notes: dict[str, str], lr: float =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 posteriors, 200 steps")
+    parser = script_parser(__doc__, "2 posteriors, 200 steps",
+                           "markdown report; the JSON (and .jsonl, row by row) beside it")
     parser.add_argument("--steps", type=int, default=None,
                         help="a fixed budget for every guide (default: fit's own defaults)")
     parser.add_argument("--lr", type=float, default=LR)
@@ -258,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--float64", action="store_true",
                         help="fit in float64 (gp_pois_regr: its 1e-10 kernel jitter is below "
                              "float32's resolution)")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.from_json:
@@ -303,12 +256,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(results: list[dict], steps: int, notes: dict, args: argparse.Namespace) -> int:
+    info = machine_info()
     if args.out:  # the raw rows first, so that a table bug cannot lose a long run
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).with_suffix(".json").write_text(json.dumps(
-            {"machine": machine(), "steps": steps, "lr": args.lr, "lr_decay": args.lr_decay,
+            {"machine": info, "steps": steps, "lr": args.lr, "lr_decay": args.lr_decay,
              "results": results}, indent=1))
-    text = markdown(results, steps, notes, args.lr, args.lr_decay)
+    text = markdown(results, steps, notes, args.lr, args.lr_decay, info)
     print(text)
     if args.out:  # (the JSON is already there)
         Path(args.out).write_text(text)

@@ -1,16 +1,18 @@
 """Accuracy of AutoFlow on two hard posteriors, against Pyro's guides, at one step budget.
 
-    python benchmarks/autoflow_accuracy.py            # 5000 steps, seeds 0-2 (~40 min, 1 core)
-    python benchmarks/autoflow_accuracy.py --quick    # 100 steps, one seed, a smoke run
-    python benchmarks/autoflow_accuracy.py --out benchmarks/results/autoflow_accuracy.md
-    python benchmarks/autoflow_accuracy.py --posteriors funnel --jsonl part.jsonl  # one half
-    python benchmarks/autoflow_accuracy.py --from-jsonl a.jsonl b.jsonl --out ...   # merge
-    python benchmarks/autoflow_accuracy.py --guides AutoFlow --jsonl new.jsonl  # some rows
+    python -m benchmarks.autoflow_accuracy            # 5000 steps, seeds 0-2 (~40 min, 1 core)
+    python -m benchmarks.autoflow_accuracy --quick    # 100 steps, one seed, a smoke run
+    python -m benchmarks.autoflow_accuracy --out benchmarks/results/autoflow_accuracy.md
+    python -m benchmarks.autoflow_accuracy --posteriors funnel --jsonl part.jsonl  # one half
+    python -m benchmarks.autoflow_accuracy --from-jsonl a.jsonl b.jsonl --out ...   # merge
+    python -m benchmarks.autoflow_accuracy --guides AutoFlow --jsonl new.jsonl  # some rows
 
 Posteriors: eight schools, centered (reference: posteriordb's long NUTS draws of the same
 posterior in its noncentered form), and Neal's funnel in 10 dimensions (v ~ N(0, 3),
 x_i ~ N(0, exp(v/2)), i = 1..9; reference: v's exact N(0, 3^2) marginal).
 
+Guides: the baseline four of ``benchmarks.common`` (Pyro's AutoNormal, AutoMultivariateNormal,
+AutoIAFNormal with 2 layers, and ``AutoFlow(model)``) and two variants of the default AutoFlow.
 Every guide gets the same budget: ``fit(num_steps, lr=0.005, num_particles=16, lr_decay=0.1,
 seed)`` (the sticking-the-landing row: the same with ``elbo="stl"``; the ``centering='model'``
 row: the default flow without the learned centring of hierarchical sites), repeated for several
@@ -23,7 +25,6 @@ reference sds) and sd ratio over the seeds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -31,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import pyro
-import torch
-from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
 
 import pyro_nf
+from benchmarks.common import BASELINE_GUIDES, machine_line, script_parser
 from pyro_nf.diagnostics import from_posteriordb
 from pyro_nf.models import eight_schools, neals_funnel
 
@@ -45,10 +45,7 @@ funnel = neals_funnel
 
 
 GUIDES = {
-    "AutoNormal": lambda m: AutoNormal(m),
-    "AutoMultivariateNormal": lambda m: AutoMultivariateNormal(m),
-    "Pyro AutoIAFNormal (2 layers)": lambda m: AutoIAFNormal(m, num_transforms=2),
-    f"AutoFlow (default: {pyro_nf.DEFAULT_FLOW})": lambda m: pyro_nf.AutoFlow(m),
+    **BASELINE_GUIDES,
     "AutoFlow (default), elbo='stl'": lambda m: pyro_nf.AutoFlow(m),
     "AutoFlow, centering='model' (the default before 2026-11-23)":
         lambda m: pyro_nf.AutoFlow(m, centering="model"),
@@ -132,8 +129,7 @@ def table(rows: list[dict], refs: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = script_parser(__doc__, "100 steps, one seed")
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--posteriors", nargs="+", choices=sorted(POSTERIORS),
@@ -144,7 +140,6 @@ def main(argv=None) -> int:
                         help="append every row to this file as it finishes")
     parser.add_argument("--from-jsonl", type=Path, nargs="+", default=None,
                         help="build the table from rows written by earlier runs")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.from_jsonl and args.guides:
         parser.error("--guides chooses the guides to fit; --from-jsonl tabulates every row of "
@@ -178,9 +173,8 @@ def main(argv=None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             f"# AutoFlow accuracy\n\n{__doc__.split(chr(10), 2)[2]}\nSteps: {steps}, seeds "
-            f"{', '.join(map(str, seeds))}. Machine: 2-core CPU, torch {torch.__version__}, "
-            f"pyro {pyro.__version__}.\n\nReferences: {json.dumps(refs)} (mean, sd).\n\n"
-            f"{text}\n")
+            f"{', '.join(map(str, seeds))}; the default flow is {pyro_nf.DEFAULT_FLOW!r}.\n\n"
+            f"{machine_line()}\n\nReferences: {json.dumps(refs)} (mean, sd).\n\n{text}\n")
     return 0
 
 

@@ -1,8 +1,8 @@
 """Milliseconds per SVI step: AutoFlow against Pyro's autoguides, same flow architecture.
 
-    python benchmarks/guides.py                  # D in {10, 100, 1000}
-    python benchmarks/guides.py --quick          # D = 10, few steps (smoke run)
-    python benchmarks/guides.py --out benchmarks/results/guides.md
+    python -m benchmarks.guides                  # D in {10, 100, 1000}
+    python -m benchmarks.guides --quick          # D = 10, few steps (smoke run)
+    python -m benchmarks.guides --out benchmarks/results/guides.md
 
 The model is a D-dimensional Gaussian latent with one observation per dimension. For each D
 the guides are timed in one run, one after the other, with Trace_ELBO, one particle and Adam:
@@ -15,26 +15,15 @@ AutoFlow / Pyro for the same architecture (below 1.0: pyro-nf is faster).
 
 from __future__ import annotations
 
-import argparse
 import functools
-import platform
 import sys
-from pathlib import Path
 
-import pyro
 import pyro.distributions.transforms as T
-import torch
-from pyro.infer.autoguide import (
-    AutoIAFNormal,
-    AutoMultivariateNormal,
-    AutoNormal,
-    AutoNormalizingFlow,
-)
+from pyro.infer.autoguide import AutoIAFNormal, AutoNormalizingFlow
 
+from benchmarks._timing import make_model, time_guides
+from benchmarks.common import BASELINE_GUIDES, command_line, machine_line, script_parser
 from pyro_nf import AutoFlow
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import make_model, time_guides  # noqa: E402  (benchmarks/ is not a package)
 
 
 def _iterated(n, fn, dim):
@@ -44,8 +33,9 @@ def _iterated(n, fn, dim):
 def guides(model, dim: int, hidden: int) -> dict:
     iaf_spec = [("iaf", {"hidden": [hidden], "activation": "relu"})] * 2  # as Pyro's
     return {
-        "Pyro AutoNormal": lambda: AutoNormal(model),
-        "Pyro AutoMultivariateNormal": lambda: AutoMultivariateNormal(model),
+        "Pyro AutoNormal": functools.partial(BASELINE_GUIDES["AutoNormal"], model),
+        "Pyro AutoMultivariateNormal": functools.partial(
+            BASELINE_GUIDES["AutoMultivariateNormal"], model),
         "Pyro AutoIAFNormal (iaf x2)": lambda: AutoIAFNormal(model, hidden_dim=[hidden],
                                                              num_transforms=2),
         "AutoFlow (iaf x2)": lambda: AutoFlow(model, flow=iaf_spec),
@@ -60,20 +50,16 @@ PAIRS = {"AutoFlow (iaf x2)": "Pyro AutoIAFNormal (iaf x2)",
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = script_parser(__doc__, "D = 10, few steps")
     parser.add_argument("--dims", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--only", nargs="+", default=None,
                         help="substrings selecting guides, e.g. --only iaf")
     args = parser.parse_args(argv)
     dims = args.dims or ([10] if args.quick else [10, 100, 1000])
     steps = args.steps or (5 if args.quick else 100)
-    machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch "
-               f"{torch.__version__}, pyro {pyro.__version__}")
-    lines = [f"# ms per SVI step ({machine}); median of {steps} steps per guide, all guides "
-             "of one D timed in interleaved blocks", "",
+    lines = [f"# ms per SVI step; median of {steps} steps per guide, all guides of one D "
+             "timed in interleaved blocks", "", machine_line(), "",
              "| D | guide | ms/step | AutoFlow / Pyro, same flow |", "|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for dim in dims:
@@ -90,7 +76,8 @@ def main(argv=None) -> int:
             print(line, flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n\nCommand: `python benchmarks/guides.py`\n")
+        args.out.write_text("\n".join(lines) + "\n\nCommand: "
+                            f"`{command_line('benchmarks.guides', argv)}`\n")
     return 0
 
 

@@ -1,9 +1,9 @@
 """Time every pyro-nf layer's forward+log-det and inverse, side by side with Pyro's built-in
 counterpart built with the same sizes, in one run.
 
-    python benchmarks/layers.py                 # D in {2, 16, 128, 512}, batch 256
-    python benchmarks/layers.py --quick         # D in {2, 16}, fewer repeats (a smoke run)
-    python benchmarks/layers.py --out benchmarks/results/layers.md
+    python -m benchmarks.layers                 # D in {2, 16, 128, 512}, batch 256
+    python -m benchmarks.layers --quick         # D in {2, 16}, fewer repeats (a smoke run)
+    python -m benchmarks.layers --out benchmarks/results/layers.md
 
 Timings are medians of repeated calls under ``torch.no_grad()`` on this machine's CPU threads;
 the ratio column is ours / Pyro's (below 1.0 means pyro-nf is faster). Pyro's planar, radial,
@@ -14,19 +14,17 @@ planar, radial and Sylvester).
 
 from __future__ import annotations
 
-import argparse
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pyro
 import pyro.distributions.transforms as T
 import torch
 from pyro.nn import AutoRegressiveNN, DenseNN
 
+from benchmarks.common import command_line, machine_line, script_parser
 from pyro_nf.transforms import available, build_layer
 from pyro_nf.transforms.nets import default_hidden
 
@@ -154,26 +152,24 @@ HEADER = ("| layer | D | ours fwd+logdet (ms) | Pyro fwd+logdet (ms) | ours/Pyro
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="D in {2, 16}, short budgets")
+    parser = script_parser(__doc__, "D in {2, 16}, short budgets",
+                           "write the markdown table here")
     parser.add_argument("--dims", type=int, nargs="+", default=None)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--layers", nargs="+", default=None)
-    parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
     dims = args.dims or ([2, 16] if args.quick else [2, 16, 128, 512])
     budget = 0.05 if args.quick else 0.5
     pyro.set_rng_seed(0)
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
-               f"threads, torch {torch.__version__}, pyro {pyro.__version__}, "
-               f"Python {platform.python_version()}")
-    print(f"# Layer timings, batch {args.batch} ({machine})\n\n{HEADER}", flush=True)
+    machine = machine_line()
+    print(f"# Layer timings, batch {args.batch}\n\n{machine}\n\n{HEADER}", flush=True)
     rows = measure(dims, args.batch, budget, args.layers)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         body = "\n".join(_fmt_row(r) for r in rows)
-        args.out.write_text(f"# Layer timings, batch {args.batch}\n\nMachine: {machine}.\n"
-                            f"Command: `python benchmarks/layers.py`\n\n{HEADER}\n{body}\n")
+        args.out.write_text(f"# Layer timings, batch {args.batch}\n\n{machine}\n"
+                            f"Command: `{command_line('benchmarks.layers', argv)}`\n\n"
+                            f"{HEADER}\n{body}\n")
     return 0
 
 

@@ -1,9 +1,9 @@
 """The VAE-with-flows table on binarized MNIST: plain VAE, planar K = 10, orthogonal Sylvester
 and IAF, trained with one CPU budget by ``examples/vae_mnist.py``.
 
-    python benchmarks/mnist.py --out benchmarks/results/mnist.md            # trains all four
-    python benchmarks/mnist.py --from out/mnist --out benchmarks/results/mnist.md   # tabulate
-    python benchmarks/mnist.py --quick                                      # smoke run
+    python -m benchmarks.mnist --out benchmarks/results/mnist.md            # trains all four
+    python -m benchmarks.mnist --from out/mnist --out benchmarks/results/mnist.md   # tabulate
+    python -m benchmarks.mnist --quick                                      # smoke run
 
 Each configuration: latent 40, MLP encoder and decoder 784-300-300-40 / 40-300-300-784 (ELU),
 batch 100 from a subsampled plate over the 50,000 training images, ClippedAdam lr 1e-3,
@@ -14,14 +14,14 @@ samples per image on all 10,000 test images.
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
+from benchmarks.common import script_parser, write_report
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CONFIGS = [("none", 1, "plain VAE (diagonal Gaussian encoder)"),
            ("planar", 10, "planar, K = 10"),
@@ -39,9 +39,17 @@ PUBLISHED = [
 ]
 
 
-def run(out: Path, epochs: int, warmup: int, iw: int, quick: bool) -> list[dict]:
-    import vae_mnist
+def _vae_mnist():
+    """The example ``examples/vae_mnist.py``, loaded from its file: ``examples/`` is a folder
+    of scripts, not a package (the tests load the examples the same way)."""
+    spec = importlib.util.spec_from_file_location("vae_mnist", ROOT / "examples" / "vae_mnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
+
+def run(out: Path, epochs: int, warmup: int, iw: int, quick: bool) -> list[dict]:
+    vae_mnist = _vae_mnist()
     rows = []
     for flow, layers, _ in CONFIGS:
         argv = ["--flow", flow, "--layers", str(layers), "--epochs", str(epochs),
@@ -58,7 +66,7 @@ def run(out: Path, epochs: int, warmup: int, iw: int, quick: bool) -> list[dict]
 def table(rows: list[dict]) -> str:
     plain = next((r for r in rows if r["flow"] == "none"), None)
     lines = ["# VAE with amortized flows on binarized MNIST", "",
-             "    python benchmarks/mnist.py --out benchmarks/results/mnist.md", "",
+             "    python -m benchmarks.mnist --out benchmarks/results/mnist.md", "",
              __doc__.split("\n\n", 2)[2].strip(), "",
              "| guide | epochs | train s | test -ELBO | test -log p(x) | gain over plain VAE "
              "(-log p(x)) | IS samples x test images |", "|---|---|---|---|---|---|---|"]
@@ -75,15 +83,14 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = script_parser(__doc__, "the examples' --quick runs",
+                           "markdown file; the JSON goes next to it (.json)")
     parser.add_argument("--from", dest="source", default=None,
                         help="tabulate the summary.json files of an earlier run in this folder")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iw", type=int, default=200)
     parser.add_argument("--work", default="out/mnist", help="where the runs write")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     import torch
 
@@ -93,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
                 for f, _, _ in CONFIGS]
     else:
         rows = run(Path(args.work), args.epochs, args.warmup, args.iw, args.quick)
-    from _timing import write_report
-
     write_report(args.out, table(rows), rows)
     return 0
 

@@ -1,8 +1,8 @@
 """Posteriors with several modes: the default AutoFlow against ``AutoFlow(modes="auto")``, the
 missed-mode check, and what the mode search costs on the 15 unimodal posteriordb posteriors.
 
-    python benchmarks/modes.py --out benchmarks/results/modes.md
-    python benchmarks/modes.py --quick             # one mixture, one seed, no posteriordb
+    python -m benchmarks.modes --out benchmarks/results/modes.md
+    python -m benchmarks.modes --quick             # one mixture, one seed, no posteriordb
 
 Part 1, mixtures with known masses (2-D 0.3/0.7 and 0.1/0.9, a 10-D two-mode mixture with
 correlated components, a 2-D mixture of four), seeds 0-2: each guide fitted by
@@ -14,15 +14,13 @@ guide that holds under 2% of it while it holds at least 5% of the posterior; *re
 Part 2, label switching: a three-component mixture with unordered means, the search's report.
 
 Part 3, the 15 posteriordb posteriors (all unimodal): the default AutoFlow (pass or fail as in
-``accuracy.py``, its seconds, the modes the search finds and whether the check fires on it)
+``benchmarks.accuracy``, its seconds, the modes the search finds and whether the check fires on it)
 and ``AutoFlow(modes="auto")`` (components, pass, seconds including the search).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -32,8 +30,8 @@ import torch
 from pyro.distributions import constraints
 
 import pyro_nf
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import accuracy, posteriordb
+from benchmarks.common import machine_info, machine_line, script_parser, write_report
 
 IDX = torch.arange(10.0)
 CASES = {
@@ -120,9 +118,6 @@ def label_switching() -> dict:
 
 
 def run_posteriordb() -> list[dict]:
-    import accuracy
-    import posteriordb
-
     rows = []
     for name in posteriordb.NAMES:
         dtype = torch.float64 if name.startswith("gp_pois_regr") else torch.float32
@@ -140,11 +135,10 @@ def _fmt(values: list[float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 
 
-def markdown(mixtures: list[dict], labels: dict | None, pdb: list[dict]) -> str:
-    from accuracy import machine
-
-    lines = ["# Posteriors with several modes", "", "    python benchmarks/modes.py --out "
-             "benchmarks/results/modes.md", "", f"Machine: {machine()}.", "",
+def markdown(mixtures: list[dict], labels: dict | None, pdb: list[dict],
+             info: dict | None = None) -> str:
+    lines = ["# Posteriors with several modes", "", "    python -m benchmarks.modes --out "
+             "benchmarks/results/modes.md", "", machine_line(info), "",
              "## Mixtures with known masses", "",
              "Mass per mode (share of 8000 draws nearest each centre), seeds 0-2; *missed*: "
              "modes with >= 5% of the posterior and < 2% of the guide; *reported*: modes "
@@ -188,12 +182,11 @@ def markdown(mixtures: list[dict], labels: dict | None, pdb: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one mixture, one seed")
+    parser = script_parser(__doc__, "one mixture, one seed",
+                           "markdown file; the JSON goes next to it (.json)")
     parser.add_argument("--skip-posteriordb", action="store_true")
     parser.add_argument("--reuse", type=Path, default=None,
                         help="take parts 1 and 2 from this earlier run's .json, run part 3")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     names = list(CASES)[:1] if args.quick else list(CASES)
@@ -212,14 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     if labels is None and not args.quick:
         labels = label_switching()
     pdb = [] if args.quick or args.skip_posteriordb else run_posteriordb()
-    text = markdown(mixtures, labels, pdb)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(
-            {"mixtures": mixtures, "labels": labels, "posteriordb": pdb}, indent=1,
-            default=str))
+    info = machine_info()
+    write_report(args.out, markdown(mixtures, labels, pdb, info),
+                 {"machine": info, "mixtures": mixtures, "labels": labels, "posteriordb": pdb})
     return 0
 
 

@@ -1,8 +1,8 @@
 """A guide step against the model's own cost: ms per step of fit's step beside one gradient
 of the model's log density, on Neal's funnel (D = 10 and 100), timed side by side.
 
-    python benchmarks/overhead.py --out benchmarks/results/overhead.md
-    python benchmarks/overhead.py --quick       # fewer rounds (smoke)
+    python -m benchmarks.overhead --out benchmarks/results/overhead.md
+    python -m benchmarks.overhead --quick       # fewer rounds (smoke)
 
 Rows, each timed in the same interleaved rounds (``_timing.time_interleaved``; CPU ms per step,
 median over blocks, one torch thread):
@@ -25,10 +25,8 @@ most 4x one.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -37,19 +35,12 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormal
 from pyro.infer.mcmc.util import initialize_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import (  # noqa: E402
-    adaptive_blocks,
-    machine_info,
-    machine_line,
-    time_interleaved,
-    write_report,
-)
-from speed import zuko_guide  # noqa: E402
-
-import pyro_nf  # noqa: E402
-from pyro_nf.infer.optim import JointAdam, Snapshot  # noqa: E402
-from pyro_nf.infer.step import guarded_step  # noqa: E402
+import pyro_nf
+from benchmarks._timing import adaptive_blocks, time_interleaved
+from benchmarks.common import machine_info, machine_line, script_parser, write_report
+from benchmarks.speed import zuko_guide
+from pyro_nf.infer.optim import JointAdam, Snapshot
+from pyro_nf.infer.step import guarded_step
 
 FIT = sys.modules["pyro_nf.infer.fit"]  # the module (pyro_nf.infer.fit is also the function)
 
@@ -147,7 +138,7 @@ def ratio(ms: dict[str, float], a: str, b: str) -> str:
 
 def report(records: list[dict], info: dict) -> str:
     lines = ["# Guide step against the model's own gradient", "",
-             "    python benchmarks/overhead.py --out benchmarks/results/overhead.md", "",
+             "    python -m benchmarks.overhead --out benchmarks/results/overhead.md", "",
              machine_line(info), "", __doc__.split("\n\n", 2)[2].strip(), "",
              "| D | " + " | ".join(records[0]["ms"]) + " |",
              "|---|" + "---|" * len(records[0]["ms"])]
@@ -168,10 +159,9 @@ def report(records: list[dict], info: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser = script_parser(__doc__, "fewer, shorter rounds",
+                           "markdown file; the JSON goes next to it (.json)")
     parser.add_argument("--dims", type=int, nargs="*", default=[10, 100])
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     records = []

@@ -1,13 +1,13 @@
 """How step time and peak memory grow with the latent dimension D, for three default guides.
 
-    python benchmarks/scaling.py                 # D in {10, 100, 1000, 5000}; about 5 minutes
-    python benchmarks/scaling.py --quick         # D in {10, 100}, few steps (under a minute)
-    python benchmarks/scaling.py --out benchmarks/results/scaling.md  # also writes scaling.json
+    python -m benchmarks.scaling                 # D in {10, 100, 1000, 5000}; about 5 minutes
+    python -m benchmarks.scaling --quick         # D in {10, 100}, few steps (under a minute)
+    python -m benchmarks.scaling --out benchmarks/results/scaling.md  # also writes scaling.json
 
 Guides, each with its library defaults: ``pyro_nf.AutoFlow(model)`` (``"iaf*3"``, MADE
 conditioners of width clip(4 D, 32, 256)), Pyro's ``AutoMultivariateNormal(model)`` (a full
 Cholesky factor) and Pyro's ``AutoIAFNormal(model)`` (one IAF layer of width 3 D + 1). The model
-is ``_timing.make_model`` (z ~ N(0, I_D), x ~ N(z, I) observed).
+is ``benchmarks._timing.make_model`` (z ~ N(0, I_D), x ~ N(z, I) observed).
 
 Time: ms per ``SVI.step()`` (Trace_ELBO, 1 particle, Adam lr 1e-3, one torch thread), the three
 guides of one D timed in one process, round-robin (order rotating) in blocks of about
@@ -39,7 +39,6 @@ import os
 import resource
 import subprocess
 import sys
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,41 +46,47 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal
+from pyro.infer.autoguide import AutoIAFNormal
 
-from pyro_nf import DEFAULT_FLOW, AutoFlow
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import (  # noqa: E402  (benchmarks/ is not a package)
+from benchmarks._timing import (
+    TimingSettings,
     adaptive_blocks,
-    machine_info,
-    machine_line,
     make_model,
     prepare_svi,
-    settings_overrides,
     time_interleaved,
+)
+from benchmarks.common import (
+    BASELINE_GUIDES,
+    GuideMaker,
+    command_line,
+    machine_info,
+    machine_line,
+    settings_overrides,
     timing_parser,
     write_report,
 )
+from pyro_nf import DEFAULT_FLOW
 
-GUIDES: dict[str, tuple[str, Callable[[Callable], Callable]]] = {
-    "autoflow": (f"AutoFlow(model) ({DEFAULT_FLOW})", lambda model: AutoFlow(model)),
-    "mvn": ("Pyro AutoMultivariateNormal", lambda model: AutoMultivariateNormal(model)),
-    "iaf": ("Pyro AutoIAFNormal (1 layer, H = 3D+1)", lambda model: AutoIAFNormal(model)),
+#: key -> (label, guide(model)): the baseline guides, but Pyro's AutoIAFNormal with its own
+#: default of one layer
+GUIDES: dict[str, tuple[str, GuideMaker]] = {
+    "autoflow": (f"AutoFlow(model) ({DEFAULT_FLOW})", BASELINE_GUIDES["AutoFlow (default)"]),
+    "mvn": ("Pyro AutoMultivariateNormal", BASELINE_GUIDES["AutoMultivariateNormal"]),
+    "iaf": ("Pyro AutoIAFNormal (1 layer, H = 3D+1)", AutoIAFNormal),
 }
+ROOT = Path(__file__).resolve().parents[1]  # the memory workers run from here (python -m)
 LINEAR_TOLERANCE = 1.2  # "close to linear": growth exponent at most this
 
 
 @dataclass
-class Settings:
-    """What one run measures."""
+class Settings(TimingSettings):
+    """What one run measures: the timing settings (up to D = 5000, 9 rounds, 3 warm-up
+    steps), the guides and the memory workers."""
 
     dims: tuple[int, ...] = (10, 100, 1000, 5000)
-    guides: tuple[str, ...] = tuple(GUIDES)
     rounds: int = 9
-    block_seconds: float = 0.3
-    max_block: int = 50
     warmup: int = 3
+    guides: tuple[str, ...] = tuple(GUIDES)
     mem_steps: int = 3
     mem_timeout: float = 600.0
     mem_jobs: int = 3
@@ -148,11 +153,11 @@ def memory_worker(key: str, dim: int, steps: int) -> dict[str, Any]:
 
 def measure_memory(key: str, dim: int, settings: Settings) -> dict[str, Any]:
     """Run :func:`memory_worker` in a fresh subprocess and return its record."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", key, str(dim),
+    cmd = [sys.executable, "-m", "benchmarks.scaling", "--memory-worker", key, str(dim),
            str(settings.mem_steps)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=settings.mem_timeout,
-                         env=env, check=False)
+                         env=env, check=False, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"memory worker {key} D={dim} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -256,7 +261,7 @@ def report(records: list[dict[str, Any]], growth: dict[str, Any], settings: Sett
 
 
 def run(settings: Settings, *, verbose: bool = True,
-        command: str = "python benchmarks/scaling.py") -> tuple[str, dict[str, Any]]:
+        command: str = "python -m benchmarks.scaling") -> tuple[str, dict[str, Any]]:
     """Measure memory (subprocesses) then time (this process) for every D; return the
     markdown report and the JSON payload."""
     torch.set_num_threads(1)
@@ -301,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overrides = settings_overrides(args, TINY, QUICK, "mem_steps", "guides")
     settings = Settings(**overrides)
-    command = "python benchmarks/scaling.py " + " ".join(
-        argv if argv is not None else sys.argv[1:])
-    text, payload = run(settings, command=command.strip())
+    text, payload = run(settings, command=command_line("benchmarks.scaling", argv))
     write_report(args.out, text, payload)
     return 0
 

@@ -1,8 +1,8 @@
 """Milliseconds per SVI step of the same flow in pyro-nf, in Pyro's built-ins and in zuko.
 
-    python benchmarks/speed.py                   # D in {10, 100, 1000}; about 5 minutes
-    python benchmarks/speed.py --quick           # D in {10, 100}, short blocks
-    python benchmarks/speed.py --out benchmarks/results/speed.md   # also writes speed.json
+    python -m benchmarks.speed                   # D in {10, 100, 1000}; about 5 minutes
+    python -m benchmarks.speed --quick           # D in {10, 100}, short blocks
+    python -m benchmarks.speed --out benchmarks/results/speed.md   # also writes speed.json
 
 What is measured: milliseconds of one ``SVI.step()`` (Trace_ELBO, one particle, Adam, lr 1e-3)
 on the model of ``_timing.make_model`` (a D-dimensional latent ``z ~ N(0, I)`` observed through
@@ -43,7 +43,6 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pyro
@@ -52,21 +51,23 @@ import torch
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormalizingFlow
 from pyro.nn import AutoRegressiveNN
 
-from pyro_nf import AutoFlow
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import (  # noqa: E402  (benchmarks/ is not a package)
+from benchmarks._timing import (
     Timing,
+    TimingSettings,
     adaptive_blocks,
-    machine_info,
-    machine_line,
     make_model,
     prepare_svi,
-    settings_overrides,
     time_interleaved,
+)
+from benchmarks.common import (
+    command_line,
+    machine_info,
+    machine_line,
+    settings_overrides,
     timing_parser,
     write_report,
 )
+from pyro_nf import AutoFlow
 
 try:
     import zuko
@@ -82,15 +83,10 @@ ZUKO_SKIPPED = "zuko is not importable: its column is skipped (pip install zuko)
 
 
 @dataclass
-class Settings:
-    """What one run measures."""
+class Settings(TimingSettings):
+    """What one run measures: the timing settings, the flows and their sizes."""
 
-    dims: tuple[int, ...] = (10, 100, 1000)
     flows: tuple[str, ...] = FLOWS
-    rounds: int = 15
-    block_seconds: float = 0.3
-    max_block: int = 50
-    warmup: int = 5
     iaf_layers: int = 4
     spline_layers: int = 2
     planar_layers: int = 8
@@ -274,7 +270,7 @@ def report(records: list[dict[str, Any]], settings: Settings, info: dict[str, An
 
 
 def run(settings: Settings, *, use_zuko: bool = True, verbose: bool = True,
-        command: str = "python benchmarks/speed.py") -> tuple[str, dict[str, Any]]:
+        command: str = "python -m benchmarks.speed") -> tuple[str, dict[str, Any]]:
     """Measure every (flow, D) and return the markdown report and the JSON payload."""
     torch.set_num_threads(1)
     zuko_available = use_zuko and zuko is not None
@@ -303,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = settings_overrides(args, TINY, QUICK, "flows")
     settings = Settings(**overrides)
-    command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text, payload = run(settings, use_zuko=not args.no_zuko, command=command.strip())
+    text, payload = run(settings, use_zuko=not args.no_zuko,
+                        command=command_line("benchmarks.speed", argv))
     write_report(args.out, text, payload)
     return 0
 

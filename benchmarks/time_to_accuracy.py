@@ -1,7 +1,7 @@
 """Time to accuracy: the default AutoFlow against NUTS, CPU seconds on one machine.
 
-    python benchmarks/time_to_accuracy.py --out benchmarks/results/time_to_accuracy.md
-    python benchmarks/time_to_accuracy.py --quick          # tiny budgets (smoke run)
+    python -m benchmarks.time_to_accuracy --out benchmarks/results/time_to_accuracy.md
+    python -m benchmarks.time_to_accuracy --quick          # tiny budgets (smoke run)
 
 Posteriors: eight schools (centered) and diamonds from posteriordb (reference: the long-run
 NUTS draws), and ``hier100``: a hierarchical normal model with 100 groups and 101 latent
@@ -11,7 +11,7 @@ dimensions whose posterior is Gaussian and known exactly (reference: 20,000 exac
 
 AutoFlow (float32): ``AutoFlow(model)`` and one ``pyro_nf.fit(model, guide, seed=0)`` with fit's
 own defaults (no num_steps: it tunes its step size and stops by itself), checked against the
-pass criterion of ``accuracy.py`` (k-hat < 0.7, every standardized mean error < 0.1, every sd
+pass criterion of ``benchmarks.common`` (k-hat < 0.7, every standardized mean error < 0.1, every sd
 ratio in [0.9, 1.1], from 2000 draws); the time to accuracy is the time of that fit, the
 guide's set-up (its Gaussian anchor) included, the check excluded. With ``--budgets`` it fits
 fixed budgets in turn instead (lr 0.005 decayed tenfold, 8 vectorised particles), the time
@@ -28,7 +28,6 @@ on an idle machine they equal wall-clock seconds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -41,12 +40,16 @@ import torch
 from pyro.infer import MCMC, NUTS
 
 import pyro_nf
+from benchmarks import posteriordb
+from benchmarks.common import (
+    accuracy_row,
+    machine_info,
+    machine_line,
+    reference_draws,
+    script_parser,
+    write_report,
+)
 from pyro_nf.diagnostics import _arviz
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import posteriordb  # noqa: E402
-from _timing import write_report  # noqa: E402
-from accuracy import machine, passes  # noqa: E402
 
 G, K, TAU, SIGMA = 100, 5, 1.0, 2.0
 
@@ -90,8 +93,7 @@ def problems(quick: bool) -> dict:
     for name in names:
         f32 = posteriordb.load(name, dtype=torch.float32)
         f64 = posteriordb.load(name, dtype=torch.float64)
-        ref = {k: v.reshape((-1,) + v.shape[2:]) for k, v in f32.reference.items()}
-        out[name] = (f32.model, f64.model, ref, f32.dim)
+        out[name] = (f32.model, f64.model, reference_draws(f32), f32.dim)
     y32, y64 = hier100_data(torch.float32), hier100_data(torch.float64)
     out["hier100 (exact reference)"] = (hier100_model(y32), hier100_model(y64),
                                         hier100_reference(y64), G + 1)
@@ -99,15 +101,8 @@ def problems(quick: bool) -> dict:
 
 
 def check(model, guide, ref: dict, draws: int = 2000) -> dict:
-    idata = pyro_nf.to_inference_data(model, guide, num_samples=draws)
-    khat = pyro_nf.diagnose(idata).khat
-    table = pyro_nf.compare_posteriors({"guide": idata, "reference": ref},
-                                       reference="reference", var_names=list(ref)).loc["guide"]
-    ratio = table["sd_ratio"].to_numpy()
-    row = {"khat": float(khat), "worst_std_mean_error": float(table["std_mean_error"].max()),
-           "worst_sd_ratio": float(ratio[np.argmax(np.abs(np.log(ratio)))])}
-    row["passes"] = passes(row)
-    return row
+    """The pass criterion on ``draws`` draws of the fitted guide."""
+    return accuracy_row(pyro_nf.to_inference_data(model, guide, num_samples=draws), ref)
 
 
 def autoflow_time(model, ref: dict, budgets: tuple[int, ...] | None, seed: int = 0) -> dict:
@@ -163,8 +158,7 @@ def nuts_time(model, params: list[str], warmup: int, samples: int, seed: int = 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = script_parser(__doc__, "tiny budgets", "markdown file; the JSON goes next to it")
     parser.add_argument("--budgets", type=int, nargs="*", default=None,
                         help="fixed step budgets tried in turn (default: one fit with fit's "
                              "own defaults, which stops by itself)")
@@ -173,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="posterior names (as printed)")
     parser.add_argument("--from-json", nargs="*", default=None,
                         help="tabulate earlier runs' rows (e.g. posteriors run in parallel)")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
@@ -191,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{', extrapolated' if nu['extrapolated'] else ''})", flush=True)
         rows.append({"posterior": name, "dim": dim, "autoflow": af, "nuts": nu,
                      "ratio": nu["seconds"] / af["seconds"] if af["passes"] else None})
+    info = machine_info()
     lines = ["# Time to accuracy: default AutoFlow against NUTS", "",
-             "    python benchmarks/time_to_accuracy.py --out "
+             "    python -m benchmarks.time_to_accuracy --out "
              "benchmarks/results/time_to_accuracy.md", "",
-             f"Machine: {machine()}.", "", __doc__.split("\n\n", 2)[2].strip(), "",
+             machine_line(info), "", __doc__.split("\n\n", 2)[2].strip(), "",
              "| posterior | dim | AutoFlow: s to pass (steps) | AutoFlow at stop: k-hat / mean "
              "err / sd ratio | NUTS: s to ESS 400 | NUTS min bulk ESS (draws) | NUTS / AutoFlow |",
              "|---|---|---|---|---|---|---|"]
@@ -207,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{a['khat']:.2f} / {a['worst_std_mean_error']:.3f} / {a['worst_sd_ratio']:.2f} | "
             f"{n['seconds']:.1f}{' (extrapolated)' if n['extrapolated'] else ''} | "
             f"{n['min_bulk_ess']:.0f} ({n['samples']} after {n['warmup']} warm-up) | {ratio} |")
-    write_report(args.out, "\n".join(lines) + "\n", {"machine": machine(), "rows": rows})
+    write_report(args.out, "\n".join(lines) + "\n", {"machine": info, "rows": rows})
     return 0
 
 

@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import accuracy  # noqa: E402
-import posteriordb  # noqa: E402
-import time_to_accuracy  # noqa: E402
+from benchmarks import accuracy, common, modes, posteriordb, time_to_accuracy
 
 
 def test_accuracy_row_and_table():
@@ -28,7 +21,7 @@ def test_accuracy_row_and_table():
         for key in ("khat", "worst_std_mean_error", "worst_sd_ratio", "min_coverage90",
                     "energy_distance", "seconds"):
             assert isinstance(r[key], float) and not math.isnan(r[key]), (key, r)
-        assert r["passes"] == accuracy.passes(r)
+        assert r["passes"] == common.passes(r)
         assert r["passes"] or r["why"]  # every failure says which criterion it misses
         assert r["worst_mean_param"].split("[")[0] in post.reference
     text = accuracy.markdown(rows, 10, {})
@@ -37,12 +30,11 @@ def test_accuracy_row_and_table():
 
 def test_pass_rule():
     good = {"khat": 0.5, "worst_std_mean_error": 0.05, "worst_sd_ratio": 1.05}
-    assert accuracy.passes(good)
+    assert common.passes(good)
     for key, bad in (("khat", 0.7), ("worst_std_mean_error", 0.1), ("worst_sd_ratio", 0.89),
                      ("worst_sd_ratio", 1.11)):
-        assert not accuracy.passes({**good, key: bad})
-        assert accuracy.why({**good, key: bad, "worst_mean_param": "a",
-                             "worst_sd_param": "b"})
+        assert not common.passes({**good, key: bad})
+        assert common.why({**good, key: bad, "worst_mean_param": "a", "worst_sd_param": "b"})
 
 
 def test_hier100_reference_is_the_exact_posterior():
@@ -72,8 +64,6 @@ def test_time_to_accuracy_paths():
 def test_modes_benchmark_quick(tmp_path):
     """One mixture, one seed: the default AutoFlow misses the 0.3 mode and the check reports
     it; modes='auto' keeps both masses."""
-    import modes
-
     out = tmp_path / "modes.md"
     assert modes.main(["--quick", "--out", str(out)]) == 0
     text = out.read_text()

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import scaling  # noqa: E402
-import speed  # noqa: E402
+from benchmarks import autoflow_accuracy as aa
+from benchmarks import overhead, scaling, speed
 
 
 def _rows(text: str, first_header: str) -> list[list[str]]:
@@ -100,8 +96,6 @@ def test_scaling_tiny(tmp_path: Path) -> None:
 
 
 def test_autoflow_accuracy_rows_merge_over_seeds(tmp_path):
-    import autoflow_accuracy as aa
-
     refs = aa.reference_moments()
     rows = [aa.run_one("funnel", "AutoNormal", 3, seed, refs) for seed in (0, 1)]
     assert [r["seed"] for r in rows] == [0, 1] and rows[0]["khat"] != rows[1]["khat"]
@@ -125,8 +119,6 @@ def test_autoflow_accuracy_rows_merge_over_seeds(tmp_path):
 
 
 def test_autoflow_accuracy_runs_only_the_guides_asked_for(tmp_path, capsys):
-    import autoflow_accuracy as aa
-
     out = tmp_path / "table.md"
     assert aa.main(["--quick", "--posteriors", "funnel", "--guides", "AutoNormal",
                     "--out", str(out)]) == 0
@@ -141,8 +133,6 @@ def test_autoflow_accuracy_runs_only_the_guides_asked_for(tmp_path, capsys):
 
 
 def test_overhead_quick_tables_every_row(tmp_path: Path) -> None:
-    import overhead
-
     out = tmp_path / "overhead.md"
     assert overhead.main(["--quick", "--dims", "4", "--out", str(out)]) == 0
     payload = json.loads(out.with_suffix(".json").read_text())

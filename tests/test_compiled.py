@@ -154,11 +154,7 @@ def test_python_state_that_moves_after_the_trace_is_caught_at_the_next_recheck(m
 
 
 def _posteriordb():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import posteriordb
+    from benchmarks import posteriordb
 
     return posteriordb
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal, init_to_value
+from test_compiled import schools
 
+from benchmarks.modes import label_switching_model, mixture_model
 from pyro_nf.infer.logdensity import LogDensity
 from pyro_nf.infer.modes import find_modes, missed_modes
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from modes import label_switching_model, mixture_model  # noqa: E402
-from test_compiled import schools  # noqa: E402
 
 
 def mixture(locs, weights, cov):

@@ -15,17 +15,13 @@ for the flat priors. Needs ../shared/posteriordb (no skips: missing data is a fa
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from pyro.infer.mcmc.util import initialize_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import numpy as np  # noqa: E402
-import posteriordb  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from posteriordb.density import to_unconstrained, unconstrained_log_density  # noqa: E402
-from pyro.infer.mcmc.util import initialize_model  # noqa: E402
+from benchmarks import posteriordb
+from benchmarks.posteriordb.density import to_unconstrained, unconstrained_log_density
 
 Z_LIMIT = 5.0  # |mean score| < 5 standard errors per component (~110 components in all)
 THIN = 10  # 10 chains x 1000 draws -> 1000 draws

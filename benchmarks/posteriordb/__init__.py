@@ -1,14 +1,14 @@
 """Pyro translations of 15 posteriordb reference posteriors.
 
-    import sys; sys.path.insert(0, "benchmarks")
-    import posteriordb
+    from benchmarks import posteriordb     # from the repository root
     post = posteriordb.load("arK-arK")      # data from ../shared/posteriordb
     post.model()                            # a zero-argument Pyro model, data bound
     post.reference["beta"].shape            # (10 chains, 1000 draws, 5)
 
 The mathematics of each model is in the docstring of its builder (``regression``,
 ``hierarchical``, ``timeseries``, ``mixtures``) and in posteriordb's MODELS.md.
-``validate.py`` checks each translation against the reference draws with NUTS.
+``python -m benchmarks.posteriordb.validate`` checks each translation against the reference
+draws with NUTS.
 """
 
 from __future__ import annotations

@@ -1,22 +1,20 @@
 """Validate the Pyro translations against posteriordb's reference draws with Pyro NUTS.
 
-    python benchmarks/posteriordb/validate.py                 # all 15 (tens of minutes)
-    python benchmarks/posteriordb/validate.py --quick         # 200 + 200 draws each, smoke run
-    python benchmarks/posteriordb/validate.py --only arK-arK --out /tmp/ark.md
-    python benchmarks/posteriordb/validate.py --combine a.json b.json   # merge runs
+    python -m benchmarks.posteriordb.validate              # all 15 (tens of minutes)
+    python -m benchmarks.posteriordb.validate --quick      # 200 + 200 draws each, smoke run
+    python -m benchmarks.posteriordb.validate --only arK-arK --out /tmp/ark.md
+    python -m benchmarks.posteriordb.validate --combine a.json b.json   # merge runs
 
 For each flattened scalar: z = (mean_nuts - mean_ref) / sqrt(mcse_nuts^2 + mcse_ref^2)
 (MCSE of the mean from ``arviz.mcse``) and the sd ratio sd_nuts / sd_ref. A posterior passes
-when every |z| < 3 and every sd ratio lies in [0.9, 1.1]. Writes a markdown table to
+when every |z| < 3 and every sd ratio lies in [0.9, 1.1] (the sd range of the guides' pass
+criterion, ``benchmarks.common.SD_RATIO_RANGE``). Writes a markdown table to
 ``--out`` and the full per-scalar numbers to the JSON beside it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,12 +25,11 @@ import pyro
 import torch
 from pyro.infer import MCMC, NUTS, Predictive
 
+from benchmarks import posteriordb
+from benchmarks.common import SD_RATIO_RANGE, machine_info, machine_line, script_parser
 from pyro_nf.diagnostics import _arviz
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-import posteriordb  # noqa: E402
 
 DEFAULT = {"warmup": 1000, "samples": 1000, "target_accept": 0.8, "full_mass": True,
            "max_tree_depth": 10}
@@ -54,7 +51,7 @@ NUTS_NOTES = {
     "eight_schools-eight_schools_centered": "funnel: target 0.99 and 4000 draws",
 }
 QUICK = {"warmup": 200, "samples": 200}
-Z_MAX, SD_RANGE = 3.0, (0.9, 1.1)
+Z_MAX, SD_RANGE = 3.0, SD_RATIO_RANGE
 
 
 def settings(name: str, quick: bool) -> dict[str, Any]:
@@ -144,20 +141,11 @@ def validate(name: str, quick: bool, seed: int, echo=print) -> dict[str, Any]:
     return result
 
 
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "pyro": pyro.__version__, "arviz": _arviz.version()}
-
-
 def markdown(results: list[dict[str, Any]], info: dict[str, Any], quick: bool) -> str:
     lines = [
         "# posteriordb translations validated with Pyro NUTS",
         "",
-        f"Machine: {info['platform']} ({info['processor']}), {info['cpu_count']} CPUs, "
-        f"{info['torch_threads']} torch thread(s); Python {info['python']}, torch "
-        f"{info['torch']}, pyro {info['pyro']}, arviz {info['arviz']}."
+        machine_line(info)
         + (" QUICK run (200 + 200 draws): not a validation." if quick else ""),
         "",
         "One NUTS chain (jit, float64) per posterior against posteriordb's 10 x 1000 "
@@ -184,14 +172,13 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], quick: bool) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="200 warmup + 200 draws each")
+    parser = script_parser(__doc__, "200 warmup + 200 draws each",
+                           "markdown file; the JSON goes next to it (.json)")
+    parser.set_defaults(out=HERE.parent / "results" / "posteriordb_validation.md")
     parser.add_argument("--only", action="append", choices=posteriordb.NAMES,
                         help="validate only this posterior (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(HERE.parent / "results"
-                                             / "posteriordb_validation.md"))
     parser.add_argument("--combine", nargs="+", metavar="JSON",
                         help="merge the results of earlier runs (a later file wins for the "
                         "same posterior) instead of running NUTS")
@@ -206,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             r["notes"] = notes(r["name"])
     else:
-        info, quick = machine(), args.quick
+        info, quick = machine_info(), args.quick
         names = args.only or posteriordb.NAMES
         results = [validate(name, args.quick, args.seed) for name in names]
     out = Path(args.out)
