@@ -53,35 +53,36 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Every benchmark runs as a module from the repository root: $(PY) -m benchmarks.NAME --help.
 bench-layers: $(STAMP)
-	$(PY) benchmarks/layers.py --out benchmarks/results/layers.md
+	$(PY) -m benchmarks.layers --out benchmarks/results/layers.md
 
 # The full suite (up to about an hour on 2 cores); each script prints its progress.
 bench: bench-layers $(BENCH_STAMP)
-	$(PY) benchmarks/guides.py --out benchmarks/results/guides.md
-	$(PY) benchmarks/autoflow_accuracy.py --out benchmarks/results/autoflow_accuracy.md
-	$(PY) benchmarks/accuracy.py --out benchmarks/results/accuracy.md
-	$(PY) benchmarks/speed.py --out benchmarks/results/speed.md
-	$(PY) benchmarks/overhead.py --out benchmarks/results/overhead.md
-	$(PY) benchmarks/time_to_accuracy.py --out benchmarks/results/time_to_accuracy.md
-	$(PY) benchmarks/scaling.py --out benchmarks/results/scaling.md
+	$(PY) -m benchmarks.guides --out benchmarks/results/guides.md
+	$(PY) -m benchmarks.autoflow_accuracy --out benchmarks/results/autoflow_accuracy.md
+	$(PY) -m benchmarks.accuracy --out benchmarks/results/accuracy.md
+	$(PY) -m benchmarks.speed --out benchmarks/results/speed.md
+	$(PY) -m benchmarks.overhead --out benchmarks/results/overhead.md
+	$(PY) -m benchmarks.time_to_accuracy --out benchmarks/results/time_to_accuracy.md
+	$(PY) -m benchmarks.scaling --out benchmarks/results/scaling.md
 
 # The one-off validation of the posteriordb translations with NUTS (about 40 minutes).
 bench-validate: $(STAMP)
-	$(PY) benchmarks/posteriordb/validate.py --out benchmarks/results/posteriordb_validation.md
+	$(PY) -m benchmarks.posteriordb.validate --out benchmarks/results/posteriordb_validation.md
 
 # The VAE-with-flows table on binarized MNIST (four trainings, about an hour on one core).
 bench-mnist: $(STAMP)
-	$(PY) benchmarks/mnist.py --out benchmarks/results/mnist.md
+	$(PY) -m benchmarks.mnist --out benchmarks/results/mnist.md
 
 # A reduced run of the same code paths, under 5 minutes; writes to out/bench-quick, not results/.
 bench-quick: $(BENCH_STAMP)
 	mkdir -p out/bench-quick
-	$(PY) benchmarks/accuracy.py --quick --out out/bench-quick/accuracy.md
-	$(PY) benchmarks/speed.py --quick --out out/bench-quick/speed.md
-	$(PY) benchmarks/overhead.py --quick --out out/bench-quick/overhead.md
-	$(PY) benchmarks/time_to_accuracy.py --quick --out out/bench-quick/time_to_accuracy.md
-	$(PY) benchmarks/scaling.py --quick --out out/bench-quick/scaling.md
+	$(PY) -m benchmarks.accuracy --quick --out out/bench-quick/accuracy.md
+	$(PY) -m benchmarks.speed --quick --out out/bench-quick/speed.md
+	$(PY) -m benchmarks.overhead --quick --out out/bench-quick/overhead.md
+	$(PY) -m benchmarks.time_to_accuracy --quick --out out/bench-quick/time_to_accuracy.md
+	$(PY) -m benchmarks.scaling --quick --out out/bench-quick/scaling.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache
