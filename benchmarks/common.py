@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -47,6 +48,16 @@ BASELINE_GUIDES: dict[str, GuideMaker] = {
 
 
 # ---------------------------------------------------------------------------- machine header
+def load_example(name: str) -> Any:
+    """The example ``examples/<name>.py`` as a module, loaded from its file: ``examples/`` is a
+    folder of scripts, not a package (the tests load the examples the same way)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def library_versions() -> dict[str, str]:
     """Versions of torch, pyro, arviz and (when importable) zuko."""
     from pyro_nf.diagnostics import _arviz

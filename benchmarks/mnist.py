@@ -14,14 +14,11 @@ samples per image on all 10,000 test images.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-from benchmarks.common import script_parser, write_report
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import load_example, script_parser, write_report
 
 CONFIGS = [("none", 1, "plain VAE (diagonal Gaussian encoder)"),
            ("planar", 10, "planar, K = 10"),
@@ -39,17 +36,8 @@ PUBLISHED = [
 ]
 
 
-def _vae_mnist():
-    """The example ``examples/vae_mnist.py``, loaded from its file: ``examples/`` is a folder
-    of scripts, not a package (the tests load the examples the same way)."""
-    spec = importlib.util.spec_from_file_location("vae_mnist", ROOT / "examples" / "vae_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run(out: Path, epochs: int, warmup: int, iw: int, quick: bool) -> list[dict]:
-    vae_mnist = _vae_mnist()
+    vae_mnist = load_example("vae_mnist")
     rows = []
     for flow, layers, _ in CONFIGS:
         argv = ["--flow", flow, "--layers", str(layers), "--epochs", str(epochs),
