@@ -19,6 +19,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
+from pyro_nf.infer import distributed as _distributed
 from pyro_nf.infer.checkpoint import _checkpoint, _restore
 from pyro_nf.infer.elbo import STLTrace_ELBO
 from pyro_nf.infer.optim import JointAdam, Snapshot
@@ -211,6 +212,7 @@ def fit(
     resume: bool = False,
     max_bad_steps: int = 10,
     accuracy: float | None = 0.1,
+    distributed: bool = False,
     _step_hook: Callable[[int], None] | None = None,
     **kwargs: Any,
 ) -> FitResult:
@@ -251,11 +253,17 @@ def fit(
         accuracy: without ``num_steps``, stop once an importance check proves every posterior
             mean within ``accuracy`` guide sds (chi^2(p || q) <= accuracy^2, k-hat < 0.5);
             None turns the check off.
+        distributed: under ``torchrun``, data-parallel SVI over the processes
+            (:mod:`pyro_nf.infer.distributed`: each takes its block of every subsampled
+            plate, gradients averaged every step; needs ``num_steps``); without the launcher
+            the usual one-process fit.
 
     Returns:
         a :class:`FitResult`.
     """
     given = locals()
+    if distributed:
+        _distributed.check_fit(guide, num_steps)
     if hasattr(guide, "fit_components"):  # a mixture of flows: each component, then weights
         return _fit_mixture(model, guide, args, kwargs, checkpoint,
                             {name: given[name] for name in _MIXTURE_OPTIONS})
@@ -268,21 +276,22 @@ def fit(
         raise ValueError("fit: resume=True needs checkpoint=<file>")
     if seed is not None:
         pyro.set_rng_seed(seed)
+    world = _distributed.setup(model, guide, args, kwargs) if distributed else None
     loss_fn = _make_elbo(elbo, 1 if num_particles is None else num_particles,
                          vectorize_particles)
     run = _Run(model, guide, args, kwargs, loss_fn, optim, FitResult(guide=guide),
-               max_bad_steps, Path(checkpoint) if checkpoint is not None else None)
+               max_bad_steps, Path(checkpoint) if checkpoint is not None else None, world)
     run.prepare(num_steps, resume, try_jit=elbo is None)
     start = time.perf_counter()
-    bar = _progress_bar(progress, run.result.steps, num_steps)
+    bar = _progress_bar(progress and run.leader, run.result.steps, num_steps)
     for step in range(run.result.steps, num_steps):
         factor = _schedule(step, num_steps, lr_schedule, lr_decay, warmup_steps)
         if not run.step(factor, clip_norm):
             continue
         _record(run.result, step, run.loss, _step_hook, convergence_window, convergence_tol,
                 bar)
-        if run.path is not None and run.result.steps % checkpoint_every == 0:
-            _checkpoint(run.path, optim, run.result, run.lr_factor)
+        if run.result.steps % checkpoint_every == 0:
+            run.checkpoint()
         if run.result.converged and stop_when_converged:
             break
     return run.finish(bar, time.perf_counter() - start)
@@ -303,6 +312,7 @@ class _Run:
     result: FitResult
     max_bad_steps: int
     path: Path | None
+    world: Any = None  # a distributed.World in a data-parallel fit
     lr_factor: float = 1.0
     bad_in_a_row: int = 0
     loss: float = float("nan")
@@ -319,14 +329,31 @@ class _Run:
         if num_steps > self.result.steps:
             self.loss_fn = _compile(self.loss_fn, self.model, self.guide, self.args,
                                     self.kwargs, try_jit=try_jit)
+        if self.world is not None:  # every parameter exists now
+            _distributed.start(self.world, [p for _, p in
+                                            pyro.get_param_store().named_parameters()],
+                               self.guide)
+
+    @property
+    def leader(self) -> bool:
+        """The process that shows progress and writes checkpoints (the only one, or rank 0)."""
+        return self.world is None or self.world.leader
+
+    def checkpoint(self) -> None:
+        if self.path is not None and self.leader:
+            _checkpoint(self.path, self.optim, self.result, self.lr_factor)
 
     def step(self, factor: float, clip_norm: float | None) -> bool:
         """One guarded step at ``lr_factor * factor``; False when it was not taken (the
         parameters are as before it, the learning rate halved)."""
-        self.loss, skipped = guarded_step(self.loss_fn, self.model, self.guide, self.args,
-                                          self.kwargs, self.optim, self.lr_factor * factor,
-                                          clip_norm, self.snapshot,
-                                          started=bool(self.result.losses))
+        model, guide, reduce = self.model, self.guide, None
+        if self.world is not None:
+            model, guide = self.world.shard(model), self.world.shard(guide)
+            reduce = self.world.average
+        self.loss, skipped = guarded_step(self.loss_fn, model, guide, self.args, self.kwargs,
+                                          self.optim, self.lr_factor * factor, clip_norm,
+                                          self.snapshot, started=bool(self.result.losses),
+                                          reduce=reduce)
         if skipped is None:
             self.bad_in_a_row = 0
             return True
@@ -340,8 +367,7 @@ class _Run:
     def finish(self, bar: Any, seconds: float) -> FitResult:
         if bar is not None:
             bar.close()
-        if self.path is not None:
-            _checkpoint(self.path, self.optim, self.result, self.lr_factor)
+        self.checkpoint()
         self.result.seconds = seconds
         self.result.lr_factor = self.lr_factor
         _warn_if_stalled(self.result)

@@ -5,6 +5,7 @@ restore point and the optimiser's step, on the lists of :mod:`pyro_nf.infer.opti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pyro
 import pyro.optim
@@ -74,10 +75,13 @@ def _param_names() -> dict[int, str]:
 
 
 def guarded_step(loss_fn: ELBO, model, guide, args, kwargs, optim, factor: float,
-          clip_norm: float | None, snapshot: Snapshot, started: bool):
+                 clip_norm: float | None, snapshot: Snapshot, started: bool,
+                 reduce: Callable[[float, list], float] | None = None):
     """One guarded step: ``(loss, None)``, or ``(loss, (what, parameters))`` when the loss,
     a gradient (``"gradients"``) or an updated value (``"values"``) was not finite and the
-    parameters were put back as they were before it."""
+    parameters were put back as they were before it. ``reduce(loss, params)`` (data-parallel
+    fits: :mod:`pyro_nf.infer.distributed`) averages the gradients and the loss over the
+    processes before anything looks at them, so every process takes the same decisions."""
     try:
         with poutine.trace(param_only=True) as capture:
             loss = loss_fn.loss_and_grads(model, guide, *args, **kwargs)
@@ -90,9 +94,13 @@ def guarded_step(loss_fn: ELBO, model, guide, args, kwargs, optim, factor: float
             raise
         params = _captured(capture)
         _drop_grads(params)
+        if reduce is not None:  # the other processes wait for this one's part
+            reduce(float("nan"), params)
         snapshot.restore(params)
         return float("nan"), ("gradients", [])
     params = _captured(capture)
+    if reduce is not None:
+        loss = reduce(loss, params)
     with_grad = [p for p in params if p.grad is not None]
     grads = [p.grad for p in with_grad]
     norms, finite = finite_norms(grads)

@@ -1,0 +1,233 @@
+"""Data-parallel SVI for :func:`~pyro_nf.fit` on ``torch.distributed``, launched by ``torchrun``.
+
+Each process (rank) holds the whole model and guide and the same parameters (broadcast from
+rank 0 at the start). The ranks share one random stream (the same seed), so they draw the same
+global latents; every subsampled plate draws one permutation of its indices, as a single
+process would, and rank r takes the r-th block of ``subsample_size`` indices of it. Each rank's
+likelihood is scaled as for the full data, so the average of the ranks' gradients, all-reduced
+once per step in a few flat buckets (as DDP does), is the gradient of one step on the union of
+their minibatches with the prior and entropy counted once (Hoffman et al., 2013, stochastic VI;
+Goyal et al., 2017, for the averaging). The reported loss is that of the union: the mean of
+the ranks' losses.
+
+``fit(..., distributed=True)`` uses it when the environment names a world of several
+processes (``torchrun`` sets ``RANK`` and ``WORLD_SIZE``); without the launcher it is the usual
+one-process fit. Gloo on CPU, NCCL where the parameters live on CUDA.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
+
+#: Largest all-reduce bucket, in elements (DDP's default is 25 MB).
+BUCKET_ELEMENTS = 2 ** 22
+#: Seconds a rank waits for the others in a collective before it gives up (then the error
+#: names the step); ``PYRO_NF_DIST_TIMEOUT`` overrides it.
+DEFAULT_TIMEOUT = 300
+
+
+class DistributedError(RuntimeError):
+    """The ranks disagree (model, parameters, plates) or a collective failed (a rank died)."""
+
+
+def launched() -> bool:
+    """Whether the environment names a world of several processes (``torchrun``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+class World:
+    """This process's place in the process group: ``rank``, ``size``, and the collectives a
+    fit needs. Joins (or reuses) the default process group from ``torchrun``'s environment."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        if not dist.is_initialized():
+            cuda = device is not None and torch.device(device).type == "cuda"
+            timeout = int(os.environ.get("PYRO_NF_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+            dist.init_process_group("nccl" if cuda else "gloo", init_method="env://",
+                                    timeout=datetime.timedelta(seconds=timeout))
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        #: every parameter of the fit, in one order on every rank (set by :func:`start`)
+        self.params: list[torch.Tensor] = []
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the one that writes checkpoints and shows progress."""
+        return self.rank == 0
+
+    def shard(self, fn: Callable) -> Callable:
+        """``fn`` (a model or guide) with every subsampled plate taking this rank's block."""
+        return _ShardPlates(self.rank, self.size)(fn)
+
+    def agree(self, what: str, value: Any) -> None:
+        """Raise :class:`DistributedError` unless every rank has the same ``value``."""
+        values: list[Any] = [None] * self.size
+        self._collective(lambda: self.dist.all_gather_object(values, value), what)
+        for rank, other in enumerate(values):
+            if other != value:
+                raise DistributedError(
+                    f"fit(distributed=True): rank {self.rank} and rank {rank} disagree about "
+                    f"the {what} ({value!r} against {other!r}); every rank must run the same "
+                    "model and guide on the same data")
+
+    def broadcast(self, params: list[torch.Tensor]) -> None:
+        """Rank 0's values of ``params`` on every rank."""
+        with torch.no_grad():
+            for p in params:
+                self._collective(lambda p=p: self.dist.broadcast(p, src=0), "initial values")
+
+    def average(self, loss: float, touched: Any = None) -> float:
+        """All-reduce the gradients of every parameter of the fit (``self.params``: the same
+        list on every rank, whatever a step touched) to their mean over the ranks (one that no
+        rank gave a gradient keeps none) and return the mean loss."""
+        params = self.params
+        ref = params[0] if params else torch.zeros(())
+        present = torch.tensor([p.grad is not None for p in params] + [loss],
+                               dtype=ref.dtype, device=ref.device)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        for bucket in _buckets(grads):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            self._collective(lambda flat=flat: self.dist.all_reduce(flat), "gradients")
+            flat /= self.size
+            offset = 0
+            for g in bucket:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+        self._collective(lambda: self.dist.all_reduce(present), "loss")
+        for p, g, count in zip(params, grads, present[:-1].tolist()):
+            p.grad = g if count > 0 else None
+        return float(present[-1]) / self.size
+
+    def _collective(self, call: Callable[[], Any], what: str) -> None:
+        try:
+            call()
+        except RuntimeError as error:
+            first = next(iter(str(error).splitlines()), "")[:200]
+            raise DistributedError(
+                f"fit(distributed=True): rank {self.rank} of {self.size} could not exchange "
+                f"the {what} with the other ranks ({first}); a rank has probably stopped. "
+                "Restart the job with resume=True to continue from the last checkpoint."
+            ) from error
+
+
+def _buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Consecutive groups of at most :data:`BUCKET_ELEMENTS` elements (one tensor per group
+    when it is larger), one group per dtype and device run."""
+    out: list[list[torch.Tensor]] = []
+    size = 0
+    for t in tensors:
+        last = out[-1][-1] if out else None
+        same = last is not None and (last.dtype, last.device) == (t.dtype, t.device)
+        if not same or size + t.numel() > BUCKET_ELEMENTS:
+            out.append([])
+            size = 0
+        out[-1].append(t)
+        size += t.numel()
+    return out
+
+
+class _ShardedSubsample(_Subsample):
+    """A plate's subsample for one rank: the rank-th block of ``subsample_size`` indices of
+    one permutation that every rank draws alike (the first ``world * subsample_size`` of it are
+    the minibatch one process with ``subsample_size * world`` would draw)."""
+
+    def __init__(self, fn: _Subsample, rank: int, world: int) -> None:
+        super().__init__(fn.size, fn.subsample_size, fn.use_cuda, fn.device)
+        self.rank, self.world = rank, world
+
+    def sample(self, sample_shape: Any = ()) -> torch.Tensor:
+        union = self.subsample_size * self.world
+        if union > self.size:
+            raise DistributedError(
+                f"fit(distributed=True): {self.world} ranks x subsample_size "
+                f"{self.subsample_size} exceed the plate's size {self.size}; lower the "
+                "subsample size or the number of processes")
+        perm = torch.randperm(self.size, device=self.device)
+        block = perm[self.rank * self.subsample_size:(self.rank + 1) * self.subsample_size]
+        return block.clone().cuda() if self.use_cuda else block.clone()
+
+
+class _ShardPlates(Messenger):
+    def __init__(self, rank: int, world: int) -> None:
+        super().__init__()
+        self.rank, self.world = rank, world
+
+    def _pyro_sample(self, msg: Any) -> None:
+        fn = msg["fn"]
+        if isinstance(fn, _Subsample) and not isinstance(fn, _ShardedSubsample) \
+                and fn.subsample_size is not None and fn.subsample_size < fn.size:
+            msg["fn"] = _ShardedSubsample(fn, self.rank, self.world)
+
+
+@torch.no_grad()
+def subsampled_plates(model: Callable, guide: Callable, args: tuple, kwargs: dict
+                      ) -> list[tuple[str, int, int]]:
+    """``(name, size, subsample size)`` of every plate the guide or model subsamples."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        *args, **kwargs)
+    found = {}
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            fn = site.get("fn")
+            if site["type"] == "sample" and isinstance(fn, _Subsample):
+                size, taken = fn.size, len(site["value"])
+                if taken < size:
+                    found[name] = (name, size, taken)
+    return sorted(found.values())
+
+
+def check_fit(guide: Any, num_steps: Any) -> None:
+    """What a launched data-parallel fit cannot do yet: tune itself, fit a mixture."""
+    if not launched():
+        return
+    if num_steps is None:
+        raise ValueError("fit(distributed=True) needs num_steps: the self-tuning fit's "
+                         "decisions are not made collectively yet")
+    if hasattr(guide, "fit_components"):
+        raise ValueError("fit(distributed=True) does not fit a mixture of flows "
+                         "(AutoFlow(modes=...)) yet")
+
+
+def setup(model: Callable, guide: Callable, args: tuple, kwargs: dict,
+          device: torch.device | None = None) -> World | None:
+    """The :class:`World` of a launched job after the checks ``fit`` needs, or None without
+    the launcher (one process: the usual fit). Call it after seeding: the guide's lazy
+    set-up may run here, under a fork of the random state, as it would at the first step."""
+    if not launched():
+        return None
+    world = World(device)
+    with pyro.validation_enabled(False), torch.random.fork_rng():
+        plates = subsampled_plates(model, guide, args, kwargs)
+    if not plates:
+        raise DistributedError(
+            "fit(distributed=True): no plate of the model or guide is subsampled, so there is "
+            "nothing to share out and every rank would do the same work; use "
+            "pyro.plate(..., subsample_size=B)")
+    world.agree("subsampled plates (name, size, subsample size)", plates)
+    return world
+
+
+def start(world: World, params: list[torch.Tensor], guide: Any = None) -> None:
+    """Check that every rank has the same parameters, then give them, and the guide's
+    floating-point buffers (AutoFlow's anchor), rank 0's values."""
+    store = pyro.get_param_store()
+    names = {id(p): n for n, p in store.named_parameters()}
+    params = sorted(params, key=lambda p: names.get(id(p), ""))
+    world.agree("parameters (name, shape)",
+                [(names.get(id(p), "?"), tuple(p.shape)) for p in params])
+    world.broadcast(params)
+    world.params = params
+    if isinstance(guide, torch.nn.Module):
+        world.broadcast([b for b in guide.buffers() if b.is_floating_point()])
