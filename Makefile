@@ -66,6 +66,7 @@ bench: bench-layers $(BENCH_STAMP)
 	$(PY) -m benchmarks.overhead --out benchmarks/results/overhead.md
 	$(PY) -m benchmarks.time_to_accuracy --out benchmarks/results/time_to_accuracy.md
 	$(PY) -m benchmarks.scaling --out benchmarks/results/scaling.md
+	$(PY) -m benchmarks.energies --out benchmarks/results/energies.md
 
 # The one-off validation of the posteriordb translations with NUTS (about 40 minutes).
 bench-validate: $(STAMP)
@@ -83,6 +84,7 @@ bench-quick: $(BENCH_STAMP)
 	$(PY) -m benchmarks.overhead --quick --out out/bench-quick/overhead.md
 	$(PY) -m benchmarks.time_to_accuracy --quick --out out/bench-quick/time_to_accuracy.md
 	$(PY) -m benchmarks.scaling --quick --out out/bench-quick/scaling.md
+	$(PY) -m benchmarks.energies --quick --out out/bench-quick/energies.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,13 +1,13 @@
 """The KL table of Rezende & Mohamed's (2015) 2-D energies: how close planar flows of K = 2, 8,
-32 layers, radial flows of K = 32 and the default AutoFlow come to U1-U4, and Figure 3
-redrawn from the same fits.
+32 layers, radial flows of K = 32, the default AutoFlow and AutoFlow(modes="auto") come to
+U1-U4, and Figure 3 redrawn from the same fits.
 
     python -m benchmarks.energies --out benchmarks/results/energies.md
     python -m benchmarks.energies --quick       # a few steps, no figure (the tests' smoke run)
 
 Each flow minimises the reverse KL E_q[log q + U] with the example's loop (``fit`` in
 ``examples/energy_2d.py``: Adam, batch 256, learning rate 5e-3 decayed tenfold, gradient norm
-clipped at 10; ``--steps`` steps); the default AutoFlow is
+clipped at 10; ``--steps`` steps); the default AutoFlow and ``AutoFlow(modes="auto")`` are
 fitted by ``pyro_nf.fit`` with its defaults on the model ``z ~ flat, factor(-U(z))``. Then
 KL(q || p) = log Z + E_q[log q + U] from ``--draws`` fresh draws, with its Monte Carlo standard
 error, and log Z by quadrature (:func:`pyro_nf.datasets.energies.log_normaliser`). U2-U4 are
@@ -26,6 +26,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -40,17 +41,19 @@ from pyro_nf.datasets.energies import NAMES, energy, log_normaliser
 EXAMPLE = load_example("energy_2d")
 FLOWS = EXAMPLE.FLOWS
 AUTOFLOW = "AutoFlow (default fit)"
+MODES = "AutoFlow(modes='auto')"
 
 
-def fit_autoflow(u, seed: int = 0, quick: bool = False) -> dist.TransformedDistribution:
-    """The default AutoFlow fitted by ``pyro_nf.fit`` (self-stopping) to exp(-U)."""
+def fit_autoflow(u, seed: int = 0, quick: bool = False, modes: Any = 1) -> Any:
+    """AutoFlow (one flow, or with ``modes="auto"`` one per mode the search finds, weighted by
+    its mass) fitted by ``pyro_nf.fit`` with its defaults (self-stopping) to exp(-U)."""
 
     def model() -> None:
         z = pyro.sample("z", dist.ImproperUniform(constraints.real, (), (2,)))
         pyro.factor("energy", -u(z))
 
     pyro.clear_param_store()
-    guide = pyro_nf.AutoFlow(model)
+    guide = pyro_nf.AutoFlow(model, modes=modes)
     pyro_nf.fit(model, guide, seed=seed, progress=False, **({"num_steps": 5} if quick else {}))
     return guide.get_posterior()
 
@@ -71,6 +74,7 @@ def run(steps: int, draws: int, quick: bool) -> tuple[list[dict], dict]:
         makers = {label: (lambda u=u, spec=spec: EXAMPLE.fit(u, spec, steps)[0])
                   for label, spec in FLOWS.items()}
         makers[AUTOFLOW] = lambda u=u: fit_autoflow(u, quick=quick)
+        makers[MODES] = lambda u=u: fit_autoflow(u, quick=quick, modes="auto")
         for label, make in makers.items():
             start = time.perf_counter()
             q = make()
@@ -91,7 +95,7 @@ def figure(fits: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [*FLOWS, AUTOFLOW]
+    labels = [*FLOWS, AUTOFLOW, MODES]
     axis = torch.linspace(-4, 4, 150)
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1)
     fig, axes = plt.subplots(len(NAMES), 1 + len(labels),
@@ -105,7 +109,8 @@ def figure(fits: dict, path: Path) -> None:
                                   cmap="magma")
             axes[i, 0].set_ylabel(name)
     for j, title in enumerate(["exp(-U)", *labels]):
-        axes[0, j].set_title(title.replace(" (default fit)", ""), fontsize=9)
+        short = title.replace(" (default fit)", "").replace("AutoFlow(", "(")
+        axes[0, j].set_title(short, fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -115,7 +120,7 @@ def figure(fits: dict, path: Path) -> None:
 
 
 def report(rows: list[dict], steps: int, draws: int, figure_path: str | None) -> str:
-    labels = [*FLOWS, AUTOFLOW]
+    labels = [*FLOWS, AUTOFLOW, MODES]
     lines = ["# KL(q || p) on the 2-D energies of Rezende & Mohamed (2015)", "",
              "    python -m benchmarks.energies --out benchmarks/results/energies.md", "",
              f"torch {torch.__version__}; {steps} Adam steps per flow (batch 256), the "

@@ -54,4 +54,4 @@ def test_energies_benchmark_quick_run_reports_every_cell(tmp_path):
     text = out.read_text()
     for name in NAMES:
         assert f"| {name} |" in text
-    assert text.count("+-") >= len(NAMES) * (len(energies.FLOWS) + 1)
+    assert text.count("+-") >= len(NAMES) * (len(energies.FLOWS) + 2)
