@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -188,3 +189,17 @@ def test_buckets_split_by_size_dtype_and_device(monkeypatch):
                torch.zeros(2, dtype=torch.float64)]
     sizes = [[t.numel() for t in bucket] for bucket in distributed._buckets(tensors)]
     assert sizes == [[4, 4], [4], [20], [2]]
+
+
+def test_distributed_benchmark_runs_the_example_on_one_and_two_processes(tmp_path):
+    """benchmarks/distributed.py --quick: examples/distributed_vae.py under torchrun with 1
+    and 2 processes, each writing its summary; the report has both rows and the estimate."""
+    from benchmarks import distributed as bench
+
+    out = tmp_path / "distributed.md"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["world_size"] for r in rows] == [1, 2]
+    assert rows[0]["communication_seconds"] == 0.0 < rows[1]["communication_seconds"]
+    assert all(r["neg_elbo"] > 0 for r in rows)
+    assert "| speed-up |" in out.read_text()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,8 @@ class World:
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         #: every parameter of the fit, in one order on every rank (set by :func:`start`)
         self.params: list[torch.Tensor] = []
+        #: wall seconds spent in collectives (waiting for the other ranks included)
+        self.seconds = 0.0
 
     @property
     def leader(self) -> bool:
@@ -110,8 +113,10 @@ class World:
         return float(present[-1]) / self.size
 
     def _collective(self, call: Callable[[], Any], what: str) -> None:
+        start = time.perf_counter()
         try:
             call()
+            self.seconds += time.perf_counter() - start
         except RuntimeError as error:
             first = next(iter(str(error).splitlines()), "")[:200]
             raise DistributedError(

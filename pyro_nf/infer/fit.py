@@ -81,6 +81,10 @@ class FitResult:
     #: (the mixture's ``khat`` is that of the weighted mixture, ``steps`` and ``losses``
     #: the components' together)
     components: list | None = None
+    #: a data-parallel fit (``distributed=True`` under ``torchrun``): the number of processes
+    #: and the seconds this one spent exchanging gradients with the others
+    world_size: int = 1
+    communication_seconds: float = 0.0
 
     @property
     def final_elbo(self) -> float:
@@ -370,6 +374,9 @@ class _Run:
         self.checkpoint()
         self.result.seconds = seconds
         self.result.lr_factor = self.lr_factor
+        if self.world is not None:
+            self.result.world_size = self.world.size
+            self.result.communication_seconds = self.world.seconds
         _warn_if_stalled(self.result)
         return self.result
 
