@@ -67,6 +67,7 @@ bench: bench-layers $(BENCH_STAMP)
 	$(PY) -m benchmarks.time_to_accuracy --out benchmarks/results/time_to_accuracy.md
 	$(PY) -m benchmarks.scaling --out benchmarks/results/scaling.md
 	$(PY) -m benchmarks.energies --out benchmarks/results/energies.md
+	$(PY) -m benchmarks.distributed --out benchmarks/results/distributed.md
 
 # The one-off validation of the posteriordb translations with NUTS (about 40 minutes).
 bench-validate: $(STAMP)
@@ -85,6 +86,7 @@ bench-quick: $(BENCH_STAMP)
 	$(PY) -m benchmarks.time_to_accuracy --quick --out out/bench-quick/time_to_accuracy.md
 	$(PY) -m benchmarks.scaling --quick --out out/bench-quick/scaling.md
 	$(PY) -m benchmarks.energies --quick --out out/bench-quick/energies.md
+	$(PY) -m benchmarks.distributed --quick --out out/bench-quick/distributed.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache
