@@ -81,8 +81,8 @@ def report(rows: list[dict], options: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = script_parser(__doc__).parse_args(argv)
     options = (["--quick"] if args.quick else
-               ["--train-size", "10000", "--test-size", "500", "--iw-samples", "10",
-                "--batch-size", "100", "--epochs", "1", "--layers", "4"])
+               ["--test-size", "500", "--iw-samples", "10", "--batch-size", "100",
+                "--epochs", "1", "--layers", "4"])
     with tempfile.TemporaryDirectory() as work:
         rows = [run(p, Path(work) / f"p{p}", options) for p in (1, 2)]
     text = report(rows, options)

@@ -88,37 +88,6 @@ def run(steps: int, draws: int, quick: bool) -> tuple[list[dict], dict]:
     return rows, fits
 
 
-def figure(fits: dict, path: Path) -> None:
-    """Figure 3 of the paper from the fits: exp(-U) and each fit's density on [-4, 4]^2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [*FLOWS, AUTOFLOW, MODES]
-    axis = torch.linspace(-4, 4, 150)
-    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1)
-    fig, axes = plt.subplots(len(NAMES), 1 + len(labels),
-                             figsize=(2.2 * (1 + len(labels)), 2.2 * len(NAMES)))
-    with torch.no_grad():
-        for i, name in enumerate(NAMES):
-            panels = [torch.exp(-energy(name)(grid))]
-            panels += [fits[name, label].log_prob(grid).exp() for label in labels]
-            for j, density in enumerate(panels):
-                axes[i, j].imshow(density, extent=(-4, 4, -4, 4), origin="lower",
-                                  cmap="magma")
-            axes[i, 0].set_ylabel(name)
-    for j, title in enumerate(["exp(-U)", *labels]):
-        short = title.replace(" (default fit)", "").replace("AutoFlow(", "(")
-        axes[0, j].set_title(short, fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-
-
 def report(rows: list[dict], steps: int, draws: int, figure_path: str | None) -> str:
     labels = [*FLOWS, AUTOFLOW, MODES]
     lines = ["# KL(q || p) on the 2-D energies of Rezende & Mohamed (2015)", "",
@@ -150,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     picture = None
     if args.out is not None and not args.quick:
         picture = str(args.out.with_suffix(".png"))
-        figure(fits, Path(picture))
+        EXAMPLE.figure(fits, [*FLOWS, AUTOFLOW, MODES], Path(picture))
     text = report(rows, steps, draws, picture)
     print(text)
     if args.out is not None:

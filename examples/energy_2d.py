@@ -49,6 +49,36 @@ def fit(energy, spec: str, steps: int, seed: int = 0, batch: int = 256):
     return q, bound
 
 
+def figure(fits: dict, labels: list[str], path: Path) -> None:
+    """The paper's Figure 3 from ``fits[energy name, label]`` (distributions with
+    ``log_prob``): exp(-U) and each fit's density on [-4, 4]^2, one row per energy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axis = torch.linspace(-4, 4, 150)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1)
+    fig, axes = plt.subplots(len(NAMES), 1 + len(labels),
+                             figsize=(2.2 * (1 + len(labels)), 2.2 * len(NAMES)))
+    with torch.no_grad():
+        for i, name in enumerate(NAMES):
+            panels = [torch.exp(-energy(name)(grid))]
+            panels += [fits[name, label].log_prob(grid).exp() for label in labels]
+            for j, density in enumerate(panels):
+                axes[i, j].imshow(density, extent=(-4, 4, -4, 4), origin="lower",
+                                  cmap="magma")
+            axes[i, 0].set_ylabel(name)
+    for j, title in enumerate(["exp(-U)", *labels]):
+        axes[0, j].set_title(title, fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
 def main(argv=None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -65,33 +95,9 @@ def main(argv=None) -> dict[str, float]:
             fits[ename, fname] = q
             print(f"{ename}  {fname:>12}: KL(q || p) = {log_z + bound:.3f}", flush=True)
     if not args.quick:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        n = 150
-        axis = torch.linspace(-4, 4, n)
-        grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1)
-        fig, axes = plt.subplots(4, 1 + len(FLOWS), figsize=(2.2 * (1 + len(FLOWS)), 9))
-        for i, ename in enumerate(NAMES):
-            with torch.no_grad():
-                axes[i, 0].imshow(torch.exp(-energy(ename)(grid)), extent=(-4, 4, -4, 4),
-                                  origin="lower", cmap="magma")
-            axes[i, 0].set_ylabel(ename)
-            for j, fname in enumerate(FLOWS, start=1):
-                with torch.no_grad():
-                    dens = fits[ename, fname].log_prob(grid).exp()
-                axes[i, j].imshow(dens, extent=(-4, 4, -4, 4), origin="lower", cmap="magma")
-        for j, title in enumerate(["exp(-U)", *FLOWS]):
-            axes[0, j].set_title(title, fontsize=9)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        args.out.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(args.out / "energy_2d.png", dpi=80)
-        print(f"figure written to {args.out / 'energy_2d.png'}")
+        path = args.out / "energy_2d.png"
+        figure(fits, list(FLOWS), path)
+        print(f"figure written to {path}")
     return results
 
 
