@@ -55,3 +55,13 @@ def test_energies_benchmark_quick_run_reports_every_cell(tmp_path):
     for name in NAMES:
         assert f"| {name} |" in text
     assert text.count("+-") >= len(NAMES) * (len(energies.FLOWS) + 2)
+
+
+def test_figure_three_draws_every_energy_and_fit(tmp_path):
+    from benchmarks.common import load_example
+
+    example = load_example("energy_2d")
+    normal = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
+    path = tmp_path / "figure.png"
+    example.figure({(name, "normal"): normal for name in NAMES}, ["normal"], path)
+    assert path.stat().st_size > 1000
