@@ -55,6 +55,8 @@ class World:
         self.dist = dist
         if not dist.is_initialized():
             cuda = device is not None and torch.device(device).type == "cuda"
+            if cuda:  # NCCL wants each process on its own GPU before the group forms
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             timeout = int(os.environ.get("PYRO_NF_DIST_TIMEOUT", DEFAULT_TIMEOUT))
             dist.init_process_group("nccl" if cuda else "gloo", init_method="env://",
                                     timeout=datetime.timedelta(seconds=timeout))
@@ -212,6 +214,9 @@ def setup(model: Callable, guide: Callable, args: tuple, kwargs: dict,
     set-up may run here, under a fork of the random state, as it would at the first step."""
     if not launched():
         return None
+    if device is None:  # where the data live: CUDA data get NCCL, the rest gloo
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        device = tensors[0].device if tensors else None
     world = World(device)
     with pyro.validation_enabled(False), torch.random.fork_rng():
         plates = subsampled_plates(model, guide, args, kwargs)
