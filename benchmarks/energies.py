@@ -106,6 +106,18 @@ def report(rows: list[dict], steps: int, draws: int, figure_path: str | None) ->
     return "\n".join(lines) + "\n"
 
 
+def save(out: Path | None, rows: list[dict], steps: int, draws: int,
+         picture: str | None) -> None:
+    """Print the report; with ``out``, write it and the rows (``.json``) there."""
+    text = report(rows, steps, draws, picture)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(
+            {"steps": steps, "draws": draws, "rows": rows}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few steps and draws")
@@ -116,17 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     steps, draws = (5, 200) if args.quick else (args.steps, args.draws)
     rows, fits = run(steps, draws, args.quick)
-    picture = None
+    save(args.out, rows, steps, draws, None)  # the table first: the figure cannot lose it
     if args.out is not None and not args.quick:
-        picture = str(args.out.with_suffix(".png"))
-        EXAMPLE.figure(fits, [*FLOWS, AUTOFLOW, MODES], Path(picture))
-    text = report(rows, steps, draws, picture)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(
-            {"steps": steps, "draws": draws, "rows": rows}, indent=1))
+        picture = args.out.with_suffix(".png")
+        EXAMPLE.figure(fits, [*FLOWS, AUTOFLOW, MODES], picture)
+        save(args.out, rows, steps, draws, str(picture))
     return 0
 
 
