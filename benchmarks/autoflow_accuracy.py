@@ -15,7 +15,7 @@ Guides: the baseline four of ``benchmarks.common`` (Pyro's AutoNormal, AutoMulti
 AutoIAFNormal with 2 layers, and ``AutoFlow(model)``) and two variants of the default AutoFlow.
 Every guide gets the same budget: ``fit(num_steps, lr=0.005, num_particles=16, lr_decay=0.1,
 seed)`` (the sticking-the-landing row: the same with ``elbo="stl"``; the ``centering='model'``
-row: the default flow without the learned centring of hierarchical sites), repeated for several
+row: the default flow without the learned centering of hierarchical sites), repeated for several
 seeds, because one fit's k-hat is a noisy figure: the fits of one guide differ from seed to
 seed, and so do three k-hat estimates of one fit. PSIS k-hat is estimated three times from
 10,000 draws each (the median is the fit's k-hat); means and sds from 20,000 draws. The table

@@ -58,16 +58,16 @@ def test_the_guide_is_the_anchor_before_the_first_step():
                                    normal_of(anchor).log_prob(z), rtol=1e-5, atol=1e-5)
 
 
-def test_with_the_centring_the_guide_is_the_anchor_pushed_through_it():
+def test_with_the_centering_the_guide_is_the_anchor_pushed_through_it():
     guide = AutoFlow(schools)
     guide()
     assert guide.centering_weights() and guide.anchor_transform() is not None
-    centring = guide._centering_transform((), {}, detach=True)
+    centering = guide._centering_transform((), {}, detach=True)
     with torch.no_grad():
         eta = normal_of(guide.anchor_transform()).sample((8,))
-        theta = centring(eta)
+        theta = centering(eta)
         expected = normal_of(guide.anchor_transform()).log_prob(eta) - \
-            centring.log_abs_det_jacobian(eta, theta)
+            centering.log_abs_det_jacobian(eta, theta)
         torch.testing.assert_close(guide.get_posterior().log_prob(theta.clone()), expected,
                                    rtol=1e-4, atol=1e-4)
 
@@ -131,7 +131,7 @@ def test_bad_anchor_is_a_clear_error():
         AutoFlow(logistic, anchor="best")
 
 
-def test_reset_to_anchor_after_a_fit_with_the_centring_and_a_low_rank_base():
+def test_reset_to_anchor_after_a_fit_with_the_centering_and_a_low_rank_base():
     guide = AutoFlow(schools, base="lowrank")
     guide()
     with torch.no_grad():

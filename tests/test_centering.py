@@ -1,4 +1,4 @@
-"""AutoFlow(centering="learn"): the learned non-centring layer of hierarchical Normal sites."""
+"""AutoFlow(centering="learn"): the learned non-centering layer of hierarchical Normal sites."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch.autograd.functional import jacobian
 
 import pyro_nf
 from pyro_nf import AutoFlow
-from pyro_nf.guides.centering import CENTRING_BOUND, Centering, hierarchical_normal_sites
+from pyro_nf.guides.centering import CENTERING_BOUND, Centering, hierarchical_normal_sites
 from pyro_nf.models import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y, eight_schools, neals_funnel
 
 Y = EIGHT_SCHOOLS_Y
@@ -164,11 +164,11 @@ def test_lambda_starts_at_the_likelihood_share_of_the_precision():
     init = {"mu": torch.tensor(1.0), "tau": torch.tensor(3.0), "theta": torch.zeros(8)}
     guide = _guide(functools.partial(eight_schools, Y, sigma),
                    init_loc_fn=init_to_value(values=init))
-    expected = (9 / (9 + sigma**2)).clamp(CENTRING_BOUND, 1 - CENTRING_BOUND)
+    expected = (9 / (9 + sigma**2)).clamp(CENTERING_BOUND, 1 - CENTERING_BOUND)
     torch.testing.assert_close(guide.centering_weights()["theta"], expected)
     pyro.clear_param_store()
     guide = _guide(neals_funnel)
-    torch.testing.assert_close(guide.centering_weights()["x"], torch.full((9,), CENTRING_BOUND))
+    torch.testing.assert_close(guide.centering_weights()["x"], torch.full((9,), CENTERING_BOUND))
 
 
 @pytest.mark.slow
@@ -324,3 +324,13 @@ def test_a_type_error_inside_the_model_is_not_blamed_on_its_arguments():
     state["broken"] = True
     with pytest.raises(TypeError, match="unsupported operand"):
         guide.sample_posterior(2)
+
+
+def test_old_spellings_are_deprecated_aliases():
+    from pyro_nf.guides import centering
+
+    for old, new in centering._DEPRECATED.items():
+        with pytest.warns(DeprecationWarning, match=new):
+            assert getattr(centering, old) is getattr(centering, new)
+    with pytest.raises(AttributeError):
+        centering.no_such_name  # noqa: B018

@@ -90,12 +90,12 @@ def test_autoflow_with_every_layer_traces_saves_and_loads(flow):
 
 
 @pytest.mark.slow
-def test_autoflow_with_learned_centring_traces_and_predictive_traces():
+def test_autoflow_with_learned_centering_traces_and_predictive_traces():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    guide = AutoFlow(hierarchical)  # the default: iaf*3 and the centring layer
+    guide = AutoFlow(hierarchical)  # the default: iaf*3 and the centering layer
     guide()
-    assert len(guide.centering_weights()) > 0  # the centring layer is in the traced graph
+    assert len(guide.centering_weights()) > 0  # the centering layer is in the traced graph
     _check(guide, n=400)
     predictive = Predictive(hierarchical, guide=guide, num_samples=5,
                             return_sites=["mu", "theta", "obs"])

@@ -1,5 +1,5 @@
 """Starting and fitting models that Pyro's defaults cannot: flat (ImproperUniform) priors,
-factor-only densities, models written for one particle, sites the centring cannot handle."""
+factor-only densities, models written for one particle, sites the centering cannot handle."""
 
 from __future__ import annotations
 

@@ -51,19 +51,19 @@ class Anchor:
 
 
 class _Target:
-    """log p in the flow's coordinates: with a centring layer C, log p(C(eta)) + log|J_C|."""
+    """log p in the flow's coordinates: with a centering layer C, log p(C(eta)) + log|J_C|."""
 
-    def __init__(self, log_density: LogDensity, centring: Any | None) -> None:
-        self.log_density, self.centring = log_density, centring
+    def __init__(self, log_density: LogDensity, centering: Any | None) -> None:
+        self.log_density, self.centering = log_density, centering
         self.dim = log_density.dim
 
     def __call__(self, eta: torch.Tensor) -> torch.Tensor:
-        if self.centring is None:
+        if self.centering is None:
             return self.log_density(eta)
         x = eta.to(self.log_density.dtype)
         with pyro.validation_enabled(False):  # an invalid value: a non-finite density
-            theta = self.centring(x)
-            ladj = self.centring.log_abs_det_jacobian(x, theta)
+            theta = self.centering(x)
+            ladj = self.centering.log_abs_det_jacobian(x, theta)
         return (self.log_density(theta) + ladj).to(eta.dtype)
 
 
@@ -96,7 +96,7 @@ def _laplace(target: _Target, mode: torch.Tensor) -> LowRankSqrt | None:
 
 
 def find_anchor(model: Any, args: tuple, kwargs: dict, init: torch.Tensor, method: str,
-                centring: Any | None = None, num_paths: int = 2, seed: int = 0
+                centering: Any | None = None, num_paths: int = 2, seed: int = 0
                 ) -> Anchor | None:
     """The anchor of ``method`` (``"auto"``: Pathfinder or Laplace, the higher ELBO), in
     float64, or None (with the reason as a warning) where the model's density does not allow
@@ -104,7 +104,7 @@ def find_anchor(model: Any, args: tuple, kwargs: dict, init: torch.Tensor, metho
     log_density = LogDensity(model, *args, **kwargs)
     if log_density.dim != len(init):
         return None
-    target = _Target(log_density, centring)
+    target = _Target(log_density, centering)
     problem = _density_problem(target, init)
     if problem is not None:
         warnings.warn(f"AutoFlow: {problem}, so the guide has no Gaussian anchor and starts "
@@ -139,7 +139,7 @@ class AnchorMixin:
     def _set_anchor(self, init_loc: torch.Tensor, args: tuple, kwargs: dict) -> bool:
         """Find the Gaussian anchor (:mod:`pyro_nf.guides.anchor`) and keep it as buffers;
         False where the model allows none."""
-        centring = self._centering_transform(args, kwargs, detach=True) if self._slots \
+        centering = self._centering_transform(args, kwargs, detach=True) if self._slots \
             else None
         devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
         try:
@@ -151,7 +151,7 @@ class AnchorMixin:
                     torch.enable_grad():
                 torch.manual_seed(0)
                 anchor = find_anchor(self._centering_model, args, kwargs, init_loc,
-                                     self._anchor_method, centring,
+                                     self._anchor_method, centering,
                                      num_paths=getattr(self, "_anchor_paths", 2))
         except Exception as error:  # noqa: BLE001 - any failure: the flow starts as before
             warnings.warn(f"AutoFlow: no Gaussian anchor ({type(error).__name__}: "
@@ -163,6 +163,7 @@ class AnchorMixin:
         for name, value in zip(LowRankSqrt.PARTS, anchor.sqrt.to(init_loc.dtype).parts()):
             self.register_buffer(f"anchor_{name.lstrip('_')}", value.to(init_loc.device))
         if self._slots:  # the anchor lives in the eta coordinates of the initial lambda
+            # (the buffer keeps its first spelling: it is a key of saved state and checkpoints)
             self.register_buffer("anchor_centring_logit",
                                  self.centering_logit.detach().clone())
         self.anchor_info = {"method": anchor.method, "elbos": anchor.elbos,
@@ -170,7 +171,7 @@ class AnchorMixin:
         return True
 
     def anchor_posterior(self, *args: Any, **kwargs: Any) -> dist.TransformedDistribution:
-        """The anchor alone as a distribution over the packed latent z (through the centring
+        """The anchor alone as a distribution over the packed latent z (through the centering
         layer where there is one): what the guide was before its first step."""
         parts = [self.anchor_transform()]
         if parts[0] is None:
@@ -185,7 +186,7 @@ class AnchorMixin:
     @torch.no_grad()
     def reset_to_anchor(self) -> None:
         """Put the flow back at the identity, loc and scale at 0 and 1, the base at N(0, I) and
-        the centring's lambda where it started: the guide is its anchor again (what
+        the centering's lambda where it started: the guide is its anchor again (what
         :func:`~pyro_nf.fit`'s last check recommends when the fitted flow's k-hat or ELBO is
         worse than the anchor's)."""
         if self.anchor_transform() is None:

@@ -21,7 +21,7 @@ is. Flow layers start at the identity, so before any step the guide is the ancho
 
 For a model with hierarchical Normal sites (theta ~ N(m, s) with m or s depending on other
 latent sites) the default ``centering="learn"`` adds a last layer, z = C(z'), that re-centres
-those sites with a learned centring lambda (:mod:`pyro_nf.guides.centering`); the statement
+those sites with a learned centering lambda (:mod:`pyro_nf.guides.centering`); the statement
 above then holds for z' (the sites' "eta" coordinates), whose mean is the initial location
 mapped by C^{-1}. With ``centering="model"``, or without such sites, z' = z.
 
@@ -49,12 +49,12 @@ from torch import nn
 
 from pyro_nf.guides.anchor import ANCHORS, AnchorMixin
 from pyro_nf.guides.centering import (
+    CENTERING_RATE,
     CENTERINGS,
-    CENTRING_RATE,
     Centering,
     SiteSlot,
     hierarchical_normal_sites,
-    initial_centring,
+    initial_centering,
     vectorisation_problem,
 )
 from pyro_nf.guides.summaries import SummariesMixin
@@ -132,7 +132,7 @@ class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
         flow_options: keyword options for every flow layer that accepts them.
         num_quantile_samples: draws used by :meth:`median` and :meth:`quantiles` (Monte Carlo).
         centering: ``"learn"`` (default): every hierarchical Normal site (its location or
-            scale depends on another latent site) gets a learned partial non-centring, the
+            scale depends on another latent site) gets a learned partial non-centering, the
             flow's last layer (:mod:`pyro_nf.guides.centering`; Gorinova et al., 2020). It
             removes the funnel of a centred hierarchical model (eight schools, Neal's funnel)
             at the cost of one partial run of the model's prior per guide call; a model
@@ -226,7 +226,7 @@ class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
         if options.setdefault("centering", "model") != "model":
             raise ValueError("AutoFlow.from_guide: a warm start keeps the fitted guide's "
                              "(the model's) parametrisation, centering='model'; for a learned "
-                             "centring fit AutoFlow(model) from its initial location instead")
+                             "centering fit AutoFlow(model) from its initial location instead")
         options.setdefault("base", base)
         guide = cls(model, flow, **options)
         # a plain attribute: assigned normally, PyroModule would adopt the fitted guide as a
@@ -255,10 +255,10 @@ class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
         if self._centering == "learn":
             try:
                 init_loc = self._setup_centering(init_loc, args, kwargs)
-            except Exception as error:  # noqa: BLE001 - any site the centring cannot handle
+            except Exception as error:  # noqa: BLE001 - any site the centering cannot handle
                 self._slots = {}
                 first = next(iter(str(error).splitlines()), "")
-                warnings.warn("AutoFlow(centering='learn') could not set up the centring of "
+                warnings.warn("AutoFlow(centering='learn') could not set up the centering of "
                               f"this model's hierarchical sites ({type(error).__name__}: "
                               f"{first}); the guide keeps the model's parametrisation "
                               "(centering='model').", UserWarning, stacklevel=4)
@@ -300,25 +300,25 @@ class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
     def _setup_centering(self, init_loc: torch.Tensor, args: tuple, kwargs: dict
                          ) -> torch.Tensor:
         """Find the hierarchical Normal sites, lay out the packed vector for the prior runs,
-        start lambda from the curvature at the initial values (:func:`initial_centring`) and
+        start lambda from the curvature at the initial values (:func:`initial_centering`) and
         return the initial location in the flow's (eta) coordinates."""
         trace = self.prototype_trace
         hierarchical = hierarchical_normal_sites(self.model, args, kwargs, trace)
         if not hierarchical:  # nothing to re-centre: the guide is AutoFlow(centering="model")
             self._slots = {}
             return init_loc
-        start, nesting = initial_centring(self.model, args, kwargs, trace, hierarchical)
+        start, nesting = initial_centering(self.model, args, kwargs, trace, hierarchical)
         slots, pos, count = {}, 0, 0
         for name, site in trace.iter_stochastic_nodes():
             shape = tuple(self._unconstrained_shapes[name])
             size = math.prod(shape)
             event_dim = site["fn"].event_dim + len(shape) - site["value"].dim()
-            centring = None
+            centering = None
             if name in hierarchical:
-                centring = slice(count, count + size)
+                centering = slice(count, count + size)
                 count += size
             slots[name] = SiteSlot(name, pos, size, shape,
-                                   nesting - (len(shape) - event_dim), centring)
+                                   nesting - (len(shape) - event_dim), centering)
             pos += size
         supports = {name: site["fn"].support for name, site in trace.iter_stochastic_nodes()}
         lam = torch.cat([start[name].reshape(-1) for name in slots if name in start])
@@ -333,22 +333,22 @@ class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
                           f"dimension (as Pyro's vectorised particles do); this one does not "
                           f"({problem}). The guide keeps the model's parametrisation "
                           "(centering='model'); declare the model's batch dimensions with "
-                          "pyro.plate to use the centring.", UserWarning, stacklevel=5)
+                          "pyro.plate to use the centering.", UserWarning, stacklevel=5)
             return init_loc
         self._slots, self._supports = slots, supports
-        self.centering_logit = nn.Parameter(torch.logit(lam) / CENTRING_RATE)
+        self.centering_logit = nn.Parameter(torch.logit(lam) / CENTERING_RATE)
         return eta
 
     @property
     def centering_lambda(self) -> torch.Tensor:
-        """lambda = sigmoid(CENTRING_RATE * centering_logit), every re-centred element packed."""
-        return torch.sigmoid(CENTRING_RATE * self.centering_logit)
+        """lambda = sigmoid(CENTERING_RATE * centering_logit), every re-centred element packed."""
+        return torch.sigmoid(CENTERING_RATE * self.centering_logit)
 
     def set_centering(self, lam: torch.Tensor) -> None:
         """Set every re-centred element's lambda (packed, in (0, 1))."""
         with torch.no_grad():
             self.centering_logit.copy_(torch.logit(torch.as_tensor(lam).to(
-                self.centering_logit)) / CENTRING_RATE)
+                self.centering_logit)) / CENTERING_RATE)
 
     def _centering_transform(self, args: tuple, kwargs: dict, detach: bool = False,
                              logit: torch.Tensor | None = None) -> Centering:
@@ -356,7 +356,7 @@ class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
             raise RuntimeError("AutoFlow(centering='learn') runs the model's prior at every "
                                "call, but this guide was unpickled without its model (it "
                                "could not be pickled): call guide.attach_model(model) first")
-        lam = self.centering_lambda if logit is None else torch.sigmoid(CENTRING_RATE * logit)
+        lam = self.centering_lambda if logit is None else torch.sigmoid(CENTERING_RATE * logit)
         return Centering(self._centering_model, args, kwargs, self._slots, self._supports,
                          lam.detach() if detach else lam)
 
@@ -366,8 +366,8 @@ class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
         if not self._slots:
             return {}
         lam = self.centering_lambda.detach()
-        return {name: lam[slot.centring].reshape(slot.shape)
-                for name, slot in self._slots.items() if slot.centring is not None}
+        return {name: lam[slot.centering].reshape(slot.shape)
+                for name, slot in self._slots.items() if slot.centering is not None}
 
     # ------------------------------------------------------------------ the posterior
     def get_base_dist(self) -> dist.TorchDistribution:
@@ -437,7 +437,7 @@ class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
     def __getstate__(self):
         state = super().__getstate__()
         state["_shadow"] = None
-        # Pyro's guides drop their model when pickled; the centring layer needs it at every
+        # Pyro's guides drop their model when pickled; the centering layer needs it at every
         # call, so keep it where it pickles by reference (a module-level function)
         try:
             pickle.dumps(self._centering_model)

@@ -1,4 +1,4 @@
-"""Learned non-centring of a model's hierarchical Normal sites, on the guide's side.
+"""Learned non-centering of a model's hierarchical Normal sites, on the guide's side.
 
 A site ``theta ~ N(m, s)`` whose location m or scale s depends on other latent sites (a
 hierarchical "centred" parametrisation) gives a funnel: as s shrinks, theta concentrates on m,
@@ -6,14 +6,14 @@ and a flow over (..., log s, theta) must learn a scale exponential in another co
 Written as ``theta = m + s * eta`` (non-centred) the funnel disappears, but where the data are
 informative the centred form is the better geometry. Gorinova, Moore & Hoffman (2020),
 *Automatic Reparameterisation of Probabilistic Programs*, interpolate between the two with a
-centring lambda in [0, 1] learned with the variational parameters (VIP):
+centering lambda in [0, 1] learned with the variational parameters (VIP):
 
     theta = m + s^(1 - lambda) (eta - lambda m),        log|d theta / d eta| = (1 - lambda) log s,
 
 lambda = 1 is the model's own (centred) parametrisation and lambda = 0 the non-centred one.
 Each element's lambda starts at the share of the likelihood in theta's conditional precision at
-the initial values (:func:`initial_centring`: near 0 where the data are weak, near 1 where they
-pin theta) and is learned with the flow, on a logit scale stretched by :data:`CENTRING_RATE`.
+the initial values (:func:`initial_centering`: near 0 where the data are weak, near 1 where they
+pin theta) and is learned with the flow, on a logit scale stretched by :data:`CENTERING_RATE`.
 
 Here the map is the *last layer of the guide's flow*: the flow's output eta (the packed vector
 of every latent site, unconstrained) goes through :class:`Centering`, which runs the model's
@@ -40,11 +40,11 @@ from pyro.poutine.messenger import Messenger
 from torch.distributions import biject_to, constraints
 
 CENTERINGS = ("model", "learn")
-#: lambda's starting values are kept within [CENTRING_BOUND, 1 - CENTRING_BOUND]
-CENTRING_BOUND = 0.01
-#: lambda = sigmoid(CENTRING_RATE * r) for the learned parameter r: the optimiser's steps in r
+#: lambda's starting values are kept within [CENTERING_BOUND, 1 - CENTERING_BOUND]
+CENTERING_BOUND = 0.01
+#: lambda = sigmoid(CENTERING_RATE * r) for the learned parameter r: the optimiser's steps in r
 #: move lambda's logit this many times faster (its gradient is weak and noisy)
-CENTRING_RATE = 10.0
+CENTERING_RATE = 10.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class SiteSlot:
     size: int
     shape: tuple[int, ...]  # unconstrained shape, plate dimensions included
     pad: int  # ones to insert between the batch and ``shape``
-    centring: slice | None  # the site's entries of the lambda vector (hierarchical sites)
+    centering: slice | None  # the site's entries of the lambda vector (hierarchical sites)
 
 
 class _Stop(BaseException):  # not an Exception: a model's own `except Exception` lets it pass
@@ -131,12 +131,12 @@ def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace:
 
     The model runs twice, under two seeds: a site whose location or scale changes between the
     runs depends on something random that the guide does not give (a site hidden by
-    ``poutine.block`` inside the model, as in an ``AutoGuideList`` member), so re-centring it
+    ``poutine.block`` inside the model, as in an ``AutoGuideList`` member), so re-centering it
     would make log q random; it is left as the model wrote it, with a warning."""
     values = {name: site["value"].detach().clone().requires_grad_(True)
               for name, site in trace.iter_stochastic_nodes()}
     # a masked site (the unobserved part of obs_mask) has elements without any density: a
-    # centring cannot place them, and the guide keeps the model's form there
+    # centering cannot place them, and the guide keeps the model's form there
     masked = {name for name, site in trace.iter_stochastic_nodes()
               if site.get("mask") is not None and not bool(torch.as_tensor(site["mask"]).all())}
     found: list[str] = []
@@ -173,7 +173,7 @@ def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace:
 
 
 def vectorisation_problem(layer: Centering, x0: torch.Tensor) -> str | None:
-    """Check that the model broadcasts over a leading batch dimension, as the centring layer
+    """Check that the model broadcasts over a leading batch dimension, as the centering layer
     (like Pyro's vectorised particles) needs: a batch of n points around ``x0`` (n equal to
     no site dimension, so that a missing plate cannot broadcast silently) must map as the
     points do one by one. Returns what went wrong, or None."""
@@ -193,7 +193,7 @@ def vectorisation_problem(layer: Centering, x0: torch.Tensor) -> str | None:
     return None
 
 
-def initial_centring(model: Callable, args: tuple, kwargs: dict, trace: Any,
+def initial_centering(model: Callable, args: tuple, kwargs: dict, trace: Any,
                      names: list[str]) -> tuple[dict[str, torch.Tensor], int]:
     """Each hierarchical site's starting lambda, element by element, from the prototype (the
     initial values): lambda = h / (h + 1 / s^2), the share of the likelihood in theta's
@@ -233,7 +233,7 @@ def initial_centring(model: Callable, args: tuple, kwargs: dict, trace: Any,
                     curvature = (-row_sums).clamp(min=0)
             scale = _normal_of(tr.nodes[name]["fn"]).scale.detach().expand(theta.shape)
             lam = curvature.detach() / (curvature.detach() + scale.pow(-2))
-            out[name] = lam.clamp(CENTRING_BOUND, 1 - CENTRING_BOUND)
+            out[name] = lam.clamp(CENTERING_BOUND, 1 - CENTERING_BOUND)
     nesting = max([-f.dim for site in tr.nodes.values() if site["type"] == "sample"
                    for f in site["cond_indep_stack"] if f.vectorized] + [0])
     return out, nesting
@@ -273,13 +273,13 @@ class Centering(torch.distributions.Transform):
             slot = self.slots[name]
             shape = (n,) + (1,) * slot.pad + slot.shape
             u = flat[:, slot.pos:slot.pos + slot.size].reshape(shape)
-            if slot.centring is None:
+            if slot.centering is None:
                 pieces[name] = u.reshape(n, slot.size)
                 return biject_to(self.supports[slot.name])(u)
             normal = _normal_of(fn)
             m = normal.loc.expand(shape)
             log_s = normal.scale.clamp(min=tiny).log().expand(shape)  # no -inf from underflow
-            lam = self.lam[slot.centring].reshape(slot.shape)
+            lam = self.lam[slot.centering].reshape(slot.shape)
             if inverse:  # u is theta
                 out = lam * m + (u - m) * torch.exp(-(1 - lam) * log_s)
                 value = u
@@ -314,3 +314,20 @@ class Centering(torch.distributions.Transform):
         if memo is not None and memo[0] is x and memo[1] is y:
             return memo[2]
         return self._run(x, inverse=False)[1]
+
+
+#: Names before the spelling was made one (``centering``, as in the guides' argument); kept
+#: for one release.
+_DEPRECATED = {"initial_centring": "initial_centering", "CENTRING_RATE": "CENTERING_RATE",
+               "CENTRING_BOUND": "CENTERING_BOUND"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        import warnings
+
+        new = _DEPRECATED[name]
+        warnings.warn(f"pyro_nf.guides.centering.{name} is deprecated; use {new}",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """The compiled ELBO that :func:`~pyro_nf.fit` uses by default where it is exact.
 
 An SVI step of a flow guide spends most of its time in Python: Pyro's traces of the guide and
-the model (one message per site through every handler), the per-site packing, the centring
+the model (one message per site through every handler), the per-site packing, the centering
 layer's prior run. ``torch.jit.trace`` records the tensor operations of one such step once and
 replays them without the Python (Pyro's ``JitTrace_ELBO``); on the 15 posteriordb models the
 loss and every gradient agree with the eager ones to float round-off and a step costs 1.6 to
