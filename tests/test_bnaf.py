@@ -250,3 +250,30 @@ def test_options_set_the_architecture():
     layer = build_layer("bnaf", 3, hidden_factor=5, layers=3)
     assert [(b.b_in, b.b_out) for b in layer.blocks] == [(1, 5), (5, 5), (5, 5), (5, 1)]
     assert layer.blocks[1].weights()[0].shape == (15, 15)
+
+
+def test_inverse_of_raw_parameters_where_newton_stalls():
+    """Raw parameters of scale ~1 (seed 1930, found by the battery's hypothesis search) gave
+    derivatives so large that Newton's steps stalled inside the bracket; the solver now bisects
+    whenever the bracket stops halving."""
+    layer = build_layer("bnaf", 3).double()
+    gen = torch.Generator().manual_seed(1930)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(0.9921875 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    x = torch.randn(8, 3, generator=gen, dtype=torch.float64) * 2
+    y = layer(x)
+    torch.testing.assert_close(layer.inv(y.detach().clone()), x, rtol=1e-7, atol=1e-7)
+
+
+def test_solve_monotone_converges_with_a_derivative_far_too_large():
+    from pyro_nf.transforms.base import solve_monotone
+
+    target = torch.tensor([-3.0, 0.5, 7.0], dtype=torch.float64)
+
+    def fn(t):  # x^3 + x, its derivative reported 1e12 times too large
+        return t ** 3 + t, 1e12 * (3 * t ** 2 + 1)
+
+    x = solve_monotone(fn, target, torch.full_like(target, -10.0),
+                       torch.full_like(target, 10.0), layer="test")
+    torch.testing.assert_close(x ** 3 + x, target, rtol=1e-10, atol=1e-10)

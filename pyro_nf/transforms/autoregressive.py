@@ -20,12 +20,13 @@ u_{<i}, so the Jacobian in u is triangular for every h; the passes are the same
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from pyro_nf.transforms.base import Flow
-from pyro_nf.transforms.context import ConditionalFlow
+from pyro_nf.transforms.context import ConditionerFlow
 from pyro_nf.transforms.nets import MADE, _hidden_tuple
 from pyro_nf.transforms.registry import register, register_conditional
 from pyro_nf.transforms.transformers import Affine, RationalQuadraticSpline, Transformer
@@ -161,7 +162,7 @@ class SplineAutoregressive(Autoregressive):
 _CONTEXT = ", MADE with the context as an extra (unmasked) input"
 
 
-class ConditionalAutoregressive(ConditionalFlow):
+class ConditionalAutoregressive(ConditionerFlow):
     """Generic conditional autoregressive layer ``G(u; h)_i = T(u_i; MADE(u_{<i}, h))``.
 
     Args:
@@ -175,6 +176,7 @@ class ConditionalAutoregressive(ConditionalFlow):
     """
 
     kind = "autoregressive"
+    shown = "direction"
 
     def __init__(self, dim: int, context_dim: int, transformer: Transformer, *,
                  hidden: int | Sequence[int] | None = None, direction: str = "iaf",
@@ -186,17 +188,9 @@ class ConditionalAutoregressive(ConditionalFlow):
                          _hidden_tuple(hidden, dim + context_dim), context_dim=context_dim,
                          activation=activation)
 
-    def forward_and_log_det(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        return autoregressive_pass(x, self.transformer, self.made, self.direction, context,
-                                   inverse=False)
-
-    def inverse_and_log_det(self, y: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        return autoregressive_pass(y, self.transformer, self.made, self.direction, context,
-                                   inverse=True)
-
-    def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, direction={self.direction!r}, "
-                f"transformer={self.transformer}")
+    def one_pass(self, v: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        return autoregressive_pass(v, self.transformer, self.made, self.direction, context,
+                                   inverse=inverse)
 
 
 class ConditionalAffineAutoregressive(ConditionalAutoregressive):
@@ -210,24 +204,27 @@ class ConditionalAffineAutoregressive(ConditionalAutoregressive):
                          direction=direction, activation=activation)
 
 
-@register_conditional("iaf", paper="Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling "
-                      "(2016), Inverse Autoregressive Flow" + _CONTEXT)
-def conditional_iaf(dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
-                    activation: str = "elu", min_log_scale: float = -5.0,
-                    max_log_scale: float = 3.0) -> ConditionalAffineAutoregressive:
-    """Conditional affine autoregressive layer, IAF direction: one-pass sampling."""
-    return ConditionalAffineAutoregressive(dim, context_dim, hidden, "iaf", activation,
-                                           min_log_scale, max_log_scale)
+def _conditional_affine(direction: str, what: str) -> Callable[..., Any]:
+    """The registered constructor of the conditional affine layer in ``direction``."""
+
+    def build(dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
+              activation: str = "elu", min_log_scale: float = -5.0,
+              max_log_scale: float = 3.0) -> ConditionalAffineAutoregressive:
+        return ConditionalAffineAutoregressive(dim, context_dim, hidden, direction, activation,
+                                               min_log_scale, max_log_scale)
+
+    build.__name__ = build.__qualname__ = f"conditional_{direction}"
+    build.__doc__ = (f"Conditional affine autoregressive layer, {direction.upper()} direction: "
+                     f"{what}.")
+    return build
 
 
-@register_conditional("maf", paper="Papamakarios, Pavlakou & Murray (2017), Masked "
-                      "Autoregressive Flow" + _CONTEXT)
-def conditional_maf(dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
-                    activation: str = "elu", min_log_scale: float = -5.0,
-                    max_log_scale: float = 3.0) -> ConditionalAffineAutoregressive:
-    """Conditional affine autoregressive layer, MAF direction: one-pass density."""
-    return ConditionalAffineAutoregressive(dim, context_dim, hidden, "maf", activation,
-                                           min_log_scale, max_log_scale)
+conditional_iaf = register_conditional(
+    "iaf", paper="Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling (2016), Inverse "
+    "Autoregressive Flow" + _CONTEXT)(_conditional_affine("iaf", "one-pass sampling"))
+conditional_maf = register_conditional(
+    "maf", paper="Papamakarios, Pavlakou & Murray (2017), Masked Autoregressive Flow"
+    + _CONTEXT)(_conditional_affine("maf", "one-pass density"))
 
 
 @register_conditional("spline_autoregressive", paper="Durkan, Bekasov, Murray & Papamakarios "

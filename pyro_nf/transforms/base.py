@@ -60,19 +60,21 @@ def sech2(a: Tensor) -> Tensor:
     return 4 * e / (1 + e) ** 2
 
 
+def check_positive_int(value: object, name: str, layer: str) -> int:
+    """Validate a positive integer argument ``name`` of ``layer`` and return it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
 def check_dim(dim: object, layer: str) -> int:
     """Validate a layer's event dimension and return it as an int."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"{layer}: dim must be a positive integer, got {dim!r}")
-    return dim
+    return check_positive_int(dim, "dim", layer)
 
 
 def check_context_dim(context_dim: object, layer: str) -> int:
     """Validate a conditional layer's (or flow's) context size and return it as an int."""
-    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
-        raise ValueError(f"{layer}: context_dim must be a positive integer, got "
-                         f"{context_dim!r}")
-    return context_dim
+    return check_positive_int(context_dim, "context_dim", layer)
 
 
 def check_tensor(x: object, layer: str, what: str, size: int, size_name: str,
@@ -219,10 +221,12 @@ def solve_monotone(
     """Solve ``fn(x) = target`` elementwise for an increasing ``fn`` with the root in [lo, hi].
 
     ``fn`` returns ``(value, derivative)``. Newton steps are taken where they stay inside the
-    current bracket, bisection otherwise, so the iteration always converges for a continuous
-    increasing function. Runs without autograd; callers attach gradients with
-    :func:`implicit_newton_step`. Converged means ``|fn(x) - target| <= tol * max(1, |target|)``
-    with ``tol`` from :func:`inverse_tolerance`, or a bracket narrower than a few ulps.
+    current bracket and the bracket keeps halving at least every other iteration, bisection
+    otherwise, so the iteration always converges for a continuous increasing function, even
+    where the derivative is wrong or overflows (Newton's steps would then stall). Runs without
+    autograd; callers attach gradients with :func:`implicit_newton_step`. Converged means
+    ``|fn(x) - target| <= tol * max(1, |target|)`` with ``tol`` from
+    :func:`inverse_tolerance`, or a bracket narrower than a few ulps.
 
     Raises:
         InverseNotConvergedError: naming ``layer``, when some element did not converge.
@@ -235,7 +239,8 @@ def solve_monotone(
         lo, hi = lo.clone(), hi.clone()
         scale = target.abs().clamp_min(1.0)
         x = 0.5 * (lo + hi)
-        for _ in range(max_iter):
+        width = hi - lo  # the bracket's width two iterations ago, checked every other one
+        for step in range(max_iter):
             value, deriv = fn(x)
             resid = value - target
             done = (resid.abs() <= tol * scale) | ((hi - lo) <= 4 * eps * x.abs().clamp_min(1.0))
@@ -246,6 +251,9 @@ def solve_monotone(
             lo = torch.where(above, lo, torch.maximum(lo, x))
             newton = x - resid / deriv
             ok = torch.isfinite(newton) & (newton > lo) & (newton < hi)
+            if step % 2 == 1:  # a Newton step that barely moves (a derivative far too large)
+                ok = ok & (hi - lo <= 0.5 * width)  # must have halved the bracket, else bisect
+                width = hi - lo
             x = torch.where(done, x, torch.where(ok, newton, 0.5 * (lo + hi)))
         value, _ = fn(x)
         worst = float((value - target).abs().div(scale).max())
@@ -265,3 +273,10 @@ def implicit_newton_step(x_star: Tensor, residual: Tensor, derivative: Tensor) -
     dx/dtheta = -(dg/dtheta) / (dg/dx), so numerical inverses never give silent zero gradients.
     """
     return x_star - residual / derivative.detach()
+
+
+class ResidualFlow(Flow):
+    """A residual layer f(z) = z + g(z) (planar, radial, Sylvester), invertible through the
+    constraints its parametrisation keeps: the registry kind "residual"."""
+
+    kind = "residual"

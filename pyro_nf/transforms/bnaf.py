@@ -61,7 +61,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_nf.transforms.base import Flow, implicit_newton_step, solve_monotone
+from pyro_nf.transforms.base import (
+    Flow,
+    check_positive_int,
+    implicit_newton_step,
+    solve_monotone,
+)
 from pyro_nf.transforms.registry import register
 
 Tensor = torch.Tensor
@@ -178,9 +183,7 @@ class BlockNeuralAutoregressive(Flow):
     def __init__(self, dim: int, hidden_factor: int = 8, layers: int = 2) -> None:
         super().__init__(dim)
         for name, value in (("hidden_factor", hidden_factor), ("layers", layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"BlockNeuralAutoregressive: {name} must be a positive "
-                                 f"integer, got {value!r}")
+            check_positive_int(value, name, "BlockNeuralAutoregressive")
         self.hidden_factor, self.num_layers = hidden_factor, layers
         self.sizes = (1,) + (hidden_factor,) * layers + (1,)
         rows_in_final = torch.arange(1, dim + 1, dtype=torch.get_default_dtype()) * hidden_factor

@@ -170,7 +170,41 @@ class HyperResidual(ConditionalFlow):
         raise NotImplementedError
 
 
-class ConditionedFlow(Flow):
+class ConditionerFlow(ConditionalFlow):
+    """A layer whose conditioner network reads the context on every pass (coupling,
+    autoregressive): subclasses give :meth:`one_pass`, both directions in one function, a
+    ``transformer`` and, in ``shown``, the name of the attribute their repr shows with it."""
+
+    shown = ""
+
+    def one_pass(self, v: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """``(f(v; h), log|det J|)``, or with ``inverse`` ``(f^{-1}(v; h), log|det J_f|)``."""
+        raise NotImplementedError
+
+    def forward_and_log_det(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        return self.one_pass(x, context, inverse=False)
+
+    def inverse_and_log_det(self, y: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        return self.one_pass(y, context, inverse=True)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, {self.shown}={getattr(self, self.shown)!r}, "
+                f"transformer={self.transformer}")
+
+
+class _Wrapper:
+    """A layer that wraps another and takes its kind, volume preservation and sign."""
+
+    def _adopt(self, layer: Any) -> None:
+        self.kind = layer.kind
+        self.volume_preserving = layer.volume_preserving
+
+    @property
+    def sign(self) -> int:
+        return self.layer.sign
+
+
+class ConditionedFlow(_Wrapper, Flow):
     """A conditional layer bound to a context h of shape (..., C): the :class:`Flow`
     x -> f(x; h), with x of shape (..., D) broadcasting against h's batch dimensions.
 
@@ -184,12 +218,7 @@ class ConditionedFlow(Flow):
         object.__setattr__(self, "layer", layer)  # a reference, not a submodule
         self.context = context
         self.params = params
-        self.kind = layer.kind
-        self.volume_preserving = layer.volume_preserving
-
-    @property
-    def sign(self) -> int:
-        return self.layer.sign
+        self._adopt(layer)
 
     def _batch_check(self, v: Tensor) -> None:
         try:
@@ -218,7 +247,7 @@ class ConditionedFlow(Flow):
         return f"{self.layer._name()}, context shape {tuple(self.context.shape)}"
 
 
-class ContextFree(ConditionalFlow):
+class ContextFree(_Wrapper, ConditionalFlow):
     """A layer that does not depend on the context (a permutation) in a conditional stack:
     ``condition(h)`` checks h and gives the layer's map, broadcast against h's batch
     dimensions like every conditioned layer.
@@ -231,12 +260,7 @@ class ContextFree(ConditionalFlow):
     def __init__(self, layer: Flow, context_dim: int) -> None:
         super().__init__(layer.dim, context_dim)
         self.layer = layer
-        self.kind = layer.kind
-        self.volume_preserving = layer.volume_preserving
-
-    @property
-    def sign(self) -> int:
-        return self.layer.sign
+        self._adopt(layer)
 
     @staticmethod
     def _broadcast(out: tuple[Tensor, Tensor], context: Tensor) -> tuple[Tensor, Tensor]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from pyro_nf.transforms.base import Flow
-from pyro_nf.transforms.context import ConditionalFlow
+from pyro_nf.transforms.context import ConditionerFlow
 from pyro_nf.transforms.nets import MLP, _hidden_tuple
 from pyro_nf.transforms.registry import register, register_conditional
 from pyro_nf.transforms.transformers import (
@@ -131,7 +131,7 @@ class SplineCoupling(Coupling):
 _CONTEXT = ", conditioner with the context as an extra input"
 
 
-class ConditionalCoupling(ConditionalFlow):
+class ConditionalCoupling(ConditionerFlow):
     """Generic conditional coupling layer ``y_b = T(x_b; NN(x_a, h))``.
 
     Args:
@@ -145,6 +145,7 @@ class ConditionalCoupling(ConditionalFlow):
     """
 
     kind = "coupling"
+    shown = "split"
 
     def __init__(self, dim: int, context_dim: int, transformer: Transformer, *,
                  hidden: int | Sequence[int] | None = None, split: int | None = None,
@@ -156,17 +157,9 @@ class ConditionalCoupling(ConditionalFlow):
                                _hidden_tuple(hidden, dim + context_dim),
                                context_dim=context_dim, activation=activation)
 
-    def forward_and_log_det(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        return coupling_pass(x, self.split, self.transformer, self.conditioner, context,
-                             inverse=False)
-
-    def inverse_and_log_det(self, y: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        return coupling_pass(y, self.split, self.transformer, self.conditioner, context,
-                             inverse=True)
-
-    def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, split={self.split}, "
-                f"transformer={self.transformer}")
+    def one_pass(self, v: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        return coupling_pass(v, self.split, self.transformer, self.conditioner, context,
+                             inverse=inverse)
 
 
 @register_conditional("nice", paper="Dinh, Krueger & Bengio (2014), NICE: additive coupling"

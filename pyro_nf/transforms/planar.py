@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from pyro_nf.transforms.base import (
-    Flow,
+    ResidualFlow,
     implicit_newton_step,
     sech2,
     softplus_exact,
@@ -138,7 +138,7 @@ def planar_init(dim: int) -> tuple[Tensor, Tensor, Tensor]:
 
 @register("planar", paper="Rezende & Mohamed (2015), Variational Inference with Normalizing "
           "Flows: planar flow", inverse="numerical", kind="residual")
-class Planar(Flow):
+class Planar(ResidualFlow):
     """Planar flow f(z) = z + u_hat tanh(w^T z + b) (Rezende & Mohamed, 2015, App. A.1).
 
     Invertible for any raw parameters (w^T u_hat >= -1); the inverse is a one-dimensional
@@ -161,8 +161,6 @@ class Planar(Flow):
     Args:
         dim: the event size D.
     """
-
-    kind = "residual"
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)

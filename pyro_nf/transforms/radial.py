@@ -48,7 +48,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyro_nf.transforms.base import Flow, softplus_exact, softplus_inverse
+from pyro_nf.transforms.base import ResidualFlow, softplus_exact, softplus_inverse
 from pyro_nf.transforms.context import HyperResidual
 from pyro_nf.transforms.registry import register, register_conditional
 
@@ -120,20 +120,18 @@ def radial_init(dim: int) -> tuple[Tensor, Tensor, Tensor]:
 
 @register("radial", paper="Rezende & Mohamed (2015), Variational Inference with Normalizing "
           "Flows: radial flow", inverse="exact", kind="residual")
-class Radial(Flow):
+class Radial(ResidualFlow):
     """Radial flow f(z) = z + beta / (alpha + ||z - z0||) (z - z0) (Rezende & Mohamed, 2015,
     App. A.2), with alpha > 0 and beta >= -alpha for any raw parameters; exact inverse through
     the radius quadratic (see the module docstring).
 
+    Args:
+        dim: the event size D.
+
     Initialisation: the identity. alpha = 1 and raw_beta = softplus^-1(alpha), so beta = 0 and
     the scale factor (r + s) / (alpha + r) is exactly 1; z0 ~ N(0, 0.01^2 I), so that the
     centre is not degenerate with the origin and gradients reach every parameter.
-
-    Args:
-        dim: the event size D.
     """
-
-    kind = "residual"
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)

@@ -34,7 +34,7 @@ from pyro_nf.transforms._sylvester_ops import (
     sylvester_inverse,
     sylvester_triangles,
 )
-from pyro_nf.transforms.base import Flow, check_dim
+from pyro_nf.transforms.base import ResidualFlow, check_dim, check_positive_int
 from pyro_nf.transforms.context import ConditionalFlow, HyperNet, hyper_hidden
 from pyro_nf.transforms.registry import register, register_conditional
 
@@ -43,7 +43,7 @@ Tensor = torch.Tensor
 _PAPER = "van den Berg, Hasenclever, Tomczak & Welling (2018), Sylvester Normalizing Flows"
 
 
-class Sylvester(Flow):
+class Sylvester(ResidualFlow):
     """Base of the three Sylvester variants, f(z) = z + Q R tanh(R~ Q^T z + b); subclasses
     define :meth:`q`, the D x M matrix with orthonormal columns.
 
@@ -63,8 +63,6 @@ class Sylvester(Flow):
             fixed-permutation Q of :class:`TriangularSylvester`, M < D leaves D - M coordinates
             untouched.
     """
-
-    kind = "residual"
 
     def __init__(self, dim: int, m: int | None = None) -> None:
         super().__init__(dim)
@@ -131,10 +129,7 @@ class OrthogonalSylvester(Sylvester):
 
     def __init__(self, dim: int, m: int | None = None, max_iter: int = 30) -> None:
         super().__init__(dim, m)
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"{type(self).__name__}: max_iter must be a positive integer, "
-                             f"got {max_iter!r}")
-        self.max_iter = max_iter
+        self.max_iter = check_positive_int(max_iter, "max_iter", type(self).__name__)
         self.q_raw = nn.Parameter(torch.linalg.qr(torch.randn(self.dim, self.m))[0])
 
     def q(self) -> Tensor:
@@ -165,10 +160,7 @@ class HouseholderSylvester(Sylvester):
     def __init__(self, dim: int, m: int | None = None, reflections: int | None = None) -> None:
         super().__init__(dim, m)
         n = min(self.dim, 8) if reflections is None else reflections
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{type(self).__name__}: reflections must be a positive integer, "
-                             f"got {reflections!r}")
-        self.reflections = n
+        self.reflections = check_positive_int(n, "reflections", type(self).__name__)
         self.vectors = nn.Parameter(torch.randn(n, self.dim))
 
     def q(self) -> Tensor:
@@ -286,10 +278,7 @@ class ConditionalOrthogonalSylvester(ConditionalSylvester):
     def __init__(self, dim: int, context_dim: int, m: int | None = None,
                  hidden: int | Sequence[int] | None = None, activation: str = "elu",
                  max_iter: int = 30) -> None:
-        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-            raise ValueError(f"{type(self).__name__}: max_iter must be a positive integer, "
-                             f"got {max_iter!r}")
-        self.max_iter = max_iter
+        self.max_iter = check_positive_int(max_iter, "max_iter", type(self).__name__)
         super().__init__(dim, context_dim, m, hidden, activation)
 
     def q_init(self) -> dict[str, Tensor]:
@@ -314,10 +303,7 @@ class ConditionalHouseholderSylvester(ConditionalSylvester):
                  hidden: int | Sequence[int] | None = None, activation: str = "elu",
                  reflections: int | None = None) -> None:
         n = min(check_dim(dim, type(self).__name__), 8) if reflections is None else reflections
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{type(self).__name__}: reflections must be a positive integer, "
-                             f"got {reflections!r}")
-        self.reflections = n
+        self.reflections = check_positive_int(n, "reflections", type(self).__name__)
         super().__init__(dim, context_dim, m, hidden, activation)
 
     def q_init(self) -> dict[str, Tensor]:
