@@ -20,6 +20,7 @@ checkpoint on any number of processes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -28,15 +29,27 @@ from pathlib import Path
 
 import pyro
 import torch
-from vae_mnist import FLOWS, Decoder, evaluate, make_guide, make_model  # the same folder
 
 import pyro_nf
 from pyro_nf.datasets import binarized_mnist
 
 
+def _vae_mnist():
+    """``vae_mnist.py`` beside this file, loaded from its path: ``examples/`` is a folder of
+    scripts, not a package, and this one may be started from anywhere."""
+    path = Path(__file__).resolve().with_name("vae_mnist.py")
+    spec = importlib.util.spec_from_file_location("vae_mnist", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+VAE = _vae_mnist()
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--flow", choices=sorted(FLOWS), default="planar")
+    parser.add_argument("--flow", choices=sorted(VAE.FLOWS), default="planar")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--latent", type=int, default=40)
     parser.add_argument("--hidden", type=int, default=300)
@@ -67,9 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
     train = data.train[:args.train_size] if args.train_size else data.train
     test = data.test[:args.test_size]
     pyro.clear_param_store()
-    decoder = Decoder(args.latent, args.hidden)
-    model = make_model(decoder, args.latent)
-    guide, _ = make_guide(model, FLOWS[args.flow], args.layers, args.hidden, args.latent)
+    decoder = VAE.Decoder(args.latent, args.hidden)
+    model = VAE.make_model(decoder, args.latent)
+    guide, _ = VAE.make_guide(model, VAE.FLOWS[args.flow], args.layers, args.hidden,
+                              args.latent)
     steps = args.epochs * math.ceil(len(train) / (args.batch_size * world))
     start = time.perf_counter()
     result = pyro_nf.fit(model, guide, train, 1.0, args.batch_size, num_steps=steps,
@@ -82,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
                "final_elbo_per_image": result.final_elbo / len(train)}
     if rank == 0:
         with torch.no_grad():
-            summary.update(evaluate(model, guide, test, samples=args.iw_samples))
+            summary.update(VAE.evaluate(model, guide, test, samples=args.iw_samples))
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         print(f"{world} process(es), {result.steps} steps of {args.batch_size * world} images "
               f"in {seconds:.1f} s ({summary['points_per_second']:.0f} images/s, "

@@ -76,6 +76,7 @@ class EmulatedWorld:
     def __init__(self, size: int, args: tuple) -> None:
         self.size, self.rank, self.leader, self.args = size, 0, True, args
         self.params: list[torch.Tensor] = []
+        self.seconds = 0.0
         self.loss_fn = Trace_ELBO()
         self.fns: list = []
 

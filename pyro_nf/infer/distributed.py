@@ -17,6 +17,7 @@ one-process fit. Gloo on CPU, NCCL where the parameters live on CUDA.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import time
@@ -60,6 +61,10 @@ class World:
             timeout = int(os.environ.get("PYRO_NF_DIST_TIMEOUT", DEFAULT_TIMEOUT))
             dist.init_process_group("nccl" if cuda else "gloo", init_method="env://",
                                     timeout=datetime.timedelta(seconds=timeout))
+            # the group this fit made is closed at exit: a process that leaves gloo's threads
+            # running at interpreter shutdown aborts ("terminate called without an active
+            # exception")
+            atexit.register(_close, dist)
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         #: every parameter of the fit, in one order on every rank (set by :func:`start`)
         self.params: list[torch.Tensor] = []
@@ -128,6 +133,11 @@ class World:
             ) from error
 
 
+def _close(dist: Any) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """Consecutive groups of at most :data:`BUCKET_ELEMENTS` elements (one tensor per group
     when it is larger), one group per dtype and device run."""
@@ -144,25 +154,25 @@ def _buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     return out
 
 
-class _ShardedSubsample(_Subsample):
+def _sharded(fn: _Subsample, rank: int, world: int) -> _Subsample:
     """A plate's subsample for one rank: the rank-th block of ``subsample_size`` indices of
     one permutation that every rank draws alike (the first ``world * subsample_size`` of it are
-    the minibatch one process with ``subsample_size * world`` would draw)."""
+    the minibatch one process with ``subsample_size * world`` would draw). Still a
+    ``_Subsample``, which is how Pyro tells a plate's subsample site from a latent."""
+    size, batch = fn.size, fn.subsample_size
+    if batch * world > size:
+        raise DistributedError(
+            f"fit(distributed=True): {world} ranks x subsample_size {batch} exceed the "
+            f"plate's size {size}; lower the subsample size or the number of processes")
+    out = _Subsample(size, batch, fn.use_cuda, fn.device)
 
-    def __init__(self, fn: _Subsample, rank: int, world: int) -> None:
-        super().__init__(fn.size, fn.subsample_size, fn.use_cuda, fn.device)
-        self.rank, self.world = rank, world
+    def sample(sample_shape: Any = ()) -> torch.Tensor:
+        block = torch.randperm(size, device=fn.device)[rank * batch:(rank + 1) * batch]
+        return block.clone().cuda() if fn.use_cuda else block.clone()
 
-    def sample(self, sample_shape: Any = ()) -> torch.Tensor:
-        union = self.subsample_size * self.world
-        if union > self.size:
-            raise DistributedError(
-                f"fit(distributed=True): {self.world} ranks x subsample_size "
-                f"{self.subsample_size} exceed the plate's size {self.size}; lower the "
-                "subsample size or the number of processes")
-        perm = torch.randperm(self.size, device=self.device)
-        block = perm[self.rank * self.subsample_size:(self.rank + 1) * self.subsample_size]
-        return block.clone().cuda() if self.use_cuda else block.clone()
+    out.sample = sample
+    out.pyro_nf_sharded = True
+    return out
 
 
 class _ShardPlates(Messenger):
@@ -172,9 +182,9 @@ class _ShardPlates(Messenger):
 
     def _pyro_sample(self, msg: Any) -> None:
         fn = msg["fn"]
-        if isinstance(fn, _Subsample) and not isinstance(fn, _ShardedSubsample) \
+        if isinstance(fn, _Subsample) and not getattr(fn, "pyro_nf_sharded", False) \
                 and fn.subsample_size is not None and fn.subsample_size < fn.size:
-            msg["fn"] = _ShardedSubsample(fn, self.rank, self.world)
+            msg["fn"] = _sharded(fn, self.rank, self.world)
 
 
 @torch.no_grad()
