@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PYRO_NF_MNIST ?= $(abspath ../shared/data)
 export PYRO_NF_POSTERIORDB ?= $(abspath ../shared/posteriordb)
 
-.PHONY: test test-arviz1 demo lint bench bench-quick bench-layers bench-mnist bench-validate bench-venv venv clean
+.PHONY: test test-fast test-arviz1 demo lint bench bench-quick bench-layers bench-mnist bench-validate bench-venv venv clean
 
 venv: $(STAMP)
 
@@ -33,14 +33,18 @@ bench-venv: $(BENCH_STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The second lane: the suite on Python 3.12, where pip resolves ArviZ 1.x (DataTree,
-# arviz-base/-stats/-plots), without the tests marked slow (long statistical fits that the
-# first lane runs; the ArviZ adapter's tests are all fast). Finds pyenv's 3.12 or python3.12
-# on PATH; override with PY312=..., or run everything with PYTEST_ARGS=.
+# The fast tier (under a minute on 2 cores): every test but those marked slow, in their files
+# or by tests/slow_tests.txt (measured). `make test` runs both tiers.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The second lane: the whole suite on Python 3.12, where pip resolves ArviZ 1.x (DataTree,
+# arviz-base/-stats/-plots). Finds pyenv's 3.12 or python3.12 on PATH; override with
+# PY312=..., or pass ARVIZ1_PYTEST_ARGS='-m "not slow"' for its fast tier only.
 PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) \
                      $(shell command -v python3.12 2>/dev/null))
 VENV312 ?= .venv312
-ARVIZ1_PYTEST_ARGS ?= -m "not slow"
+ARVIZ1_PYTEST_ARGS ?=
 
 test-arviz1:
 	@test -n "$(PY312)" || { echo "make test-arviz1: no python3.12 found; pass PY312=/path/to/python3.12"; exit 1; }

@@ -32,3 +32,15 @@ def fresh_store():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+
+
+#: The measured slow tier (see the file's header): these ids get the ``slow`` marker.
+_SLOW_IDS = {line.strip() for line in (Path(__file__).with_name("slow_tests.txt"))
+             .read_text().splitlines() if line.strip() and not line.startswith("#")}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests of tests/slow_tests.txt slow: ``-m "not slow"`` is the fast tier."""
+    for item in items:
+        if item.nodeid in _SLOW_IDS:
+            item.add_marker(pytest.mark.slow)
