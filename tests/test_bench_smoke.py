@@ -142,3 +142,19 @@ def test_overhead_quick_tables_every_row(tmp_path: Path) -> None:
     assert expected <= set(ms) and all(math.isfinite(v) and v > 0 for v in ms.values())
     assert ("zuko iaf*4 fast" in ms) is (overhead.zuko is not None)
     assert "| 4 |" in out.read_text()
+
+
+def test_benchmark_headlines_are_in_sync_with_the_results():
+    """benchmarks/README.md is what python -m benchmarks.headlines writes from results/."""
+    from benchmarks import headlines
+
+    assert headlines.main(["--check"]) == 0, "run python -m benchmarks.headlines"
+
+
+def test_benchmark_headlines_say_which_results_are_missing(tmp_path, monkeypatch):
+    from benchmarks import headlines
+
+    monkeypatch.setattr(headlines, "RESULTS", tmp_path)
+    text = headlines.render()
+    for name in headlines.SECTIONS:
+        assert f"`{name}`: not run yet" in text
