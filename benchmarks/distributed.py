@@ -53,7 +53,8 @@ def report(rows: list[dict], options: list[str]) -> str:
     one = rows[0]
     lines = ["# Data-parallel SVI: the MNIST VAE on 1 and 2 processes", "",
              "    python -m benchmarks.distributed --out benchmarks/results/distributed.md", "",
-             machine_line(), "", f"Example options: `{' '.join(options)}`.", "",
+             machine_line(), "", f"Example options: `{' '.join(options)}`; each process runs "
+             "one torch thread (`OMP_NUM_THREADS=1`).", "",
              "| processes | steps | seconds | images / s | speed-up | communication s "
              "| compute s / step | communication s / step | test -ELBO |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -68,7 +69,10 @@ def report(rows: list[dict], options: list[str]) -> str:
     two = rows[-1]
     c = (one["seconds"] - one["communication_seconds"]) / one["steps"]
     m = two["communication_seconds"] / two["steps"]
-    lines += ["", "Estimate for W processes, each with its own core (module docstring): "
+    lines += ["", "Both runs cover the same epochs, so W processes take 1/W as many steps of W "
+              "times the images: the images per second are throughput, not time to the same "
+              "ELBO (the test -ELBO column).", "",
+              "Estimate for W processes, each with its own core (module docstring): "
               "speed-up W c / (c + m) with c = "
               f"{c * 1e3:.1f} ms (one process's step) and m = {m * 1e3:.1f} ms (the measured "
               "exchange per step, waiting for the other rank included):", "",

@@ -14,7 +14,8 @@ step (``pyro_nf.fit(..., distributed=True)``), rank 0 writes the checkpoint and 
 ``--batch-size`` is per process: the step's minibatch is ``world size x batch size`` images and
 an epoch has ``len(train) / (world size x batch size)`` steps. The KL weight is 1 throughout
 (no warm-up: fit passes the same arguments to every step). ``--resume`` continues from the
-checkpoint on any number of processes.
+checkpoint on any number of processes; ``--epochs`` counts steps at the current number, so
+resuming on another number changes the total of steps (and the learning-rate decay).
 """
 
 from __future__ import annotations

@@ -110,7 +110,10 @@ class EmulatedWorld:
                     t += p.grad
         for t, p in zip(total, self.params):
             p.grad = t / self.size
-        return sum(losses) / self.size
+        return sum(losses) / self.size, self.params
+
+    def share_random_state(self) -> None:
+        pass
 
 
 def test_amortized_ranks_equal_the_same_steps_taken_one_after_another(tmp_path, float64,

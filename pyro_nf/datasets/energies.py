@@ -71,11 +71,11 @@ def energy(name: str, proper: bool = True) -> Callable[[Tensor], Tensor]:
 
 
 def log_normaliser(name: str, step: float = 0.01) -> float:
-    """log Z = log of the integral of exp(-U) over R^2 for the proper energy ``name``, by the
-    trapezoid rule in float64 on a grid of spacing ``step`` over a box where exp(-U) falls
-    below e^-30 of its peak at the edges (|z1| <= 8 Z1_SCALE, |z2| <= 8); with spacing 0.01,
-    about 1/35 of the narrowest scale (0.35), the rule is exact to float round-off for these
-    smooth, fast-decaying integrands."""
+    """log Z = log of the integral of exp(-U) over R^2 for the proper energy ``name``: a sum
+    over a grid of spacing ``step`` in float64, on a box where exp(-U) falls below e^-30 of its
+    peak at the edges (|z1| <= 8 Z1_SCALE, |z2| <= 8), so the sum is the trapezoid rule; with
+    spacing 0.01, about 1/35 of the narrowest scale (0.35), it is exact to float round-off for
+    these smooth, fast-decaying integrands."""
     u = energy(name)
     half = (8.0, 8.0) if name == "U1" else (8.0 * Z1_SCALE, 8.0)
     axes = [torch.arange(-h, h + step / 2, step, dtype=torch.float64) for h in half]

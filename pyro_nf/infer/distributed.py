@@ -1,9 +1,10 @@
 """Data-parallel SVI for :func:`~pyro_nf.fit` on ``torch.distributed``, launched by ``torchrun``.
 
 Each process (rank) holds the whole model and guide and the same parameters (broadcast from
-rank 0 at the start). The ranks share one random stream (the same seed), so they draw the same
-global latents; every subsampled plate draws one permutation of its indices, as a single
-process would, and rank r takes the r-th block of ``subsample_size`` indices of it. Each rank's
+rank 0 at the start). The ranks share one random stream (rank 0's random state, broadcast at
+the start), so they draw the same global latents; every subsampled plate draws one
+permutation of its indices, as a single process would, and rank r takes the r-th block of
+``subsample_size`` indices of it. Each rank's
 likelihood is scaled as for the full data, so the average of the ranks' gradients, all-reduced
 once per step in a few flat buckets (as DDP does), is the gradient of one step on the union of
 their minibatches with the prior and entropy counted once (Hoffman et al., 2013, stochastic VI;
@@ -68,8 +69,11 @@ class World:
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         #: every parameter of the fit, in one order on every rank (set by :func:`start`)
         self.params: list[torch.Tensor] = []
-        #: wall seconds spent in collectives (waiting for the other ranks included)
+        #: wall seconds spent in collectives (waiting for the other ranks included; with NCCL,
+        #: whose collectives are asynchronous, only the time to queue them)
         self.seconds = 0.0
+        #: steps averaged so far (what an error names)
+        self.steps = 0
 
     @property
     def leader(self) -> bool:
@@ -91,20 +95,41 @@ class World:
                     f"the {what} ({value!r} against {other!r}); every rank must run the same "
                     "model and guide on the same data")
 
+    def share_random_state(self) -> None:
+        """Rank 0's torch (CPU and current CUDA device), Python and NumPy random states on
+        every rank."""
+        import random
+
+        from pyro_nf.infer.checkpoint import _numpy_state_in, _numpy_state_out
+
+        cuda = torch.cuda.is_initialized()
+        state = [(torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None,
+                  random.getstate(), _numpy_state_out())]
+        self._collective(lambda: self.dist.broadcast_object_list(state, src=0),
+                         "random state")
+        cpu, gpu, python, numpy = state[0]
+        torch.set_rng_state(cpu)
+        if cuda and gpu is not None:
+            torch.cuda.set_rng_state(gpu)
+        random.setstate(python)
+        _numpy_state_in(numpy)
+
     def broadcast(self, params: list[torch.Tensor]) -> None:
         """Rank 0's values of ``params`` on every rank."""
         with torch.no_grad():
             for p in params:
                 self._collective(lambda p=p: self.dist.broadcast(p, src=0), "initial values")
 
-    def average(self, loss: float, touched: Any = None) -> float:
+    def average(self, loss: float, touched: Any = None) -> tuple[float, list[torch.Tensor]]:
         """All-reduce the gradients of every parameter of the fit (``self.params``: the same
-        list on every rank, whatever a step touched) to their mean over the ranks (one that no
-        rank gave a gradient keeps none) and return the mean loss."""
+        list on every rank, whatever a step ``touched``) to their mean over the ranks (one that
+        no rank gave a gradient keeps none). Returns the mean loss (reduced in float64) and
+        ``self.params``, the tensors every rank then steps, saves and restores alike."""
+        self.steps += 1
         params = self.params
         ref = params[0] if params else torch.zeros(())
-        present = torch.tensor([p.grad is not None for p in params] + [loss],
-                               dtype=ref.dtype, device=ref.device)
+        counts = torch.tensor([p.grad is not None for p in params] + [loss],
+                              dtype=torch.float64, device=ref.device)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         for bucket in _buckets(grads):
             flat = torch.cat([g.reshape(-1) for g in bucket])
@@ -114,10 +139,10 @@ class World:
             for g in bucket:
                 g.copy_(flat[offset:offset + g.numel()].view_as(g))
                 offset += g.numel()
-        self._collective(lambda: self.dist.all_reduce(present), "loss")
-        for p, g, count in zip(params, grads, present[:-1].tolist()):
+        self._collective(lambda: self.dist.all_reduce(counts), "loss")
+        for p, g, count in zip(params, grads, counts[:-1].tolist()):
             p.grad = g if count > 0 else None
-        return float(present[-1]) / self.size
+        return float(counts[-1]) / self.size, params
 
     def _collective(self, call: Callable[[], Any], what: str) -> None:
         start = time.perf_counter()
@@ -128,7 +153,8 @@ class World:
             first = next(iter(str(error).splitlines()), "")[:200]
             raise DistributedError(
                 f"fit(distributed=True): rank {self.rank} of {self.size} could not exchange "
-                f"the {what} with the other ranks ({first}); a rank has probably stopped. "
+                f"the {what} with the other ranks at step {self.steps} ({first}); a rank has "
+                "probably stopped. "
                 "Restart the job with resume=True to continue from the last checkpoint."
             ) from error
 
@@ -228,7 +254,8 @@ def setup(model: Callable, guide: Callable, args: tuple, kwargs: dict,
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         device = tensors[0].device if tensors else None
     world = World(device)
-    with pyro.validation_enabled(False), torch.random.fork_rng():
+    devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    with pyro.validation_enabled(False), torch.random.fork_rng(devices=devices):
         plates = subsampled_plates(model, guide, args, kwargs)
     if not plates:
         raise DistributedError(
@@ -239,15 +266,20 @@ def setup(model: Callable, guide: Callable, args: tuple, kwargs: dict,
     return world
 
 
-def start(world: World, params: list[torch.Tensor], guide: Any = None) -> None:
-    """Check that every rank has the same parameters, then give them, and the guide's
-    floating-point buffers (AutoFlow's anchor), rank 0's values."""
+def start(world: World, params: list[torch.Tensor], guide: Any = None, steps: int = 0
+          ) -> None:
+    """Check that every rank has the same parameters and has taken the same number of steps
+    (a resumed job: the checkpoint must be visible to every rank), then give them rank 0's
+    parameters, the guide's floating-point buffers (AutoFlow's anchor) and random states, so
+    that the ranks share one random stream whatever happened before the fit."""
     store = pyro.get_param_store()
     names = {id(p): n for n, p in store.named_parameters()}
     params = sorted(params, key=lambda p: names.get(id(p), ""))
     world.agree("parameters (name, shape)",
                 [(names.get(id(p), "?"), tuple(p.shape)) for p in params])
+    world.agree("steps already taken (resume: is the checkpoint visible to every rank?)", steps)
     world.broadcast(params)
     world.params = params
     if isinstance(guide, torch.nn.Module):
         world.broadcast([b for b in guide.buffers() if b.is_floating_point()])
+    world.share_random_state()

@@ -336,7 +336,7 @@ class _Run:
         if self.world is not None:  # every parameter exists now
             _distributed.start(self.world, [p for _, p in
                                             pyro.get_param_store().named_parameters()],
-                               self.guide)
+                               self.guide, self.result.steps)
 
     @property
     def leader(self) -> bool:

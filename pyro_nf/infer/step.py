@@ -76,12 +76,14 @@ def _param_names() -> dict[int, str]:
 
 def guarded_step(loss_fn: ELBO, model, guide, args, kwargs, optim, factor: float,
                  clip_norm: float | None, snapshot: Snapshot, started: bool,
-                 reduce: Callable[[float, list], float] | None = None):
+                 reduce: Callable[[float, list], tuple[float, list]] | None = None):
     """One guarded step: ``(loss, None)``, or ``(loss, (what, parameters))`` when the loss,
     a gradient (``"gradients"``) or an updated value (``"values"``) was not finite and the
     parameters were put back as they were before it. ``reduce(loss, params)`` (data-parallel
     fits: :mod:`pyro_nf.infer.distributed`) averages the gradients and the loss over the
-    processes before anything looks at them, so every process takes the same decisions."""
+    processes before anything looks at them and returns the mean loss and the parameters to
+    step (every parameter of the fit, in one order on every process, whatever this process's
+    step touched), so every process takes the same decisions on the same tensors."""
     try:
         with poutine.trace(param_only=True) as capture:
             loss = loss_fn.loss_and_grads(model, guide, *args, **kwargs)
@@ -95,12 +97,13 @@ def guarded_step(loss_fn: ELBO, model, guide, args, kwargs, optim, factor: float
         params = _captured(capture)
         _drop_grads(params)
         if reduce is not None:  # the other processes wait for this one's part
-            reduce(float("nan"), params)
+            params = reduce(float("nan"), params)[1]
+            _drop_grads(params)
         snapshot.restore(params)
         return float("nan"), ("gradients", [])
     params = _captured(capture)
     if reduce is not None:
-        loss = reduce(loss, params)
+        loss, params = reduce(loss, params)
     with_grad = [p for p in params if p.grad is not None]
     grads = [p.grad for p in with_grad]
     norms, finite = finite_norms(grads)

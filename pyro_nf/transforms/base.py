@@ -221,9 +221,10 @@ def solve_monotone(
     """Solve ``fn(x) = target`` elementwise for an increasing ``fn`` with the root in [lo, hi].
 
     ``fn`` returns ``(value, derivative)``. Newton steps are taken where they stay inside the
-    current bracket and the bracket keeps halving at least every other iteration, bisection
-    otherwise, so the iteration always converges for a continuous increasing function, even
-    where the derivative is wrong or overflows (Newton's steps would then stall). Runs without
+    current bracket and the previous Newton step halved the residual, bisection otherwise, so
+    the iteration converges quadratically near a root and always converges for a continuous
+    increasing function, even where the derivative is wrong or overflows (Newton's steps would
+    then stall). Runs without
     autograd; callers attach gradients with :func:`implicit_newton_step`. Converged means
     ``|fn(x) - target| <= tol * max(1, |target|)`` with ``tol`` from
     :func:`inverse_tolerance`, or a bracket narrower than a few ulps.
@@ -239,8 +240,11 @@ def solve_monotone(
         lo, hi = lo.clone(), hi.clone()
         scale = target.abs().clamp_min(1.0)
         x = 0.5 * (lo + hi)
-        width = hi - lo  # the bracket's width two iterations ago, checked every other one
-        for step in range(max_iter):
+        # |residual| where the last Newton step was taken from (inf after a bisection): a
+        # Newton step must halve it, else the next step bisects (a step that barely moves, from
+        # a derivative far too large, would otherwise stall inside the bracket)
+        last = torch.full_like(x, math.inf)
+        for _ in range(max_iter):
             value, deriv = fn(x)
             resid = value - target
             done = (resid.abs() <= tol * scale) | ((hi - lo) <= 4 * eps * x.abs().clamp_min(1.0))
@@ -250,10 +254,9 @@ def solve_monotone(
             hi = torch.where(above, torch.minimum(hi, x), hi)
             lo = torch.where(above, lo, torch.maximum(lo, x))
             newton = x - resid / deriv
-            ok = torch.isfinite(newton) & (newton > lo) & (newton < hi)
-            if step % 2 == 1:  # a Newton step that barely moves (a derivative far too large)
-                ok = ok & (hi - lo <= 0.5 * width)  # must have halved the bracket, else bisect
-                width = hi - lo
+            ok = torch.isfinite(newton) & (newton > lo) & (newton < hi) & \
+                (resid.abs() <= 0.5 * last)
+            last = torch.where(ok, resid.abs(), torch.full_like(last, math.inf))
             x = torch.where(done, x, torch.where(ok, newton, 0.5 * (lo + hi)))
         value, _ = fn(x)
         worst = float((value - target).abs().div(scale).max())
