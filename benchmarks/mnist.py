@@ -4,6 +4,8 @@ and IAF, trained with one CPU budget by ``examples/vae_mnist.py``.
     python -m benchmarks.mnist --out benchmarks/results/mnist.md            # trains all four
     python -m benchmarks.mnist --from out/mnist --out benchmarks/results/mnist.md   # tabulate
     python -m benchmarks.mnist --quick                                      # smoke run
+    python -m benchmarks.mnist --sweep --jobs 2 --out benchmarks/results/mnist_sweep.md
+                                            # -log p(x) against K (benchmarks/mnist_sweep.py)
 
 Each configuration: latent 40, MLP encoder and decoder 784-300-300-40 / 40-300-300-784 (ELU),
 batch 100 from a subsampled plate over the 50,000 training images, ClippedAdam lr 1e-3,
@@ -78,8 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iw", type=int, default=200)
-    parser.add_argument("--work", default="out/mnist", help="where the runs write")
+    parser.add_argument("--work", default=None, help="where the runs write (default "
+                        "out/mnist, out/mnist_sweep with --sweep)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="-log p(x) against flow length (benchmarks/mnist_sweep.py)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="--sweep: runs at a time, one CPU thread each")
     args = parser.parse_args(argv)
+    if args.sweep:
+        return sweep(args)
     import torch
 
     torch.set_num_threads(1)
@@ -87,8 +96,24 @@ def main(argv: list[str] | None = None) -> int:
         rows = [json.loads((Path(args.source) / f / "summary.json").read_text())
                 for f, _, _ in CONFIGS]
     else:
-        rows = run(Path(args.work), args.epochs, args.warmup, args.iw, args.quick)
+        rows = run(Path(args.work or "out/mnist"), args.epochs, args.warmup, args.iw,
+                   args.quick)
     write_report(args.out, table(rows), rows)
+    return 0
+
+
+def sweep(args) -> int:
+    from benchmarks import mnist_sweep
+
+    work = Path(args.work or "out/mnist_sweep")
+    if args.source:
+        configs = mnist_sweep.QUICK_SWEEP if args.quick else mnist_sweep.SWEEP
+        rows = mnist_sweep.collect([Path(args.source) / mnist_sweep._name(*c) for c in configs])
+    else:
+        rows = mnist_sweep.run(work, args.epochs, args.warmup, args.iw, args.quick, args.jobs)
+    write_report(args.out, mnist_sweep.table(rows, mnist_sweep.__doc__), rows)
+    figure = (Path(args.out).with_suffix(".png") if args.out else work / "mnist_sweep.png")
+    mnist_sweep.plot(rows, figure)
     return 0
 
 
