@@ -13,9 +13,11 @@ Two candidates, and the one with the higher ELBO (Monte Carlo, the same draws co
 - Laplace at the mode those paths found: the inverse of the negative Hessian, when it is
   positive definite and D is at most ``LAPLACE_MAX_DIM`` (a dense D x D factor).
 
-It needs a log density that is the same function at every call. A model whose density is
-random for fixed latent values (a site hidden by ``poutine.block`` inside an ``AutoGuideList``,
-a subsampled likelihood) gets no anchor, and the flow starts from ``init_loc_fn`` as before.
+It needs a log density that is the same function at every call. A model that subsamples a
+plate is read over all that plate's rows, in chunks (:mod:`pyro_nf.infer.full_data`), so its
+anchor is the full data's. A model whose density is random for fixed latent values in another
+way (a site hidden by ``poutine.block`` inside an ``AutoGuideList``) gets no anchor, and the
+flow starts from ``init_loc_fn`` as before.
 """
 
 from __future__ import annotations

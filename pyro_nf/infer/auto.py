@@ -62,6 +62,9 @@ ACCURACY = 0.1
 #: their number for a model that runs one draw at a time (it does not broadcast over a batch).
 CHECK_DRAWS = 2000
 LOOP_CHECK_DRAWS = 500
+#: A subsampled model's check reads all its rows for every draw: its draws are cut (to no
+#: fewer than LOOP_CHECK_DRAWS) so that draws x rows stays within this.
+CHECK_ROWS = 2 * 10 ** 8
 #: The importance check's k-hat bound: below it the weights have a finite variance.
 CHECK_KHAT = 0.5
 
@@ -193,19 +196,35 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
         total = FitResult(guide=guide, stage="start", stop_reason=check.reason())
     else:
         loss_fn = checked = _particles_that_work(loss_fn, model, guide, args, kwargs)
+        if elbo is None or isinstance(elbo, str):  # an ELBO of the fit's own making
+            loss_fn = _with_control_variate(loss_fn, guide, args, kwargs, check.log_density)
         if elbo is None:  # the default: compiled where that is exact
             loss_fn = compiled_elbo(loss_fn, model, guide, args, kwargs)
         lr, pilot_scores = _pilot(run, model, guide, args, kwargs, loss_fn)
         state["optim"] = None
         total = _optimise(run, lr, max_steps, pilot_scores, guide, check)
-    try:
-        _last_check(total, model, guide, args, kwargs, check.log_density, checked)
+    try:  # a fit that stopped at its start is still the guide the first check saw
+        _last_check(total, model, guide, args, kwargs, check.log_density, checked,
+                    check.last if total.stage == "start" else None)
     except Exception as error:  # noqa: BLE001 - a finished fit is not thrown away for it
         warnings.warn(f"fit: the last check against the anchor failed ({type(error).__name__}: "
                       f"{next(iter(str(error).splitlines()), '')})", RuntimeWarning,
                       stacklevel=3)
     total.seconds = time.perf_counter() - started
     return total
+
+
+def _with_control_variate(loss_fn: Any, guide, args, kwargs, log_density: Any) -> Any:
+    """``loss_fn`` with :mod:`~pyro_nf.infer.control_variate`'s control variate, for a model
+    that subsamples a plate (z0: the mean of 256 draws of the guide as it starts)."""
+    if log_density is None or log_density.chunks is None:
+        return loss_fn
+    from pyro_nf.infer.control_variate import ControlVariate
+
+    with torch.random.fork_rng(devices=_devices()), torch.no_grad():
+        torch.manual_seed(3)
+        center = guide.get_posterior(*args, **kwargs).sample((SCORE_PARTICLES,)).mean(0)
+    return ControlVariate(log_density, center, f"_{guide._pyro_name}_latent").attach(loss_fn)
 
 
 def _optimise(run: Callable, lr: float, max_steps: int, pilot_scores: dict, guide,
@@ -263,12 +282,15 @@ def importance_check(log_density: Any, q: Any, num: int | None = None) -> Import
     """:class:`ImportanceCheck` of ``q`` (a distribution over the packed latent) against the
     model's ``log_density``, from ``num`` draws under a fixed seed (the caller's random stream
     is left as it was; default :data:`CHECK_DRAWS`, :data:`LOOP_CHECK_DRAWS` for a model that
-    runs one draw at a time). A ``q`` without spread (a point mass) is never within any
-    accuracy."""
+    runs one draw at a time, fewer for a subsampled model with many rows: :data:`CHECK_ROWS`).
+    A ``q`` without spread (a point mass) is never within any accuracy."""
     from pyro_nf.diagnostics import _arviz
 
     if num is None:
         num = CHECK_DRAWS if log_density.batched else LOOP_CHECK_DRAWS
+        rows = getattr(getattr(log_density, "chunks", None), "size", 0)
+        if rows:  # a subsampled model read over all its data: bound the rows read
+            num = max(LOOP_CHECK_DRAWS, min(num, CHECK_ROWS // rows))
     with torch.random.fork_rng(devices=_devices()), torch.no_grad():
         torch.manual_seed(1)
         z = q.sample((num,))
@@ -328,10 +350,12 @@ def recommend(elbo: float, se: float, anchor_elbo: float, khat: float, anchor_kh
 
 
 def _last_check(result: Any, model, guide, args, kwargs, log_density: Any = None,
-                loss_fn: Any = None) -> None:
+                loss_fn: Any = None, start: ImportanceCheck | None = None) -> None:
     """The fitted guide's ELBO on fixed draws and, for a guide over the packed latent, its
     importance check; for an AutoFlow, the same for its Gaussian anchor: warn and recommend
-    the anchor where it is the better of the two."""
+    the anchor where it is the better of the two. ``start``: the check of a guide that has
+    not moved since (its own and its anchor's: a subsampled model's check reads all the
+    data, so it is not run thrice)."""
     elbo, se = fixed_draw_elbo(model, guide, args, kwargs, vectorize=loss_fn)
     result.elbo_estimate = elbo
     anchor = getattr(guide, "anchor_info", None) or {}
@@ -341,13 +365,13 @@ def _last_check(result: Any, model, guide, args, kwargs, log_density: Any = None
         with torch.random.fork_rng(devices=_devices()):
             log_density = LogDensity(model, *args, **kwargs)
     if log_density is not None:
-        mine = importance_check(log_density, guide.get_posterior(*args, **kwargs))
+        mine = start or importance_check(log_density, guide.get_posterior(*args, **kwargs))
         result.khat, result.chi2 = mine.khat, mine.chi2
     if not anchor:
         return
     result.anchor_elbo = anchor["elbos"][anchor["method"]]
-    result.anchor_khat = importance_check(log_density,
-                                          guide.anchor_posterior(*args, **kwargs)).khat
+    result.anchor_khat = (start or importance_check(
+        log_density, guide.anchor_posterior(*args, **kwargs))).khat
     result.recommendation = recommend(elbo, se, result.anchor_elbo, result.khat,
                                       result.anchor_khat)
     if result.recommendation == "anchor":

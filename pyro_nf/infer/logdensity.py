@@ -5,6 +5,9 @@
 same packing as :class:`~pyro_nf.AutoFlow`, so a point or a Gaussian found here can seed that
 guide). ``theta`` may carry batch dimensions: the model then runs once inside a plate over the
 draws, or, for a model that does not broadcast over one, once per draw.
+
+A model that subsamples a plate (a minibatch per call) is read over all of that plate's data,
+in chunks (:mod:`pyro_nf.infer.full_data`): the density is exact, the same at every call.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous
 from pyro.poutine.util import site_is_subsample
 
+from pyro_nf.infer.full_data import Chunks, plate_indices, subsampled_plate
 from pyro_nf.infer.init import init_to_median_or_uniform
 
 _PLATE = "_pyro_nf_log_density_draws"
@@ -71,6 +75,9 @@ class LogDensity:
         # the model at its initial values, observed sites included (the prototype trace hides
         # them, and their plates may reach further left than any latent site's)
         model_trace, _ = self._run(self.init)
+        plate = subsampled_plate(model_trace)
+        #: the subsampled plate read in chunks (None: the model reads all its data at once)
+        self.chunks = None if plate is None else Chunks(*plate, device=self.init.device)
         self._pdim = 1 + max((-f.dim for site in model_trace.nodes.values()
                               if site["type"] == "sample"
                               for f in site["cond_indep_stack"] if f.vectorized), default=0)
@@ -110,36 +117,66 @@ class LogDensity:
         values = torch.stack([self._one(row) for row in flat])
         return values.reshape(batch).to(out_dtype)
 
-    def _run(self, point: torch.Tensor) -> tuple[Any, Any]:
+    def _run(self, point: torch.Tensor, indices: dict | None = None) -> tuple[Any, Any]:
         self.guide.point = point
         # without validation an invalid parameter (a scale of 0 where an optimiser overshot)
         # gives a non-finite density, which the callers treat as such, instead of an error
-        with poutine.block(), pyro.validation_enabled(False):
+        with poutine.block(), pyro.validation_enabled(False), plate_indices(indices or {}):
             guide_trace = poutine.trace(self.guide).get_trace(*self.args, **self.kwargs)
             model_trace = poutine.trace(poutine.replay(self.model, trace=guide_trace)).get_trace(
                 *self.args, **self.kwargs)
         return model_trace, guide_trace
 
-    def _one(self, point: torch.Tensor) -> torch.Tensor:
-        model_trace, guide_trace = self._run(point)
-        total = point.new_zeros(())
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for site in trace.nodes.values():
-                if site["type"] == "sample" and not site_is_subsample(site):
-                    total = total + sign * site_log_prob(site).sum()
+    def _sum(self, point: torch.Tensor, draws: int, reduce: Callable) -> torch.Tensor:
+        """log p(x, T(theta)) + log|J_T| at ``point`` (``draws`` of them, batched when more
+        than one), each site's log density summed by ``reduce``: over all the data, chunk by
+        chunk, for a subsampled plate."""
+        total = point.new_zeros(draws) if draws > 1 else point.new_zeros(())
+        chunks = [(0, None)] if self.chunks is None else self.chunks(draws)
+        for k, chunk in chunks:
+            indices = None if chunk is None else {self.chunks.name: chunk}
+            model_trace, guide_trace = self._run(point, indices)
+            traces = ((model_trace, 1.0), (guide_trace, -1.0)) if k == 0 else \
+                ((model_trace, 1.0),)
+            for trace, sign in traces:
+                for site in trace.nodes.values():
+                    if site["type"] != "sample" or site_is_subsample(site):
+                        continue
+                    weight = sign
+                    if chunk is not None and trace is model_trace:
+                        if self.chunks.inside(site):
+                            weight *= self.chunks.unscale(chunk)
+                        elif k > 0:
+                            continue  # outside the plate: counted once
+                    total = total + weight * reduce(site_log_prob(site))
         return total
+
+    def plate_log_density(self, point: torch.Tensor, indices: torch.Tensor | None = None
+                          ) -> torch.Tensor:
+        """The subsampled plate's sites' log density at one packed ``point`` (D,): over all
+        the plate's rows (``indices`` None, chunk by chunk), or over the rows ``indices`` as
+        Pyro scales a minibatch (by size / len(indices))."""
+        if self.chunks is None:
+            raise ValueError("LogDensity.plate_log_density: the model subsamples no plate")
+        total = point.new_zeros(())
+        chunks = self.chunks(1) if indices is None else [(0, indices)]
+        for _, chunk in chunks:
+            model_trace, _ = self._run(point.to(self.dtype), {self.chunks.name: chunk})
+            weight = self.chunks.unscale(chunk) if indices is None else 1.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample" and not site_is_subsample(site) \
+                        and self.chunks.inside(site):
+                    total = total + weight * site_log_prob(site).sum()
+        return total
+
+    def _one(self, point: torch.Tensor) -> torch.Tensor:
+        return self._sum(point, 1, torch.sum)
 
     def _batched(self, flat: torch.Tensor) -> torch.Tensor:
         n, pdim = flat.shape[0], self._pdim
         point = flat.reshape((n,) + (1,) * (pdim - 1) + (self.dim,))
         with pyro.plate(_PLATE, n, dim=-pdim):
-            model_trace, guide_trace = self._run(point)
-        total = flat.new_zeros(n)
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for site in trace.nodes.values():
-                if site["type"] == "sample" and not site_is_subsample(site):
-                    total = total + sign * per_draw(site_log_prob(site), n, pdim)
-        return total
+            return self._sum(point, n, lambda lp: per_draw(lp, n, pdim))
 
     def unpack(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Constrained site values from packed points of shape (..., D)."""
