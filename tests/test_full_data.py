@@ -149,3 +149,22 @@ def test_fit_on_minibatches_reaches_the_exact_posterior():
     assert ((draws.mean(0) - mean).abs() / sd).max() < 0.1
     assert ((draws.std(0) / sd) - 1).abs().max() < 0.1
     assert math.isfinite(result.elbo_estimate)
+
+
+def test_fast_minibatches_are_uniform_distinct_rows():
+    """fit's minibatches: distinct rows, every row equally likely (a chi-square test on 40,000
+    rows drawn 4 at a time from 40), Pyro's own sampler back after the block."""
+    def model(size=40):
+        with pyro.plate("data", size, subsample_size=4) as i:
+            return i
+
+    original = full_data._Subsample.sample
+    with full_data.fast_minibatches():
+        assert full_data._Subsample.sample is not original
+        draws = torch.stack([model() for _ in range(10000)])
+        assert len(model(10)) == 4  # a plate less than 8 times larger: Pyro's sampler
+    assert full_data._Subsample.sample is original
+    assert all(len(set(row.tolist())) == 4 for row in draws[:500])
+    counts = torch.bincount(draws.reshape(-1), minlength=40).double()
+    chi2 = float(((counts - 1000) ** 2 / 1000).sum())
+    assert chi2 < 80.0  # 39 degrees of freedom: P(chi2 > 80) < 1e-4

@@ -22,6 +22,7 @@ from pyro.infer import ELBO, Trace_ELBO
 from pyro_nf.infer import distributed as _distributed
 from pyro_nf.infer.checkpoint import _checkpoint, _restore
 from pyro_nf.infer.elbo import STLTrace_ELBO
+from pyro_nf.infer.full_data import fast_minibatches
 from pyro_nf.infer.optim import JointAdam, Snapshot
 from pyro_nf.infer.step import (  # noqa: F401 - NonFiniteLossError: also fit's name for it
     NonFiniteLossError,
@@ -354,10 +355,11 @@ class _Run:
         if self.world is not None:
             model, guide = self.world.shard(model), self.world.shard(guide)
             reduce = self.world.average
-        self.loss, skipped = guarded_step(self.loss_fn, model, guide, self.args, self.kwargs,
-                                          self.optim, self.lr_factor * factor, clip_norm,
-                                          self.snapshot, started=bool(self.result.losses),
-                                          reduce=reduce)
+        with fast_minibatches():  # drawn in O(batch), not O(rows)
+            self.loss, skipped = guarded_step(
+                self.loss_fn, model, guide, self.args, self.kwargs, self.optim,
+                self.lr_factor * factor, clip_norm, self.snapshot,
+                started=bool(self.result.losses), reduce=reduce)
         if skipped is None:
             self.bad_in_a_row = 0
             return True
