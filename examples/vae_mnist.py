@@ -117,9 +117,11 @@ def data_plate(x: torch.Tensor, beta: float = 1.0, batch_size: int | None = None
     return pyro.plate("data", len(x), subsample_size=batch_size)
 
 
-def make_model(decoder: nn.Module, latent: int):
+def make_model(decoder: nn.Module, latent: int, frozen: bool = False):
+    """The generative model; ``frozen``: the decoder is a fixed function (not trained)."""
     def model(x: torch.Tensor, beta: float = 1.0, batch_size: int | None = None) -> None:
-        pyro.module("decoder", decoder)
+        if not frozen:
+            pyro.module("decoder", decoder)
         zeros = x.new_zeros(latent)
         with data_plate(x, beta, batch_size) as idx:
             with poutine.scale(scale=beta):
@@ -238,6 +240,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--data", default=None, help="path to binarized_mnist.npz")
     parser.add_argument("--out", default="out/vae_mnist")
     parser.add_argument("--resume", default=None, help="checkpoint to continue from")
+    parser.add_argument("--freeze-decoder", default=None, metavar="CHECKPOINT",
+                        help="train only the guide, on the fixed decoder of this checkpoint "
+                             "(the guide's own gap to the posterior, Cremer et al. 2018)")
     parser.add_argument("--quick", action="store_true", help="a few hundred images, one epoch")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -264,7 +269,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     pyro.set_rng_seed(args.seed)
     encoder, decoder, features = networks(args.arch, args.hidden, args.latent)
     decoder = decoder.to(device)
-    model = make_model(decoder, args.latent)
+    if args.freeze_decoder:
+        state = torch.load(args.freeze_decoder, map_location=device, weights_only=False)
+        decoder.load_state_dict(state["decoder"])
+        decoder.requires_grad_(False)
+    model = make_model(decoder, args.latent, frozen=bool(args.freeze_decoder))
     guide, scaled_guide = make_guide(model, FLOWS[args.flow], args.layers, encoder.to(device),
                                      features, args.amortize)
     guide(train[:2], 1.0)  # set up the guide's networks before the optimiser sees them
@@ -315,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     files = save_grids(decoder, guide, test, out, args.latent)
     summary = {"flow": args.flow, "layers": 0 if args.flow == "none" else args.layers,
                "arch": args.arch, "amortize": args.amortize, "latent": args.latent,
+               "frozen_decoder": args.freeze_decoder,
                "epochs": args.epochs, "test_images": len(test), "iw_samples": args.iw_samples,
                "test_neg_elbo": result["neg_elbo"], "test_neg_log_px": result["neg_log_px"],
                "test_neg_log_px_se": result["neg_log_px_se"], "train_seconds": train_seconds,

@@ -70,3 +70,20 @@ def test_modes_benchmark_quick(tmp_path):
     assert "| 2-D, 0.3 / 0.7 | 0 | 0.30 / 0.70 |" in text and "Worst mass error" in text
     row = json.loads(out.with_suffix(".json").read_text())["mixtures"][0]
     assert row["reported"] >= row["missed"] and row["max_error"] < 0.05
+
+
+@pytest.mark.slow
+def test_big_data_benchmark_quick(tmp_path):
+    """The large-data benchmark's smoke run without NumPyro (not in make test): the fit on
+    minibatches, the full-data criterion and the table and plot."""
+    from benchmarks import big_data
+
+    out = tmp_path / "big.md"
+    assert big_data.main(["--quick", "--no-numpyro", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    (row,) = rows
+    a = row["autoflow"]
+    assert row["rows"] == 1000 and a["steps"] <= 300 and a["seconds"] > 0
+    assert 0.5 < a["worst_sd_ratio"] < 2 and a["worst_std_mean_error"] < 1  # sane, not exact
+    assert a["passes"] == common.passes(a) and "numpyro" not in row
+    assert "| logistic | 1e+03 |" in out.read_text() and out.with_suffix(".png").exists()

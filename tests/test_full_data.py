@@ -168,3 +168,14 @@ def test_fast_minibatches_are_uniform_distinct_rows():
     counts = torch.bincount(draws.reshape(-1), minlength=40).double()
     chi2 = float(((counts - 1000) ** 2 / 1000).sum())
     assert chi2 < 80.0  # 39 degrees of freedom: P(chi2 > 80) < 1e-4
+
+
+def test_max_steps_caps_the_self_tuning_fit():
+    x, y = data(400)
+    pyro.clear_param_store()
+    guide = pyro_nf.AutoFlow(logistic, anchor=None)
+    result = pyro_nf.fit(logistic, guide, x, y, batch=40, seed=0, max_steps=300,
+                         progress=False)
+    assert result.steps <= 300 and "cap of 300 steps" in result.stop_reason
+    with pytest.raises(ValueError, match="max_steps caps the self-tuning fit"):
+        pyro_nf.fit(logistic, guide, x, y, num_steps=5, max_steps=5, progress=False)

@@ -115,7 +115,7 @@ def _make_elbo(elbo: Any, num_particles: int, vectorize: bool) -> ELBO:
 
 def _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
                          vectorize_particles, clip_norm, seed, checkpointing, max_bad_steps,
-                         accuracy):
+                         accuracy, max_steps):
     """``fit`` without ``num_steps``: :func:`pyro_nf.infer.auto.auto_fit`."""
     from pyro_nf.infer.auto import auto_fit
 
@@ -127,7 +127,8 @@ def _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_partic
                          "num_steps to use your optimiser")
     return auto_fit(model, guide, args, kwargs, fit, num_particles=num_particles or 8,
                     seed=seed, elbo=elbo, vectorize_particles=vectorize_particles,
-                    clip_norm=clip_norm, max_bad_steps=max_bad_steps, accuracy=accuracy)
+                    clip_norm=clip_norm, max_bad_steps=max_bad_steps, accuracy=accuracy,
+                    **({} if max_steps is None else {"max_steps": max_steps}))
 
 
 def _particles_that_work(loss_fn: ELBO, model: Callable, guide: Callable, args: tuple,
@@ -190,7 +191,7 @@ def _converged(losses: list[float], window: int, tol: float) -> bool:
 _MIXTURE_OPTIONS = ("num_steps", "optim", "lr", "elbo", "num_particles", "vectorize_particles",
                     "clip_norm", "lr_schedule", "lr_decay", "warmup_steps", "progress", "seed",
                     "convergence_window", "convergence_tol", "stop_when_converged",
-                    "max_bad_steps", "accuracy")
+                    "max_bad_steps", "accuracy", "max_steps")
 
 
 def fit(
@@ -217,6 +218,7 @@ def fit(
     resume: bool = False,
     max_bad_steps: int = 10,
     accuracy: float | None = 0.1,
+    max_steps: int | None = None,
     distributed: bool = False,
     _step_hook: Callable[[int], None] | None = None,
     **kwargs: Any,
@@ -258,6 +260,8 @@ def fit(
         accuracy: without ``num_steps``, stop once an importance check proves every posterior
             mean within ``accuracy`` guide sds (chi^2(p || q) <= accuracy^2, k-hat < 0.5);
             None turns the check off.
+        max_steps: without ``num_steps``, the most steps the fit may take (default 10,000):
+            a budget; the result's ``stop_reason`` says when it was the reason to stop.
         distributed: under ``torchrun``, data-parallel SVI over the processes
             (:mod:`pyro_nf.infer.distributed`: each takes its block of every subsampled
             plate, gradients averaged every step; needs ``num_steps``); without the launcher
@@ -275,7 +279,10 @@ def fit(
     if num_steps is None:
         return _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
                                     vectorize_particles, clip_norm, seed, checkpoint or resume,
-                                    max_bad_steps, accuracy)
+                                    max_bad_steps, accuracy, max_steps)
+    if max_steps is not None:
+        raise ValueError("fit: max_steps caps the self-tuning fit (num_steps=None); with "
+                         "num_steps the fit takes exactly that many")
     warmup_steps, optim = _checked(num_steps, warmup_steps, lr_decay, optim, lr)
     if resume and checkpoint is None:
         raise ValueError("fit: resume=True needs checkpoint=<file>")
