@@ -72,14 +72,18 @@ bench: bench-layers $(BENCH_STAMP)
 	$(PY) -m benchmarks.scaling --out benchmarks/results/scaling.md
 	$(PY) -m benchmarks.energies --out benchmarks/results/energies.md
 	$(PY) -m benchmarks.distributed --out benchmarks/results/distributed.md
+	$(PY) -m benchmarks.big_data --out benchmarks/results/big_data.md
 
 # The one-off validation of the posteriordb translations with NUTS (about 40 minutes).
 bench-validate: $(STAMP)
 	$(PY) -m benchmarks.posteriordb.validate --out benchmarks/results/posteriordb_validation.md
 
-# The VAE-with-flows table on binarized MNIST (four trainings, about an hour on one core).
+# The VAE-with-flows table on binarized MNIST (four trainings, about an hour on one core),
+# and -log p(x) against the flow length (13 trainings, two at a time: about an hour).
 bench-mnist: $(STAMP)
 	$(PY) -m benchmarks.mnist --out benchmarks/results/mnist.md
+	$(PY) -m benchmarks.mnist --sweep --jobs 2 --epochs 10 --warmup 2 --iw 100 \
+		--out benchmarks/results/mnist_sweep.md
 
 # A reduced run of the same code paths, under 5 minutes; writes to out/bench-quick, not results/.
 bench-quick: $(BENCH_STAMP)
@@ -91,6 +95,7 @@ bench-quick: $(BENCH_STAMP)
 	$(PY) -m benchmarks.scaling --quick --out out/bench-quick/scaling.md
 	$(PY) -m benchmarks.energies --quick --out out/bench-quick/energies.md
 	$(PY) -m benchmarks.distributed --quick --out out/bench-quick/distributed.md
+	$(PY) -m benchmarks.big_data --quick --out out/bench-quick/big_data.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache
