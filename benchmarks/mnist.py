@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                         "out/mnist, out/mnist_sweep with --sweep)")
     parser.add_argument("--sweep", action="store_true",
                         help="-log p(x) against flow length (benchmarks/mnist_sweep.py)")
+    parser.add_argument("--flows", default=None,
+                        help="--sweep: train only these flows (comma-separated; the others' "
+                             "earlier runs in --work are tabulated with them)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="--sweep: runs at a time, one CPU thread each")
     args = parser.parse_args(argv)
@@ -110,7 +113,9 @@ def sweep(args) -> int:
         configs = mnist_sweep.QUICK_SWEEP if args.quick else mnist_sweep.SWEEP
         rows = mnist_sweep.collect([Path(args.source) / mnist_sweep._name(*c) for c in configs])
     else:
-        rows = mnist_sweep.run(work, args.epochs, args.warmup, args.iw, args.quick, args.jobs)
+        flows = args.flows.split(",") if args.flows else None
+        rows = mnist_sweep.run(work, args.epochs, args.warmup, args.iw, args.quick, args.jobs,
+                               flows)
     write_report(args.out, mnist_sweep.table(rows, mnist_sweep.__doc__), rows)
     figure = (Path(args.out).with_suffix(".png") if args.out else work / "mnist_sweep.png")
     mnist_sweep.plot(rows, figure)

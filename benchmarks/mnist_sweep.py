@@ -55,12 +55,16 @@ def _one(flow: str, k: int, work: Path, epochs: int, warmup: int, iw: int, quick
     return out
 
 
-def run(work: Path, epochs: int, warmup: int, iw: int, quick: bool, jobs: int) -> list[dict]:
+def run(work: Path, epochs: int, warmup: int, iw: int, quick: bool, jobs: int,
+        flows: list[str] | None = None) -> list[dict]:
+    """Train the sweep's runs (only those of ``flows``, when given: the others' earlier runs
+    in ``work`` are tabulated with them)."""
     work.mkdir(parents=True, exist_ok=True)
     sweep = QUICK_SWEEP if quick else SWEEP
+    todo = [c for c in sweep if flows is None or c[0] in flows]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        folders = list(pool.map(lambda c: _one(*c, work, epochs, warmup, iw, quick), sweep))
-    return collect(folders)
+        list(pool.map(lambda c: _one(*c, work, epochs, warmup, iw, quick), todo))
+    return collect([work / _name(*c) for c in sweep])
 
 
 def collect(folders: list[Path]) -> list[dict]:

@@ -27,6 +27,7 @@ identity map) whatever h is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,9 +52,15 @@ def hyper_hidden(hidden: int | Sequence[int] | None, width: int) -> tuple[int, .
 class HyperNet(nn.Module):
     """An MLP of the context h giving named raw flow parameters per data point.
 
-    ``theta(h) = b + W g(h)``: the output layer's weight W is zero-initialised and its bias b
-    holds ``init`` (the unconditional layer's initial raw parameters), so at initialisation
-    every context gets exactly the unconditional layer's initial map.
+    ``theta(h) = b + W g(h) / sqrt(F)``: the output layer's weight W is zero-initialised and
+    its bias b holds ``init`` (the unconditional layer's initial raw parameters), so at
+    initialisation every context gets exactly the unconditional layer's initial map. F is the
+    output layer's fan-in (the context size for a linear map). Without the 1 / sqrt(F) an Adam
+    step, which moves every weight by about the learning rate, moves each flow parameter by up
+    to F times that: with the encoder's 300 features as context, an amortized planar flow of
+    16 layers trained on a fixed MNIST decoder reached a -ELBO 2.7 nats worse than a diagonal
+    Gaussian after 5 epochs, and 0.7 nats better with the scaling
+    (``docs/notes/mnist_flow_length.md``).
 
     Args:
         context_dim: C.
@@ -69,11 +76,15 @@ class HyperNet(nn.Module):
         self.shapes = [tuple(v.shape) for v in init.values()]
         self.sizes = [v.numel() for v in init.values()]
         self.net = MLP(context_dim, sum(self.sizes), hidden, activation=activation)
+        last = self.net.net[-1]
+        self.gain = 1.0 / math.sqrt(last.in_features)
         with torch.no_grad():
-            self.net.net[-1].bias.copy_(torch.cat([v.reshape(-1) for v in init.values()]))
+            last.bias.copy_(torch.cat([v.reshape(-1) for v in init.values()]))
 
     def forward(self, context: Tensor) -> dict[str, Tensor]:
-        flat = self.net(context)
+        last = self.net.net[-1]
+        features = self.net.net[:-1](context)
+        flat = nn.functional.linear(features, last.weight * self.gain, last.bias)
         batch = context.shape[:-1]
         return {name: part.reshape(batch + shape) for name, shape, part
                 in zip(self.names, self.shapes, flat.split(self.sizes, dim=-1))}
