@@ -27,3 +27,30 @@ def test_eight_schools_example_fits_eight_schools(tmp_path):
     _load("eight_schools").main(["--quick", "--out", str(tmp_path)])
     posterior = _arviz.from_netcdf(tmp_path / "AutoFlow.nc").posterior
     assert {"mu", "tau", "theta"} <= set(posterior.data_vars)
+
+
+@pytest.mark.slow
+def test_vae_conv_architecture_and_frozen_decoder(tmp_path):
+    """--arch conv builds van den Berg et al.'s gated convolutional encoder and decoder (28 x 28
+    in, 784 logits out, latent 64); --freeze-decoder then trains only a guide on that decoder,
+    which stays exactly as saved."""
+    import json
+
+    import torch
+
+    vae = _load("vae_mnist")
+    encoder, decoder, features = vae.networks("conv", 300, 64)
+    x = torch.rand(3, 784)
+    assert encoder(x).shape == (3, features) and decoder(torch.randn(2, 3, 64)).shape == (2, 3, 784)
+    first = tmp_path / "conv"
+    vae.main(["--quick", "--arch", "conv", "--latent", "64", "--flow", "planar",
+              "--out", str(first)])
+    saved = torch.load(first / "checkpoint.pt", weights_only=False)["decoder"]
+    summary = json.loads((first / "summary.json").read_text())
+    assert (summary["arch"], summary["latent"], summary["layers"]) == ("conv", 64, 2)
+    second = tmp_path / "frozen"
+    result = vae.main(["--quick", "--arch", "conv", "--latent", "64", "--flow", "none",
+                       "--freeze-decoder", str(first / "checkpoint.pt"), "--out", str(second)])
+    kept = torch.load(second / "checkpoint.pt", weights_only=False)["decoder"]
+    assert all(torch.equal(saved[k], kept[k]) for k in saved)
+    assert math.isfinite(result["test_neg_log_px"])
