@@ -294,7 +294,8 @@ def importance_check(log_density: Any, q: Any, num: int | None = None) -> Import
     with torch.random.fork_rng(devices=_devices()), torch.no_grad():
         torch.manual_seed(1)
         z = q.sample((num,))
-        lw = (log_density(z) - q.log_prob(z)).double()
+        # in float64: a large data set's log density is too big for float32's resolution
+        lw = log_density(z.double()).double() - q.log_prob(z).double()
     finite = torch.isfinite(lw)
     if int(finite.sum()) < num // 2:
         return ImportanceCheck(math.inf, math.inf, math.inf)
