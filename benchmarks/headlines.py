@@ -95,9 +95,29 @@ def distributed(data: dict) -> str:
             "per step exchanging gradients (`distributed.md`).")
 
 
+def mnist_sweep(rows: list) -> str:
+    cells = [f"{r['flow']} K = {r['layers']} {r['gain']:+.2f}" for r in rows
+             if r["layers"] and "gain" in r]
+    return (f"MNIST VAE, -log p(x) against flow length ({rows[0]['epochs']} epochs each), gain "
+            "over the plain VAE in nats, image by image: " + ", ".join(cells)
+            + " (`mnist_sweep.md`).")
+
+
+def big_data(data: dict) -> str:
+    cells = []
+    for r in data["rows"]:
+        a, nuts = r["autoflow"], r.get("numpyro")
+        versus = (f" against NumPyro NUTS {nuts['seconds']:.1f} s "
+                  f"({nuts['seconds'] / a['seconds']:.1f}x)") if nuts else ""
+        cells.append(f"{r['posterior']} N = {r['rows']:.0e}: {a['seconds']:.1f} s"
+                     f"{'' if a['passes'] else ' (fails the criterion)'}{versus}")
+    return "Large data, AutoFlow on minibatches: " + "; ".join(cells) + " (`big_data.md`)."
+
+
 SECTIONS: dict[str, Callable[[Any], str]] = {
     "accuracy": accuracy, "time_to_accuracy": time_to_accuracy, "overhead": overhead,
-    "modes": modes, "mnist": mnist, "energies": energies, "distributed": distributed}
+    "modes": modes, "mnist": mnist, "mnist_sweep": mnist_sweep, "energies": energies,
+    "distributed": distributed, "big_data": big_data}
 
 
 def render() -> str:

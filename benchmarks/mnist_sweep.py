@@ -12,7 +12,8 @@ a time): latent 40, MLP 784-300-300 encoder and its mirror decoder, batch 100, C
 layer (as in the paper). Test -log p(x) is importance-sampled with ``--iw`` draws per image on
 all 10,000 test images; "se" is its standard error over the images, and "gain over plain" the
 difference from the plain VAE image by image (same images, so its standard error is far
-smaller than either run's).
+smaller than either run's). "train s" is wall time with two runs (at times other jobs too)
+sharing the machine's 2 cores: not a speed comparison.
 """
 
 from __future__ import annotations
