@@ -87,3 +87,23 @@ def test_big_data_benchmark_quick(tmp_path):
     assert 0.5 < a["worst_sd_ratio"] < 2 and a["worst_std_mean_error"] < 1  # sane, not exact
     assert a["passes"] == common.passes(a) and "numpyro" not in row
     assert "| logistic | 1e+03 |" in out.read_text() and out.with_suffix(".png").exists()
+
+
+@pytest.mark.slow
+def test_mnist_sweep_quick(tmp_path):
+    """The flow-length sweep's smoke run: three runs in parallel processes, the image-by-image
+    gains over the plain VAE (their own standard errors), the table and the plot; then the same
+    table again from the runs' folders (--from)."""
+    from benchmarks import mnist
+
+    out, work = tmp_path / "sweep.md", tmp_path / "runs"
+    assert mnist.main(["--sweep", "--quick", "--jobs", "2", "--work", str(work),
+                       "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["flow"], r["layers"]) for r in rows] == [("none", 0), ("planar", 2),
+                                                        ("radial", 2)]
+    assert all(math.isfinite(r["gain"]) and r["gain_se"] > 0 for r in rows[1:])
+    assert rows[0]["gain"] == 0.0 and out.with_suffix(".png").exists()
+    again = tmp_path / "again.md"
+    assert mnist.main(["--sweep", "--quick", "--from", str(work), "--out", str(again)]) == 0
+    assert again.read_text() == out.read_text()
