@@ -81,10 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     train = data.train[:args.train_size] if args.train_size else data.train
     test = data.test[:args.test_size]
     pyro.clear_param_store()
-    decoder = VAE.Decoder(args.latent, args.hidden)
+    encoder, decoder, features = VAE.networks("mlp", args.hidden, args.latent)
     model = VAE.make_model(decoder, args.latent)
-    guide, _ = VAE.make_guide(model, VAE.FLOWS[args.flow], args.layers, args.hidden,
-                              args.latent)
+    guide, _ = VAE.make_guide(model, VAE.FLOWS[args.flow], args.layers, encoder, features)
     steps = args.epochs * math.ceil(len(train) / (args.batch_size * world))
     start = time.perf_counter()
     result = pyro_nf.fit(model, guide, train, 1.0, args.batch_size, num_steps=steps,
@@ -97,7 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
                "final_elbo_per_image": result.final_elbo / len(train)}
     if rank == 0:
         with torch.no_grad():
-            summary.update(VAE.evaluate(model, guide, test, samples=args.iw_samples))
+            scores = VAE.evaluate(model, guide, test, samples=args.iw_samples)
+            scores.pop("per_image")  # a tensor: the summary keeps the averages
+            summary.update(scores)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         print(f"{world} process(es), {result.steps} steps of {args.batch_size * world} images "
               f"in {seconds:.1f} s ({summary['points_per_second']:.0f} images/s, "
