@@ -31,7 +31,10 @@ CHUNK_ELEMENTS = 2 ** 22
 def plate_indices(indices: dict[str, torch.Tensor]) -> Iterator[None]:
     """Within this block, the plates named in ``indices`` that would draw a random
     subsample take exactly those indices (of any length; the plate's scale becomes
-    size / len(indices))."""
+    size / len(indices)). With no indices Pyro is left untouched."""
+    if not indices:  # the common case (no subsampled plate): nothing to patch
+        yield
+        return
     original = SubsampleMessenger.__dict__["_subsample"]
 
     def chosen(name: str, size: Any = None, subsample_size: Any = None, subsample: Any = None,
