@@ -385,9 +385,12 @@ def pathfinder(model: Callable, *args: Any, num_paths: int = 4, num_draws: int =
     if num_paths < 1 or num_draws < 1:
         raise ValueError(f"pathfinder: num_paths and num_draws must be positive, got "
                          f"{num_paths} and {num_draws}")
-    log_density = LogDensity(model, *args, **kwargs)
+    seed = seed if seed is not None else int(torch.randint(2 ** 31, ()))
+    with torch.random.fork_rng(devices=[]):  # the initial point may draw from the prior
+        torch.manual_seed(seed)
+        log_density = LogDensity(model, *args, **kwargs)
     generator = torch.Generator()
-    generator.manual_seed(seed if seed is not None else int(torch.randint(2 ** 31, ())))
+    generator.manual_seed(seed)
     paths = run_paths(log_density, log_density.init, num_paths, generator, history=history,
                       max_iters=max_iters, tol=tol, num_elbo_draws=num_elbo_draws,
                       init_radius=init_radius)
