@@ -25,133 +25,23 @@ from typing import Any
 
 import pyro.distributions as dist
 import torch
-from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoContinuous
 
+from pyro_nf.infer.gaussian import (
+    F64,
+    PROBE_DRAWS,
+    LowRankSqrt,
+    _draw,
+    _elbo_unless_below,
+    _inverse_hessian,
+    _update_alpha,
+    elbo_of,
+    normal_of,
+)
 from pyro_nf.infer.logdensity import LogDensity
 
-F64 = torch.float64
-
-
-class LowRankSqrt(torch.distributions.Transform):
-    """x = loc + alpha^{1/2} * (u + Q (C - I) Q^T u), C = U diag(lam^{1/2}) U^T (event_dim 1):
-    the square root of a Pathfinder covariance, exact inverse and constant log-det."""
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    sign = 1
-
-    @classmethod
-    def dense(cls, loc: torch.Tensor, cov: torch.Tensor) -> LowRankSqrt:
-        """N(loc, cov) with a dense covariance (Q = I, alpha = 1: C is cov's square root)."""
-        lam, u = torch.linalg.eigh(cov)
-        eye = torch.eye(len(loc), dtype=loc.dtype, device=loc.device)
-        return cls(loc, torch.ones_like(loc), eye, u, lam)
-
-    def __init__(self, loc: torch.Tensor, sqrt_alpha: torch.Tensor, q: torch.Tensor,
-                 eig_u: torch.Tensor, eig_lam: torch.Tensor, cache_size: int = 0) -> None:
-        super().__init__(cache_size=cache_size)
-        self.loc, self.sqrt_alpha, self.q = loc, sqrt_alpha, q
-        self.c_minus_i = (eig_u * eig_lam.sqrt()) @ eig_u.T - torch.eye(
-            len(eig_lam), dtype=eig_u.dtype, device=eig_u.device)
-        self.cinv_minus_i = (eig_u * eig_lam.rsqrt()) @ eig_u.T - torch.eye(
-            len(eig_lam), dtype=eig_u.dtype, device=eig_u.device)
-        self._log_det = sqrt_alpha.log().sum() + 0.5 * eig_lam.log().sum()
-
-    def _call(self, u: torch.Tensor) -> torch.Tensor:
-        v = u + (u @ self.q) @ self.c_minus_i.T @ self.q.T
-        return self.loc + self.sqrt_alpha * v
-
-    def _inverse(self, x: torch.Tensor) -> torch.Tensor:
-        v = (x - self.loc) / self.sqrt_alpha
-        return v + (v @ self.q) @ self.cinv_minus_i.T @ self.q.T
-
-    def log_abs_det_jacobian(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self._log_det.expand(u.shape[:-1])
-
-    PARTS = ("loc", "sqrt_alpha", "q", "c_minus_i", "cinv_minus_i", "_log_det")
-
-    @classmethod
-    def from_parts(cls, *parts: torch.Tensor, cache_size: int = 0) -> LowRankSqrt:
-        """The map from its stored tensors (``PARTS``, in that order). With ``cache_size=1``
-        the inverse of the tensor just returned is looked up, so that ``log_prob`` of a
-        guide's own sample never runs the layers below it backwards (an IAF's inverse costs
-        D passes)."""
-        out = cls.__new__(cls)
-        torch.distributions.Transform.__init__(out, cache_size=cache_size)
-        for name, value in zip(cls.PARTS, parts):
-            setattr(out, name, value)
-        return out
-
-    def parts(self) -> list[torch.Tensor]:
-        return [getattr(self, name) for name in self.PARTS]
-
-    def to(self, dtype: torch.dtype) -> LowRankSqrt:
-        """The same map with its tensors in ``dtype``."""
-        return LowRankSqrt.from_parts(*(t.to(dtype) for t in self.parts()))
-
-    def covariance(self) -> torch.Tensor:
-        """The dense D x D covariance (for reports and tests)."""
-        eye = torch.eye(len(self.loc), dtype=self.loc.dtype, device=self.loc.device)
-        root = self.sqrt_alpha[:, None] * (eye + self.q @ self.c_minus_i @ self.q.T)
-        return root @ root.T
-
-
-def normal_of(sqrt: LowRankSqrt) -> dist.TransformedDistribution:
-    """N(loc, Sigma) as a transformed standard normal."""
-    zeros = torch.zeros_like(sqrt.loc)
-    return dist.TransformedDistribution(dist.Normal(zeros, 1.0).to_event(1), [sqrt])
-
-
-def _inverse_hessian(theta: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor,
-                     s: torch.Tensor, y: torch.Tensor) -> LowRankSqrt | None:
-    """The normal approximation at ``theta`` from the curvature pairs ``s``, ``y`` (D x m, y
-    the change of the gradient of -log p) and the diagonal ``alpha``; None where it is not
-    positive definite."""
-    sqrt_alpha = alpha.sqrt()
-    if s.shape[1] == 0:
-        q = theta.new_zeros(len(theta), 0)
-        eig_u, lam = theta.new_zeros(0, 0), theta.new_zeros(0)
-        sqrt = LowRankSqrt(theta, sqrt_alpha, q, eig_u, lam)
-    else:
-        sy = s.T @ y
-        r_inv = torch.linalg.inv(torch.triu(sy))
-        ey = torch.diag(torch.diagonal(sy)) + y.T @ (alpha[:, None] * y)
-        m = s.shape[1]
-        g = theta.new_zeros(2 * m, 2 * m)
-        g[:m, m:] = -r_inv
-        g[m:, :m] = -r_inv.T
-        g[m:, m:] = r_inv.T @ ey @ r_inv
-        b = torch.cat([alpha[:, None] * y, s], dim=1)
-        q, r = torch.linalg.qr(b / sqrt_alpha[:, None])
-        lam, eig_u = torch.linalg.eigh(torch.eye(r.shape[0], dtype=F64, device=r.device)
-                                       + r @ g @ r.T)
-        if not bool(torch.isfinite(lam).all()) or float(lam.min()) <= 1e-12:
-            return None
-        sqrt = LowRankSqrt(theta, sqrt_alpha, q, eig_u, lam)
-    # one Newton step: mu = theta + Sigma grad log p(theta) (``grad`` is grad log p)
-    sqrt.loc = theta + _apply_cov(sqrt, grad)
-    return sqrt if bool(torch.isfinite(sqrt.loc).all()) else None
-
-
-def _apply_cov(sqrt: LowRankSqrt, v: torch.Tensor) -> torch.Tensor:
-    """Sigma v through the square root: Sigma = R R^T with R u = alpha^{1/2}(u + Q(C-I)Q^T u)."""
-    w = sqrt.sqrt_alpha * v  # R^T v, R^T = (I + Q (C-I) Q^T) alpha^{1/2} (C symmetric)
-    w = w + sqrt.q @ (sqrt.c_minus_i @ (sqrt.q.T @ w))
-    w = w + sqrt.q @ (sqrt.c_minus_i @ (sqrt.q.T @ w))
-    return sqrt.sqrt_alpha * w
-
-
-def _update_alpha(alpha: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The diagonal of the BFGS update of the Hessian estimate diag(1/alpha) by (s, y):
-    1/alpha' = 1/alpha + y^2 / (y^T s) - (s / alpha)^2 / (s^T diag(1/alpha) s). Kept where it
-    stays positive and finite."""
-    b = 1.0 / alpha
-    new = b + y ** 2 / (y @ s) - (b * s) ** 2 / (s @ (b * s))
-    ok = torch.isfinite(new) & (new > 0)
-    return torch.where(ok, 1.0 / new, alpha)
-
+__all__ = ["F64", "PROBE_DRAWS", "AutoPathfinder", "LowRankSqrt", "PathfinderResult",
+           "elbo_of", "normal_of", "pathfinder", "resolution", "run_paths"]
 
 @dataclass
 class PathResult:
@@ -198,6 +88,17 @@ def _energy_and_grad(log_density: LogDensity, x: torch.Tensor) -> tuple[float, t
     return float(f.detach()), g.detach()
 
 
+def resolution(target: Any) -> float:
+    """The relative resolution of ``target``'s values (a LogDensity, or a wrapper with a
+    ``log_density``): its model's float epsilon. A float32 model's log density moves by
+    rounding noise of ~1e-7 relative (0.05 nats at 10^6 rows), so an L-BFGS path that asks
+    for smaller changes never converges: it backtracks on noise and takes its iteration cap."""
+    dtype = getattr(target, "dtype", None) or getattr(getattr(target, "log_density", None),
+                                                      "dtype", None)
+    return float(torch.finfo(dtype).eps) if isinstance(dtype, torch.dtype) \
+        and dtype.is_floating_point else 0.0
+
+
 def _armijo(value_and_grad: Callable, x: torch.Tensor, f: float, d: torch.Tensor,
             slope: float) -> tuple[torch.Tensor, float, torch.Tensor] | None:
     """Backtracking from a unit step along ``d`` until the Armijo condition holds (at most 40
@@ -228,6 +129,7 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
         calls[0] += 1
         return _energy_and_grad(log_density, x)
 
+    floor = resolution(log_density)
     x = start.to(F64).clone()
     f, g = value_and_grad(x)
     if not math.isfinite(f) or not bool(torch.isfinite(g).all()):
@@ -251,7 +153,7 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
             if alpha is None:
                 alpha = torch.full_like(x, float(s_vec @ y_vec) / float(y_vec @ y_vec))
             alpha = _update_alpha(alpha, s_vec, y_vec)
-        converged = abs(f - f_new) <= tol * max(1.0, abs(f_new)) or \
+        converged = abs(f - f_new) <= max(tol, floor) * max(1.0, abs(f_new)) or \
             float(g_new.abs().max()) <= 1e-8
         x, f, g = x_new, f_new, g_new
         points.append((x, -g, f))
@@ -268,11 +170,26 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
 
 def _best_along(log_density: LogDensity, points: list, history: int, num_elbo_draws: int,
                 generator: torch.Generator, evals: int) -> PathResult:
-    dim = log_density.dim
-    alpha = torch.ones(dim, dtype=F64, device=points[0][0].device)
-    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    """The path's best normal approximation by ELBO. The iterates are scored from the last
+    back (the best usually sits near the end), each first on :data:`PROBE_DRAWS` draws and
+    only on all ``num_elbo_draws`` when those do not put it clearly below the best so far:
+    on a large data set, where every draw reads all the rows, this halves the anchor's cost."""
     best = PathResult(None, -math.inf, len(points) - 1, evals, -1, last=points[-1][0],
                       last_log_density=-points[-1][2])
+    for l, approx in reversed(_approximations_along(points, history)):
+        elbo = _elbo_unless_below(log_density, approx, num_elbo_draws, generator, best.elbo)
+        best.elbos.insert(0, elbo)
+        if elbo > best.elbo:
+            best.approximation, best.elbo, best.best_iteration = approx, elbo, l
+    return best
+
+
+def _approximations_along(points: list, history: int) -> list[tuple[int, LowRankSqrt]]:
+    """(iterate, its normal approximation) for the scored iterates of an L-BFGS path."""
+    dim = len(points[0][0])
+    alpha = torch.ones(dim, dtype=F64, device=points[0][0].device)
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    out = []
     scored = _scored_iterates(len(points))
     for l in range(1, len(points)):
         (t0, g0, _), (t1, g1, _) = points[l - 1], points[l]
@@ -285,13 +202,9 @@ def _best_along(log_density: LogDensity, points: list, history: int, num_elbo_dr
         s_mat = torch.stack([p[0] for p in pairs], dim=1)
         y_mat = torch.stack([p[1] for p in pairs], dim=1)
         approx = _inverse_hessian(t1, g1, alpha, s_mat, y_mat)
-        if approx is None:
-            continue
-        elbo = _elbo(log_density, approx, num_elbo_draws, generator)
-        best.elbos.append(elbo)
-        if elbo > best.elbo:
-            best.approximation, best.elbo, best.best_iteration = approx, elbo, l
-    return best
+        if approx is not None:
+            out.append((l, approx))
+    return out
 
 
 #: At most this many iterates of a path get an ELBO estimate: all of a short path; of a long
@@ -305,28 +218,6 @@ def _scored_iterates(n: int) -> set[int]:
         return set(range(n))
     spread = torch.linspace(n - n // 4, n - 1, MAX_SCORED - 10).round().long().tolist()
     return set(spread) | set(range(n - 10, n))
-
-
-def _draw(approx: LowRankSqrt, n: int, generator: torch.Generator
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    # the generator is a CPU one: draw there, then move to the approximation's device
-    u = torch.randn(n, len(approx.loc), dtype=F64, generator=generator).to(approx.loc.device)
-    x = approx(u)
-    log_q = -0.5 * (u ** 2).sum(-1) - 0.5 * len(approx.loc) * math.log(2 * math.pi) \
-        - approx._log_det
-    return x, log_q
-
-
-def _elbo(log_density: LogDensity, approx: LowRankSqrt, n: int,
-          generator: torch.Generator) -> float:
-    x, log_q = _draw(approx, n, generator)
-    try:
-        with torch.no_grad():
-            log_p = log_density(x).to(F64)
-    except (ValueError, RuntimeError):  # the model cannot be evaluated at some draw
-        return -math.inf
-    lw = log_p - log_q
-    return float(lw.mean()) if bool(torch.isfinite(lw).all()) else -math.inf
 
 
 @dataclass
@@ -451,12 +342,6 @@ def run_paths(target: Callable, init: torch.Tensor, num_paths: int, generator: t
         paths.append(_lbfgs_path(target, start, history=history, max_iters=max_iters,
                                  tol=tol, num_elbo_draws=num_elbo_draws, generator=generator))
     return paths
-
-
-def elbo_of(target: Callable, approx: LowRankSqrt, n: int, generator: torch.Generator
-            ) -> float:
-    """The Monte Carlo ELBO of the normal ``approx`` for ``target`` from ``n`` draws."""
-    return _elbo(target, approx, n, generator)
 
 
 class AutoPathfinder(AutoContinuous):
