@@ -39,13 +39,35 @@ class _PointGuide(AutoContinuous):
         return dist.Delta(self.point, event_dim=1)
 
 
-def per_draw(lp: torch.Tensor, n: int, pdim: int) -> torch.Tensor:
+def per_draw(lp: torch.Tensor, n: int, pdim: int, exact: bool = False) -> torch.Tensor:
     """Sum everything but the draw dimension (dim ``-pdim``) of a log-prob tensor; a site
-    outside the draws' plate counts fully for every draw."""
+    outside the draws' plate counts fully for every draw. ``exact``: the sums in float64
+    (:func:`sum64`)."""
     while lp.dim() < pdim:
         lp = lp.unsqueeze(0)
     lp = lp.movedim(-pdim, 0)
-    return lp.expand((n,) + lp.shape[1:]).reshape(n, -1).sum(1)
+    rows = lp.expand((n,) + lp.shape[1:]).reshape(n, -1)
+    return sum64(rows) if exact else rows.sum(1)
+
+
+#: Terms summed in the model's own dtype, block by block, before the float64 total.
+SUM_BLOCK = 256
+
+
+def sum64(t: torch.Tensor) -> torch.Tensor:
+    """The sums over the last dimension of ``t``, in float64, without casting every term.
+
+    A float32 model's log likelihood of 10^6 rows is ~10^5-10^6 in size, where float32 resolves
+    only ~0.03-0.06 nats: noise in every importance weight. Casting all terms to float64 first
+    costs more than the model (a memory-bound pass over draws x rows). Blocks of
+    ``SUM_BLOCK`` terms summed in float32 are each ~10^2 in size, resolved to ~10^-5, and
+    only the block sums are added in float64: within 10^-3 nats of the float32 terms' exact
+    sum at 10^6 rows (a float32 sum: 0.03), at the cost of a float32 sum."""
+    if t.dtype == torch.float64 or t.shape[-1] < 2 * SUM_BLOCK:
+        return t.to(torch.float64).sum(-1)
+    whole = t.shape[-1] // SUM_BLOCK * SUM_BLOCK
+    blocks = t[..., :whole].reshape(t.shape[:-1] + (-1, SUM_BLOCK)).sum(-1)
+    return blocks.to(torch.float64).sum(-1) + t[..., whole:].to(torch.float64).sum(-1)
 
 
 class LogDensity:
@@ -131,8 +153,7 @@ class LogDensity:
         """log p(x, T(theta)) + log|J_T| at ``point`` (``draws`` of them, batched when more
         than one), each site's log density summed by ``reduce``: over all the data, chunk by
         chunk, for a subsampled plate."""
-        # summed in float64: a float32 model's log likelihood of 10^6 rows is ~10^5-10^6 in
-        # size, where float32 resolves only ~0.03-0.06 nats (noise in every importance weight)
+        # summed in float64 (sum64): float32 would put noise in every importance weight
         total = point.new_zeros(draws if draws > 1 else (), dtype=torch.float64)
         chunks = [(0, None)] if self.chunks is None else self.chunks(draws)
         for k, chunk in chunks:
@@ -150,7 +171,7 @@ class LogDensity:
                             weight *= self.chunks.unscale(chunk)
                         elif k > 0:
                             continue  # outside the plate: counted once
-                    total = total + weight * reduce(site_log_prob(site).double())
+                    total = total + weight * reduce(site_log_prob(site))
         return total
 
     def plate_log_density(self, point: torch.Tensor, indices: torch.Tensor | None = None
@@ -168,17 +189,17 @@ class LogDensity:
             for site in model_trace.nodes.values():
                 if site["type"] == "sample" and not site_is_subsample(site) \
                         and self.chunks.inside(site):
-                    total = total + weight * site_log_prob(site).double().sum()
+                    total = total + weight * sum64(site_log_prob(site).reshape(-1))
         return total
 
     def _one(self, point: torch.Tensor) -> torch.Tensor:
-        return self._sum(point, 1, torch.sum)
+        return self._sum(point, 1, lambda lp: sum64(lp.reshape(-1)))
 
     def _batched(self, flat: torch.Tensor) -> torch.Tensor:
         n, pdim = flat.shape[0], self._pdim
         point = flat.reshape((n,) + (1,) * (pdim - 1) + (self.dim,))
         with pyro.plate(_PLATE, n, dim=-pdim):
-            return self._sum(point, n, lambda lp: per_draw(lp, n, pdim))
+            return self._sum(point, n, lambda lp: per_draw(lp, n, pdim, exact=True))
 
     def unpack(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Constrained site values from packed points of shape (..., D)."""
