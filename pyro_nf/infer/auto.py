@@ -78,6 +78,9 @@ class ImportanceCheck:
     khat: float
     chi2: float
     chi2_se: float
+    #: the same draws' ELBO, mean(log p(x, z) - log q(z)), and its standard error
+    elbo: float = -math.inf
+    elbo_se: float = math.inf
 
     def within(self, accuracy: float) -> bool:
         """Whether every posterior mean is provably within ``accuracy`` guide sds of the
@@ -303,7 +306,8 @@ def importance_check(log_density: Any, q: Any, num: int | None = None) -> Import
     if not bool(finite.all()) or not bool((z.std(0) > 0).all()):
         return ImportanceCheck(khat, math.inf, math.inf)
     w2 = torch.exp(2 * (lw - torch.logsumexp(lw, 0) + math.log(num)))
-    return ImportanceCheck(khat, float(w2.mean() - 1), float(w2.std() / math.sqrt(num)))
+    return ImportanceCheck(khat, float(w2.mean() - 1), float(w2.std() / math.sqrt(num)),
+                           float(lw.mean()), float(lw.std() / math.sqrt(num)))
 
 
 class _Accuracy:
@@ -356,18 +360,25 @@ def _last_check(result: Any, model, guide, args, kwargs, log_density: Any = None
     importance check; for an AutoFlow, the same for its Gaussian anchor: warn and recommend
     the anchor where it is the better of the two. ``start``: the check of a guide that has
     not moved since (its own and its anchor's: a subsampled model's check reads all the
-    data, so it is not run thrice)."""
-    elbo, se = fixed_draw_elbo(model, guide, args, kwargs, vectorize=loss_fn)
-    result.elbo_estimate = elbo
+    data, so it is not run thrice). A subsampled model's ELBO is the full-data check's (its
+    draws' mean log weight), not a minibatch estimate: exact in the data, and comparable
+    with the anchor's, which reads all the data too."""
     anchor = getattr(guide, "anchor_info", None) or {}
     if log_density is None and anchor:
         from pyro_nf.infer.logdensity import LogDensity
 
         with torch.random.fork_rng(devices=_devices()):
             log_density = LogDensity(model, *args, **kwargs)
+    mine = None
     if log_density is not None:
         mine = start or importance_check(log_density, guide.get_posterior(*args, **kwargs))
         result.khat, result.chi2 = mine.khat, mine.chi2
+    if mine is not None and getattr(log_density, "chunks", None) is not None \
+            and math.isfinite(mine.elbo):
+        elbo, se = mine.elbo, mine.elbo_se
+    else:
+        elbo, se = fixed_draw_elbo(model, guide, args, kwargs, vectorize=loss_fn)
+    result.elbo_estimate = elbo
     if not anchor:
         return
     result.anchor_elbo = anchor["elbos"][anchor["method"]]

@@ -64,7 +64,8 @@ class FitResult:
     #: importance check before any step; "optimise": it passed once the loss was stationary,
     #: or the cap; "average": converged, its parameters averaged) and why, the step size the
     #: pilot chose from its scores (``pilot``: lr -> ELBO), the fitted guide's ELBO on fixed
-    #: draws and, for an AutoFlow with a Gaussian anchor, the anchor's (the last check).
+    #: draws (a subsampled model's: the full-data importance check's draws) and, for an
+    #: AutoFlow with a Gaussian anchor, the anchor's (the last check).
     stage: str = "fixed"
     stop_reason: str = "num_steps"
     lr: float | None = None
