@@ -1,0 +1,152 @@
+"""A float32 model of many rows: the full-data density summed to float64 precision cheaply, an
+L-BFGS path that stops at the density's float resolution, a Laplace anchor centred on the
+mode, candidates compared on common draws, and the fit's ELBO read over all the data
+(pyro_nf.infer.logdensity.sum64, quasi_newton.resolution, guides.anchor)."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+import pyro_nf
+from pyro_nf.guides import anchor
+from pyro_nf.infer import gaussian
+from pyro_nf.infer.logdensity import LogDensity, sum64
+from pyro_nf.infer.quasi_newton import LowRankSqrt, resolution
+
+PRIOR_SD, D = 10.0, 5
+
+
+def regression(x, y, batch=None):
+    """y_i ~ N(x_i b, 1), b ~ N(0, PRIOR_SD^2 I): the posterior and evidence are known."""
+    b = pyro.sample("b", dist.Normal(x.new_zeros(D), PRIOR_SD).to_event(1))
+    with pyro.plate("data", len(x), subsample_size=batch) as i:
+        # b x^T: a batch of draws is one matrix product over the rows
+        mean = torch.nn.functional.linear(b.reshape(-1, D), x[i])
+        pyro.sample("y", dist.Normal(mean.reshape(b.shape[:-1] + (len(i),)), 1.0), obs=y[i])
+
+
+def exact(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Posterior mean and covariance, and log evidence (y ~ N(0, I + s^2 X X^T), by Woodbury
+    and the determinant lemma), in float64."""
+    x, y = x.double(), y.double()
+    precision = x.T @ x + torch.eye(D, dtype=x.dtype) / PRIOR_SD ** 2
+    xty = x.T @ y
+    log_z = (-0.5 * len(y) * math.log(2 * math.pi)
+             - 0.5 * float(torch.logdet(PRIOR_SD ** 2 * precision))
+             - 0.5 * float(y @ y - xty @ torch.linalg.solve(precision, xty)))
+    return torch.linalg.solve(precision, xty), torch.linalg.inv(precision), log_z
+
+
+def rows(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correlated features and responses, simulated in float64 and stored in float32."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, D, generator=g, dtype=torch.float64)
+    x[:, 1] += 0.9 * x[:, 0]
+    beta = torch.tensor([1.0, -2.0, 0.5, 3.0, 0.0], dtype=torch.float64)
+    y = x @ beta + torch.randn(n, generator=g, dtype=torch.float64)
+    return x.float(), y.float()
+
+
+def test_sum64_is_float64_exact_without_casting_every_term():
+    g = torch.Generator().manual_seed(1)
+    terms = (-0.7 + 0.3 * torch.randn(3, 10 ** 6 + 17, generator=g, dtype=torch.float64))
+    want = terms.sum(-1)
+    got = sum64(terms.float())
+    assert got.dtype == torch.float64
+    # the float32 terms' own rounding is the only error left: compare with their exact sum
+    exact_of_float32 = terms.float().double().sum(-1)
+    assert float((got - exact_of_float32).abs().max()) < 1e-3
+    assert float((terms.float().sum(-1).double() - exact_of_float32).abs().max()) > \
+        float((got - exact_of_float32).abs().max())  # better than a float32 sum
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0)
+    short = torch.randn(4, 100, generator=g)  # below two blocks: a plain float64 sum
+    torch.testing.assert_close(sum64(short), short.double().sum(-1))
+
+
+def test_resolution_is_the_models_float_epsilon():
+    x, y = rows(50)
+    assert resolution(LogDensity(regression, x, y)) == torch.finfo(torch.float32).eps
+    assert resolution(LogDensity(regression, x.double(), y.double())) == \
+        torch.finfo(torch.float64).eps
+    assert resolution(lambda theta: theta.sum()) == 0.0  # no dtype: no floor
+
+
+def test_float32_model_of_many_rows_anchors_at_the_exact_posterior_and_stops_at_start():
+    x, y = rows(200_000)
+    mean, cov, log_z = exact(x, y)
+    sd = cov.diagonal().sqrt()
+    pyro.clear_param_store()
+    guide = pyro_nf.AutoFlow(regression)
+    result = pyro_nf.fit(regression, guide, x, y, batch=500, seed=0, progress=False)
+    # the paths stop at float32's resolution instead of backtracking on its rounding noise
+    # (71 gradient evaluations without that floor)
+    assert guide.anchor_info["gradient_evaluations"] < 40
+    assert result.stage == "start" and result.steps == 0
+    draws = guide.get_posterior(x, y, batch=500).sample((4000,)).double()
+    assert float(((draws.mean(0) - mean) / sd).abs().max()) < 0.1
+    assert float((draws.std(0) / sd - 1).abs().max()) < 0.05
+    # the ELBO reads all the rows: the exact guide's is log Z, not a minibatch estimate
+    assert abs(result.elbo_estimate - log_z) < 0.01
+
+
+def _two_gaussians(far: float) -> tuple[LowRankSqrt, LowRankSqrt]:
+    exact_one = LowRankSqrt.dense(torch.zeros(2, dtype=torch.float64),
+                                  torch.eye(2, dtype=torch.float64))
+    shifted = LowRankSqrt.dense(torch.full((2,), far, dtype=torch.float64),
+                                torch.eye(2, dtype=torch.float64))
+    return exact_one, shifted
+
+
+def _standard_normal_counting() -> tuple[list[int], object]:
+    calls = [0]
+
+    def log_p(x):
+        calls[0] += x.shape[0]
+        return dist.Normal(x.new_zeros(()), 1.0).log_prob(x).sum(-1)
+
+    return calls, log_p
+
+
+def test_candidate_elbos_settle_in_one_round_when_one_is_clearly_better():
+    good, bad = _two_gaussians(3.0)
+    calls, log_p = _standard_normal_counting()
+    generator = torch.Generator().manual_seed(0)
+    elbos = anchor.candidate_elbos(log_p, {"good": good, "bad": bad}, generator)
+    assert calls[0] == 2 * anchor.ELBO_ROUND
+    assert abs(elbos["good"]) < 1e-9  # the exact Gaussian: every log weight is log Z = 0
+    assert elbos["bad"] < -4  # KL = 9 nats
+
+
+def test_candidate_elbos_of_indistinguishable_gaussians_use_every_draw():
+    near, nearer = _two_gaussians(1e-4)
+    calls, log_p = _standard_normal_counting()
+    generator = torch.Generator().manual_seed(0)
+    anchor.candidate_elbos(log_p, {"a": nearer, "b": near}, generator)
+    assert calls[0] == 2 * anchor.ELBO_DRAWS
+
+
+def test_an_iterate_clearly_below_the_best_is_scored_on_its_probe_draws_only():
+    good, bad = _two_gaussians(3.0)
+    calls, log_p = _standard_normal_counting()
+    generator = torch.Generator().manual_seed(0)
+    best = gaussian._elbo_unless_below(log_p, good, 25, generator, -math.inf)
+    assert calls[0] == 25 and abs(best) < 1e-9
+    worse = gaussian._elbo_unless_below(log_p, bad, 25, generator, best)
+    assert calls[0] == 25 + gaussian.PROBE_DRAWS and worse < -4
+    again = gaussian._elbo_unless_below(log_p, good, 25, generator, best)
+    assert calls[0] == 50 + gaussian.PROBE_DRAWS and abs(again) < 1e-9  # not below: all
+
+
+def test_laplace_from_a_point_off_the_mode_is_centred_on_the_mode():
+    """One Newton step with the exact Hessian: on a Gaussian posterior it lands on the mode."""
+    x, y = (t.double() for t in rows(1000))
+    mean, cov, _ = exact(x, y)
+    target = anchor._Target(LogDensity(regression, x, y), None)
+    off = mean + 0.5 * cov.diagonal().sqrt()
+    laplace = anchor._laplace(target, off)
+    torch.testing.assert_close(laplace.loc, mean, atol=1e-8, rtol=0)
+    torch.testing.assert_close(laplace.covariance(), cov, atol=1e-10, rtol=1e-6)
