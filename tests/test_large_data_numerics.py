@@ -26,7 +26,7 @@ def regression(x, y, batch=None):
     with pyro.plate("data", len(x), subsample_size=batch) as i:
         # b x^T: a batch of draws is one matrix product over the rows
         mean = torch.nn.functional.linear(b.reshape(-1, D), x[i])
-        pyro.sample("y", dist.Normal(mean.reshape(b.shape[:-1] + (len(i),)), 1.0), obs=y[i])
+        pyro.sample("y", dist.Normal(mean.reshape(b.shape[:-2] + (len(i),)), 1.0), obs=y[i])
 
 
 def exact(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -121,12 +121,25 @@ def test_candidate_elbos_settle_in_one_round_when_one_is_clearly_better():
     assert elbos["bad"] < -4  # KL = 9 nats
 
 
-def test_candidate_elbos_of_indistinguishable_gaussians_use_every_draw():
-    near, nearer = _two_gaussians(1e-4)
+def test_candidate_elbos_of_indistinguishable_gaussians_settle_in_one_round():
+    near, nearer = _two_gaussians(1e-4)  # their difference is known to within 0.01 nats
     calls, log_p = _standard_normal_counting()
     generator = torch.Generator().manual_seed(0)
     anchor.candidate_elbos(log_p, {"a": nearer, "b": near}, generator)
+    assert calls[0] == 2 * anchor.ELBO_ROUND
+
+
+def test_candidate_elbos_as_good_as_each_other_but_unlike_use_every_draw():
+    """A shifted and a widened Gaussian with the same KL (0.09 nats over two dimensions): their
+    paired difference stays within its noise, which stays above 0.01 nats."""
+    _, shifted = _two_gaussians(0.3)
+    wide = LowRankSqrt.dense(torch.zeros(2, dtype=torch.float64),
+                             1.488 * torch.eye(2, dtype=torch.float64))
+    calls, log_p = _standard_normal_counting()
+    generator = torch.Generator().manual_seed(0)
+    elbos = anchor.candidate_elbos(log_p, {"shifted": shifted, "wide": wide}, generator)
     assert calls[0] == 2 * anchor.ELBO_DRAWS
+    assert abs(elbos["shifted"] + 0.09) < 0.05 and abs(elbos["wide"] + 0.09) < 0.05
 
 
 def test_an_iterate_clearly_below_the_best_is_scored_on_its_probe_draws_only():
@@ -150,3 +163,24 @@ def test_laplace_from_a_point_off_the_mode_is_centred_on_the_mode():
     laplace = anchor._laplace(target, off)
     torch.testing.assert_close(laplace.loc, mean, atol=1e-8, rtol=0)
     torch.testing.assert_close(laplace.covariance(), cov, atol=1e-10, rtol=1e-6)
+
+
+def test_a_subsampled_models_check_decides_on_its_first_draws_where_it_can():
+    from pyro_nf.infer import auto
+    from pyro_nf.infer.quasi_newton import normal_of
+
+    x, y = (t.double() for t in rows(2000))
+    mean, cov, _ = exact(x, y)
+    exact_q = normal_of(LowRankSqrt.dense(mean, cov))
+    off_q = normal_of(LowRankSqrt.dense(mean + 3 * cov.diagonal().sqrt(), cov))
+    for q, passes in ((exact_q, True), (off_q, False)):
+        log_density = LogDensity(regression, x, y, batch=100)
+        assert log_density.batched  # (its set-up's own evaluations, before counting)
+        before = log_density.evaluations
+        check = auto.importance_check(log_density, q, accuracy=0.1)
+        assert check.within(0.1) is passes
+        assert log_density.evaluations - before == auto.LOOP_CHECK_DRAWS
+        before = log_density.evaluations
+        again = auto.importance_check(log_density, q)  # no accuracy: every draw
+        assert log_density.evaluations - before == auto.CHECK_DRAWS
+        assert again.within(0.1) is passes

@@ -87,6 +87,13 @@ class ImportanceCheck:
         guide's (module docstring), with two standard errors of margin."""
         return self.khat < CHECK_KHAT and self.chi2 + 2 * self.chi2_se <= accuracy ** 2
 
+    def fails(self, accuracy: float) -> bool:
+        """Whether it is clearly not within ``accuracy``, so more draws would not change that:
+        chi^2 two standard errors above ``accuracy^2``, or k-hat 0.7 or more (weights too
+        heavy-tailed for importance sampling to be reliable at any practical number of draws,
+        Vehtari et al. 2024)."""
+        return self.khat >= 0.7 or self.chi2 - 2 * self.chi2_se > accuracy ** 2
+
     def __str__(self) -> str:
         return f"chi^2(p || q) {self.chi2:.4f} +- {self.chi2_se:.4f}, k-hat {self.khat:.2f}"
 
@@ -281,24 +288,43 @@ def _optimise(run: Callable, lr: float, max_steps: int, pilot_scores: dict, guid
     return total
 
 
-def importance_check(log_density: Any, q: Any, num: int | None = None) -> ImportanceCheck:
+def importance_check(log_density: Any, q: Any, num: int | None = None,
+                     accuracy: float | None = None) -> ImportanceCheck:
     """:class:`ImportanceCheck` of ``q`` (a distribution over the packed latent) against the
     model's ``log_density``, from ``num`` draws under a fixed seed (the caller's random stream
     is left as it was; default :data:`CHECK_DRAWS`, :data:`LOOP_CHECK_DRAWS` for a model that
     runs one draw at a time, fewer for a subsampled model with many rows: :data:`CHECK_ROWS`).
-    A ``q`` without spread (a point mass) is never within any accuracy."""
-    from pyro_nf.diagnostics import _arviz
+    A ``q`` without spread (a point mass) is never within any accuracy.
 
+    With ``accuracy``, a subsampled model (every draw reads all its data) is checked on the
+    first :data:`LOOP_CHECK_DRAWS` draws, and on all ``num`` only where those neither pass nor
+    clearly fail (:meth:`ImportanceCheck.fails`)."""
     if num is None:
         num = CHECK_DRAWS if log_density.batched else LOOP_CHECK_DRAWS
         rows = getattr(getattr(log_density, "chunks", None), "size", 0)
         if rows:  # a subsampled model read over all its data: bound the rows read
             num = max(LOOP_CHECK_DRAWS, min(num, CHECK_ROWS // rows))
+    first = num
+    if accuracy is not None and getattr(log_density, "chunks", None) is not None:
+        first = min(num, LOOP_CHECK_DRAWS)
     with torch.random.fork_rng(devices=_devices()), torch.no_grad():
         torch.manual_seed(1)
         z = q.sample((num,))
+        log_q = q.log_prob(z).double()
         # in float64: a large data set's log density is too big for float32's resolution
-        lw = log_density(z.double()).double() - q.log_prob(z).double()
+        lw = log_density(z[:first].double()).double() - log_q[:first]
+        check = _weights_check(lw, z[:first])
+        if first < num and not check.within(accuracy) and not check.fails(accuracy):
+            rest = log_density(z[first:].double()).double() - log_q[first:]
+            check = _weights_check(torch.cat([lw, rest]), z)
+    return check
+
+
+def _weights_check(lw: torch.Tensor, z: torch.Tensor) -> ImportanceCheck:
+    """k-hat, chi^2 and the ELBO of the log weights ``lw`` of the draws ``z``."""
+    from pyro_nf.diagnostics import _arviz
+
+    num = len(lw)
     finite = torch.isfinite(lw)
     if int(finite.sum()) < num // 2:
         return ImportanceCheck(math.inf, math.inf, math.inf)
@@ -333,7 +359,7 @@ class _Accuracy:
         if self.log_density is None:
             return False
         q = self.guide.get_posterior(*self.args, **self.kwargs)
-        self.last = importance_check(self.log_density, q)
+        self.last = importance_check(self.log_density, q, accuracy=self.accuracy)
         return self.last.within(self.accuracy)
 
     def reason(self) -> str:
@@ -369,12 +395,15 @@ def _last_check(result: Any, model, guide, args, kwargs, log_density: Any = None
 
         with torch.random.fork_rng(devices=_devices()):
             log_density = LogDensity(model, *args, **kwargs)
+    # a report, not a stopping rule: a subsampled model's draws each read all its data
+    full_data = getattr(log_density, "chunks", None) is not None
+    num = LOOP_CHECK_DRAWS if full_data else None
     mine = None
     if log_density is not None:
-        mine = start or importance_check(log_density, guide.get_posterior(*args, **kwargs))
+        mine = start or importance_check(log_density, guide.get_posterior(*args, **kwargs),
+                                         num)
         result.khat, result.chi2 = mine.khat, mine.chi2
-    if mine is not None and getattr(log_density, "chunks", None) is not None \
-            and math.isfinite(mine.elbo):
+    if mine is not None and full_data and math.isfinite(mine.elbo):
         elbo, se = mine.elbo, mine.elbo_se
     else:
         elbo, se = fixed_draw_elbo(model, guide, args, kwargs, vectorize=loss_fn)
@@ -383,7 +412,7 @@ def _last_check(result: Any, model, guide, args, kwargs, log_density: Any = None
         return
     result.anchor_elbo = anchor["elbos"][anchor["method"]]
     result.anchor_khat = (start or importance_check(
-        log_density, guide.anchor_posterior(*args, **kwargs))).khat
+        log_density, guide.anchor_posterior(*args, **kwargs), num)).khat
     result.recommendation = recommend(elbo, se, result.anchor_elbo, result.khat,
                                       result.anchor_khat)
     if result.recommendation == "anchor":
