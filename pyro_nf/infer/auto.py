@@ -136,9 +136,23 @@ def fixed_draw_elbo(model: Callable, guide: Callable, args: tuple, kwargs: dict,
     return mean, se
 
 
-def _pilot(run: Callable, model, guide, args, kwargs, loss_fn: Any = None
-           ) -> tuple[float, dict[str, float]]:
-    """Stage 1: the step size whose short run ends with the best fixed-draw ELBO."""
+def full_data_elbo(log_density: Any, q: Any, num: int = SCORE_PARTICLES, seed: int = 0
+                   ) -> float:
+    """The ELBO of ``q`` (over the packed latent) against ``log_density`` from ``num`` draws
+    under a fixed seed (the caller's random stream is left as it was); -inf where a draw's
+    density is not finite."""
+    with torch.random.fork_rng(devices=_devices()), torch.no_grad():
+        torch.manual_seed(seed)
+        z = q.sample((num,))
+        lw = log_density(z.double()).double() - q.log_prob(z).double()
+    return float(lw.mean()) if bool(torch.isfinite(lw).all()) else -math.inf
+
+
+def _pilot(run: Callable, model, guide, args, kwargs, loss_fn: Any = None,
+           log_density: Any = None) -> tuple[float, dict[str, float]]:
+    """Stage 1: the step size whose short run ends with the best fixed-draw ELBO; for a
+    subsampled model, the full data's (``log_density`` read in chunks): a minibatch ELBO's
+    noise, N / B times a row's, would pick the step size at random."""
     with torch.no_grad():  # every parameter, the model's own pyro.param too, exists now
         Trace_ELBO().loss(model, guide, *args, **kwargs)
     start = _store_values()
@@ -150,7 +164,10 @@ def _pilot(run: Callable, model, guide, args, kwargs, loss_fn: Any = None
         except FloatingPointError:  # NonFiniteLossError: this step size diverges
             scores[lr] = -math.inf
             continue
-        elbo = fixed_draw_elbo(model, guide, args, kwargs, vectorize=loss_fn)[0]
+        if getattr(log_density, "chunks", None) is not None:
+            elbo = full_data_elbo(log_density, guide.get_posterior(*args, **kwargs))
+        else:
+            elbo = fixed_draw_elbo(model, guide, args, kwargs, vectorize=loss_fn)[0]
         scores[lr] = elbo if math.isfinite(elbo) else -math.inf
     _load_values(start)
     if not any(math.isfinite(v) for v in scores.values()):
@@ -210,7 +227,7 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
             loss_fn = _with_control_variate(loss_fn, guide, args, kwargs, check.log_density)
         if elbo is None:  # the default: compiled where that is exact
             loss_fn = compiled_elbo(loss_fn, model, guide, args, kwargs)
-        lr, pilot_scores = _pilot(run, model, guide, args, kwargs, loss_fn)
+        lr, pilot_scores = _pilot(run, model, guide, args, kwargs, loss_fn, check.log_density)
         state["optim"] = None
         total = _optimise(run, lr, max_steps, pilot_scores, guide, check)
     try:  # a fit that stopped at its start is still the guide the first check saw
