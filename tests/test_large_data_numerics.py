@@ -15,7 +15,7 @@ import pyro_nf
 from pyro_nf.guides import anchor
 from pyro_nf.infer import gaussian
 from pyro_nf.infer.logdensity import LogDensity, sum64
-from pyro_nf.infer.quasi_newton import LowRankSqrt, resolution
+from pyro_nf.infer.quasi_newton import LowRankSqrt, reads_all_rows, resolution
 
 PRIOR_SD, D = 10.0, 5
 
@@ -73,6 +73,13 @@ def test_resolution_is_the_models_float_epsilon():
     assert resolution(LogDensity(regression, x.double(), y.double())) == \
         torch.finfo(torch.float64).eps
     assert resolution(lambda theta: theta.sum()) == 0.0  # no dtype: no floor
+
+
+def test_only_a_subsampled_models_paths_are_scored_on_probe_draws_first():
+    x, y = rows(50)
+    subsampled = LogDensity(regression, x, y, batch=10)
+    assert reads_all_rows(subsampled) and reads_all_rows(anchor._Target(subsampled, None))
+    assert not reads_all_rows(LogDensity(regression, x, y))
 
 
 def test_float32_model_of_many_rows_anchors_at_the_exact_posterior_and_stops_at_start():

@@ -32,6 +32,7 @@ from pyro_nf.infer.gaussian import (
     PROBE_DRAWS,
     LowRankSqrt,
     _draw,
+    _elbo,
     _elbo_unless_below,
     _inverse_hessian,
     _update_alpha,
@@ -91,8 +92,10 @@ def _energy_and_grad(log_density: LogDensity, x: torch.Tensor) -> tuple[float, t
 def resolution(target: Any) -> float:
     """The relative resolution of ``target``'s values (a LogDensity, or a wrapper with a
     ``log_density``): its model's float epsilon. A float32 model's log density moves by
-    rounding noise of ~1e-7 relative (0.05 nats at 10^6 rows), so an L-BFGS path that asks
-    for smaller changes never converges: it backtracks on noise and takes its iteration cap."""
+    rounding noise of up to ~1e-7 relative (0.05 nats at 10^6 rows), so an L-BFGS path that
+    asks for smaller changes may never converge: it steps and backtracks on noise until its
+    iteration cap. The path stops where a quasi-Newton step's predicted gain, or the gain of
+    ``history`` iterations, is below this (relative to -log p)."""
     dtype = getattr(target, "dtype", None) or getattr(getattr(target, "log_density", None),
                                                       "dtype", None)
     return float(torch.finfo(dtype).eps) if isinstance(dtype, torch.dtype) \
@@ -143,6 +146,8 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
         if slope >= 0:  # not a descent direction: restart from steepest descent
             pairs, d = [], -g / max(1.0, float(g.abs().sum()))
             slope = float(g @ d)
+        elif -slope <= floor * max(1.0, abs(f)):
+            break  # the quasi-Newton step's predicted gain is below the float resolution
         accepted = _armijo(value_and_grad, x, f, d, slope)
         if accepted is None:
             break
@@ -153,10 +158,14 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
             if alpha is None:
                 alpha = torch.full_like(x, float(s_vec @ y_vec) / float(y_vec @ y_vec))
             alpha = _update_alpha(alpha, s_vec, y_vec)
-        converged = abs(f - f_new) <= max(tol, floor) * max(1.0, abs(f_new)) or \
+        converged = abs(f - f_new) <= tol * max(1.0, abs(f_new)) or \
             float(g_new.abs().max()) <= 1e-8
         x, f, g = x_new, f_new, g_new
         points.append((x, -g, f))
+        # stalled: the last ``history`` iterations together moved -log p by less than the
+        # density's own float resolution (their steps only chase its rounding noise)
+        converged |= len(points) > history and \
+            points[-1 - history][2] - f <= floor * max(1.0, abs(f))
         if stop is not None and stop(x):
             return PathResult(None, -math.inf, len(points) - 1, calls[0], -1, last=x,
                               last_log_density=-f, stopped=True)
@@ -170,18 +179,31 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
 
 def _best_along(log_density: LogDensity, points: list, history: int, num_elbo_draws: int,
                 generator: torch.Generator, evals: int) -> PathResult:
-    """The path's best normal approximation by ELBO. The iterates are scored from the last
-    back (the best usually sits near the end), each first on :data:`PROBE_DRAWS` draws and
-    only on all ``num_elbo_draws`` when those do not put it clearly below the best so far:
-    on a large data set, where every draw reads all the rows, this halves the anchor's cost."""
+    """The path's best normal approximation by ELBO, each scored iterate on
+    ``num_elbo_draws`` draws. Where every draw reads all the rows of a subsampled model
+    (:func:`reads_all_rows`), the iterates are scored from the last back (the best usually
+    sits near the end), each first on :data:`PROBE_DRAWS` draws and on all only when those do
+    not put it clearly below the best so far: at 10^6 rows this halves the paths' cost."""
     best = PathResult(None, -math.inf, len(points) - 1, evals, -1, last=points[-1][0],
                       last_log_density=-points[-1][2])
-    for l, approx in reversed(_approximations_along(points, history)):
-        elbo = _elbo_unless_below(log_density, approx, num_elbo_draws, generator, best.elbo)
-        best.elbos.insert(0, elbo)
-        if elbo > best.elbo:
-            best.approximation, best.elbo, best.best_iteration = approx, elbo, l
+    scored = _approximations_along(points, history)
+    probe = reads_all_rows(log_density)
+    elbos = {}
+    for l, approx in reversed(scored) if probe else scored:
+        elbos[l] = _elbo_unless_below(log_density, approx, num_elbo_draws, generator,
+                                      best.elbo) if probe else \
+            _elbo(log_density, approx, num_elbo_draws, generator)
+        if elbos[l] > best.elbo:
+            best.approximation, best.elbo, best.best_iteration = approx, elbos[l], l
+    best.elbos = [elbos[l] for l in sorted(elbos)]
     return best
+
+
+def reads_all_rows(target: Any) -> bool:
+    """Whether ``target`` (a LogDensity, or a wrapper with a ``log_density``) reads all the
+    rows of a subsampled plate at every draw."""
+    inner = getattr(target, "log_density", target)
+    return getattr(inner, "chunks", None) is not None
 
 
 def _approximations_along(points: list, history: int) -> list[tuple[int, LowRankSqrt]]:
