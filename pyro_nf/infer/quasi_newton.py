@@ -94,8 +94,9 @@ def resolution(target: Any) -> float:
     ``log_density``): its model's float epsilon. A float32 model's log density moves by
     rounding noise of up to ~1e-7 relative (0.05 nats at 10^6 rows), so an L-BFGS path that
     asks for smaller changes may never converge: it steps and backtracks on noise until its
-    iteration cap. The path stops where a quasi-Newton step's predicted gain, or the gain of
-    ``history`` iterations, is below this (relative to -log p)."""
+    iteration cap. A path on a subsampled model's full-data density (:func:`reads_all_rows`)
+    stops where a quasi-Newton step's predicted gain, or the gain of ``history`` iterations,
+    is below this (relative to -log p)."""
     dtype = getattr(target, "dtype", None) or getattr(getattr(target, "log_density", None),
                                                       "dtype", None)
     return float(torch.finfo(dtype).eps) if isinstance(dtype, torch.dtype) \
@@ -132,7 +133,10 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
         calls[0] += 1
         return _energy_and_grad(log_density, x)
 
-    floor = resolution(log_density)
+    # a subsampled model's full-data density: the many-row sums whose rounding noise a path
+    # can chase (elsewhere the paths are as they were: a floor moved the anchors of small
+    # float32 models, with flat directions, for no gain)
+    floor = resolution(log_density) if reads_all_rows(log_density) else 0.0
     x = start.to(F64).clone()
     f, g = value_and_grad(x)
     if not math.isfinite(f) or not bool(torch.isfinite(g).all()):
