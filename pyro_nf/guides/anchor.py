@@ -94,10 +94,11 @@ def _density_problem(target: _Target, point: torch.Tensor) -> str | None:
 
 
 def _laplace(target: _Target, mode: torch.Tensor) -> LowRankSqrt | None:
-    """N(mode, (-Hessian)^-1), centred by one Newton step: L-BFGS stops where the density's
-    changes fall below its float resolution, which for a float32 model of many rows can leave
-    the point a fair fraction of a posterior sd from the mode (the sd shrinks as 1/sqrt(N));
-    the step is kept where it does not lower the density by more than that resolution."""
+    """N(mode, (-Hessian)^-1), centred by one Newton step: on a subsampled float32 model's
+    full data, L-BFGS stops where the density's changes fall below its float resolution,
+    which can leave the point a fair fraction of a posterior sd from the mode (the sd shrinks
+    as 1/sqrt(N)). The step is kept where it does not lower the density by more than that
+    resolution."""
     if target.dim > LAPLACE_MAX_DIM:
         return None
     mode = mode.detach().to(F64).requires_grad_(True)
@@ -159,10 +160,10 @@ def candidate_elbos(target: _Target, candidates: dict[str, LowRankSqrt],
     """Each candidate's Monte Carlo ELBO (-inf where a draw's density is not finite), on common
     draws: the same u ~ N(0, I) through every candidate's square root, so that their paired
     difference, not each ELBO's own spread, decides which is higher. Rounds of
-    :data:`ELBO_ROUND` draws until that is settled (:func:`_settled`) or
-    :data:`ELBO_DRAWS` draws: each draw of a
-    large data set's density reads all its rows, and two Gaussians near the mode of such a
-    posterior usually differ by many nats, which the first round settles."""
+    :data:`ELBO_ROUND` draws until that is settled (:func:`_settled`) or :data:`ELBO_DRAWS`
+    draws: each draw of a large data set's density reads all its rows, and two Gaussians
+    near the mode of such a posterior usually differ by many nats, which the first round
+    settles."""
     some = next(iter(candidates.values()))
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in candidates}
     lost: set[str] = set()
