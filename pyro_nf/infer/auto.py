@@ -47,6 +47,8 @@ import pyro.optim
 import torch
 from pyro.infer import Trace_ELBO
 
+from pyro_nf.infer.full_data import reads_all_rows
+
 PILOT_LRS = (0.01, 0.005, 0.002)
 PILOT_STEPS = 75
 WINDOW = 200
@@ -164,7 +166,7 @@ def _pilot(run: Callable, model, guide, args, kwargs, loss_fn: Any = None,
         except FloatingPointError:  # NonFiniteLossError: this step size diverges
             scores[lr] = -math.inf
             continue
-        if getattr(log_density, "chunks", None) is not None:
+        if reads_all_rows(log_density):
             elbo = full_data_elbo(log_density, guide.get_posterior(*args, **kwargs))
         else:
             elbo = fixed_draw_elbo(model, guide, args, kwargs, vectorize=loss_fn)[0]
@@ -322,7 +324,7 @@ def importance_check(log_density: Any, q: Any, num: int | None = None,
         if rows:  # a subsampled model read over all its data: bound the rows read
             num = max(LOOP_CHECK_DRAWS, min(num, CHECK_ROWS // rows))
     first = num
-    if accuracy is not None and getattr(log_density, "chunks", None) is not None:
+    if accuracy is not None and reads_all_rows(log_density):
         first = min(num, LOOP_CHECK_DRAWS)
     with torch.random.fork_rng(devices=_devices()), torch.no_grad():
         torch.manual_seed(1)
@@ -413,7 +415,7 @@ def _last_check(result: Any, model, guide, args, kwargs, log_density: Any = None
         with torch.random.fork_rng(devices=_devices()):
             log_density = LogDensity(model, *args, **kwargs)
     # a report, not a stopping rule: a subsampled model's draws each read all its data
-    full_data = getattr(log_density, "chunks", None) is not None
+    full_data = reads_all_rows(log_density)
     num = LOOP_CHECK_DRAWS if full_data else None
     mine = None
     if log_density is not None:

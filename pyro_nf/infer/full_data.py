@@ -50,6 +50,14 @@ def plate_indices(indices: dict[str, torch.Tensor]) -> Iterator[None]:
         SubsampleMessenger._subsample = original
 
 
+def reads_all_rows(target: Any) -> bool:
+    """Whether ``target`` (a LogDensity, a wrapper with a ``log_density``, or None) reads all
+    the rows of a subsampled plate, in chunks, at every draw: where each draw costs a pass
+    over the data."""
+    inner = getattr(target, "log_density", target)
+    return getattr(inner, "chunks", None) is not None
+
+
 def subsampled_plate(trace: Any) -> tuple[str, int] | None:
     """``(name, size)`` of the plate that subsamples in ``trace`` (a model's), or None; an
     error for more than one."""

@@ -27,6 +27,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoContinuous
 
+from pyro_nf.infer.full_data import reads_all_rows
 from pyro_nf.infer.gaussian import (
     F64,
     PROBE_DRAWS,
@@ -201,13 +202,6 @@ def _best_along(log_density: LogDensity, points: list, history: int, num_elbo_dr
             best.approximation, best.elbo, best.best_iteration = approx, elbos[l], l
     best.elbos = [elbos[l] for l in sorted(elbos)]
     return best
-
-
-def reads_all_rows(target: Any) -> bool:
-    """Whether ``target`` (a LogDensity, or a wrapper with a ``log_density``) reads all the
-    rows of a subsampled plate at every draw."""
-    inner = getattr(target, "log_density", target)
-    return getattr(inner, "chunks", None) is not None
 
 
 def _approximations_along(points: list, history: int) -> list[tuple[int, LowRankSqrt]]:
