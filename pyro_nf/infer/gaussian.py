@@ -201,9 +201,3 @@ def _elbo_unless_below(log_density: Callable, approx: LowRankSqrt, n: int,
         return float(probe.mean())
     rest = _log_weights(log_density, approx, n - PROBE_DRAWS, generator)
     return -math.inf if rest is None else float(torch.cat([probe, rest]).mean())
-
-
-def elbo_of(target: Callable, approx: LowRankSqrt, n: int, generator: torch.Generator
-            ) -> float:
-    """The Monte Carlo ELBO of the normal ``approx`` for ``target`` from ``n`` draws."""
-    return _elbo(target, approx, n, generator)

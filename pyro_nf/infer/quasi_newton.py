@@ -37,13 +37,12 @@ from pyro_nf.infer.gaussian import (
     _elbo_unless_below,
     _inverse_hessian,
     _update_alpha,
-    elbo_of,
     normal_of,
 )
 from pyro_nf.infer.logdensity import LogDensity
 
 __all__ = ["F64", "PROBE_DRAWS", "AutoPathfinder", "LowRankSqrt", "PathfinderResult",
-           "elbo_of", "normal_of", "pathfinder", "resolution", "run_paths"]
+           "normal_of", "pathfinder", "resolution", "run_paths"]
 
 @dataclass
 class PathResult:
