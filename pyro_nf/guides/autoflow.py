@@ -59,6 +59,7 @@ from pyro_nf.guides.centering import (
 )
 from pyro_nf.guides.summaries import SummariesMixin
 from pyro_nf.infer.init import init_to_median_or_uniform
+from pyro_nf.infer.pinning import PinnedPacking
 from pyro_nf.transforms.permutation import Permutation
 from pyro_nf.transforms.registry import _expand, build_flow
 
@@ -111,7 +112,7 @@ class LocScale(torch.distributions.Transform):
         return torch.log(self.scale).sum(-1).expand(u.shape[:-1])
 
 
-class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
+class AutoFlow(AnchorMixin, SummariesMixin, PinnedPacking, AutoContinuous):
     """Normalizing-flow autoguide: ``AutoFlow(model)`` replaces ``AutoNormal(model)``.
 
     Args:
@@ -311,14 +312,15 @@ class AutoFlow(AnchorMixin, SummariesMixin, AutoContinuous):
         slots, pos, count = {}, 0, 0
         for name, site in trace.iter_stochastic_nodes():
             shape = tuple(self._unconstrained_shapes[name])
-            size = math.prod(shape)
+            pinned = None if self.pins is None else self.pins.site(name)
+            size = math.prod(shape) if pinned is None else len(pinned[0])
             event_dim = site["fn"].event_dim + len(shape) - site["value"].dim()
             centering = None
             if name in hierarchical:
                 centering = slice(count, count + size)
                 count += size
             slots[name] = SiteSlot(name, pos, size, shape,
-                                   nesting - (len(shape) - event_dim), centering)
+                                   nesting - (len(shape) - event_dim), centering, pinned)
             pos += size
         supports = {name: site["fn"].support for name, site in trace.iter_stochastic_nodes()}
         lam = torch.cat([start[name].reshape(-1) for name in slots if name in start])

@@ -39,6 +39,8 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch.distributions import biject_to, constraints
 
+from pyro_nf.infer.pinning import fill
+
 CENTERINGS = ("model", "learn")
 #: lambda's starting values are kept within [CENTERING_BOUND, 1 - CENTERING_BOUND]
 CENTERING_BOUND = 0.01
@@ -58,6 +60,9 @@ class SiteSlot:
     shape: tuple[int, ...]  # unconstrained shape, plate dimensions included
     pad: int  # ones to insert between the batch and ``shape``
     centering: slice | None  # the site's entries of the lambda vector (hierarchical sites)
+    #: ``(index, values)`` of a site with pinned coordinates (:mod:`pyro_nf.infer.pinning`):
+    #: ``size`` counts its free ones, and :func:`fill` puts the pinned ones back
+    pinned: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class _Stop(BaseException):  # not an Exception: a model's own `except Exception` lets it pass
@@ -272,10 +277,13 @@ class Centering(torch.distributions.Transform):
             nonlocal ladj
             slot = self.slots[name]
             shape = (n,) + (1,) * slot.pad + slot.shape
-            u = flat[:, slot.pos:slot.pos + slot.size].reshape(shape)
-            if slot.centering is None:
-                pieces[name] = u.reshape(n, slot.size)
-                return biject_to(self.supports[slot.name])(u)
+            u = flat[:, slot.pos:slot.pos + slot.size]
+            if slot.centering is None:  # (a masked site, pinned or not, is never re-centred)
+                pieces[name] = u
+                if slot.pinned is not None:
+                    u = fill(u, *slot.pinned)
+                return biject_to(self.supports[slot.name])(u.reshape(shape))
+            u = u.reshape(shape)
             normal = _normal_of(fn)
             m = normal.loc.expand(shape)
             log_s = normal.scale.clamp(min=tiny).log().expand(shape)  # no -inf from underflow

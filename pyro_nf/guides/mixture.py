@@ -41,6 +41,7 @@ from pyro.infer.autoguide import AutoContinuous, init_to_value
 from pyro_nf.guides.autoflow import DEFAULT_FLOW, AutoFlow
 from pyro_nf.guides.summaries import SummariesMixin
 from pyro_nf.infer.init import init_to_median_or_uniform
+from pyro_nf.infer.pinning import PinnedPacking
 
 #: ``modes="auto"``: at most this many components, each holding at least MIN_MASS.
 MAX_MODES = 8
@@ -82,7 +83,7 @@ class MixtureOfFlows(dist.TorchDistribution):
         return self.component_log_probs(z).logsumexp(-1)
 
 
-class AutoFlowMixture(SummariesMixin, AutoContinuous):
+class AutoFlowMixture(SummariesMixin, PinnedPacking, AutoContinuous):
     """A mixture of AutoFlows, one per separated mode (module docstring).
     ``AutoFlow(model, modes=...)`` builds one; arguments other than ``modes``, ``max_modes``,
     ``min_mass`` and ``search`` (a :class:`~pyro_nf.infer.modes.ModeSearch` already run on

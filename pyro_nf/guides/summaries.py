@@ -36,6 +36,7 @@ class SummariesMixin:
         values of shape ``batch + site shape``."""
         out, pos = {}, 0
         batch = latent.shape[:-1]
+        latent = self.full_latent(latent)  # pinned coordinates back in place
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             shape = self._unconstrained_shapes[name]
             size = math.prod(shape)

@@ -94,11 +94,26 @@ def _moments(fitted: Any, guide: Any, args: tuple, kwargs: dict):
         return fitted.loc, "diag", fitted.scale
 
 
+def _marginal(index: torch.Tensor, mean: torch.Tensor, kind: str, payload: Any):
+    """The moments of the coordinates ``index`` alone: a fitted Gaussian over every packed
+    coordinate, for a guide that pins some (:mod:`pyro_nf.infer.pinning`)."""
+    index = index.to(mean.device)
+    if kind == "diag":
+        return mean[index], payload[index]
+    if kind == "tril":
+        tril = payload[index]
+        return mean[index], torch.linalg.cholesky(tril @ tril.T)
+    W, d = payload
+    return mean[index], (W[index], d[index])
+
+
 def gaussian_of(fitted: Any, guide: Any, base: str, args: tuple, kwargs: dict):
     """``(loc, scale, base_params)`` for ``guide`` (an AutoFlow with ``base``) reproducing the
     fitted Gaussian as closely as the base allows."""
     ref = guide._prototype_tensor
     mean, kind, payload = _moments(fitted, guide, args, kwargs)
+    if guide.pins is not None and mean.shape[-1] == len(guide.pins.free):
+        mean, payload = _marginal(guide.pins.index, mean, kind, payload)
     to = {"dtype": ref.dtype, "device": ref.device}
     mean = mean.detach().to(**to)
     if mean.shape != ref.shape:

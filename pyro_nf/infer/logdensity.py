@@ -25,15 +25,18 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_nf.infer.full_data import Chunks, plate_indices, subsampled_plate
 from pyro_nf.infer.init import init_to_median_or_uniform
+from pyro_nf.infer.pinning import PinnedPacking
 
 _PLATE = "_pyro_nf_log_density_draws"
 
 
-class _PointGuide(AutoContinuous):
+class _PointGuide(PinnedPacking, AutoContinuous):
     """An AutoContinuous guide that puts all its mass on ``self.point`` (its Delta sites carry
-    the log-Jacobians of the constraining maps)."""
+    the log-Jacobians of the constraining maps). Coordinates without density are pinned as in
+    :class:`~pyro_nf.AutoFlow` (:mod:`pyro_nf.infer.pinning`), so the two pack alike."""
 
     point: torch.Tensor
+    _quiet_pins = True  # the guide that uses this density says it once
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> dist.Delta:
         return dist.Delta(self.point, event_dim=1)
@@ -205,6 +208,7 @@ class LogDensity:
         """Constrained site values from packed points of shape (..., D)."""
         out, pos = {}, 0
         batch = theta.shape[:-1]
+        theta = self.guide.full_latent(theta)
         for name, site in self.sites.items():
             shape = self.guide._unconstrained_shapes[name]
             size = math.prod(shape)
@@ -225,7 +229,8 @@ class LogDensity:
             shape = self.guide._unconstrained_shapes[name]
             free = torch.distributions.biject_to(site["fn"].support).inv(value)
             parts.append(free.reshape(batch, math.prod(shape)))
-        return torch.cat(parts, -1)
+        full = torch.cat(parts, -1)
+        return full if self.guide.pins is None else self.guide.pins.reduce(full)
 
 
 def site_log_prob(site: dict) -> torch.Tensor:

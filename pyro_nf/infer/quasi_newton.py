@@ -40,6 +40,7 @@ from pyro_nf.infer.gaussian import (
     normal_of,
 )
 from pyro_nf.infer.logdensity import LogDensity
+from pyro_nf.infer.pinning import PinnedPacking
 
 __all__ = ["F64", "PROBE_DRAWS", "AutoPathfinder", "LowRankSqrt", "PathfinderResult",
            "normal_of", "pathfinder", "resolution", "run_paths"]
@@ -363,9 +364,12 @@ def run_paths(target: Callable, init: torch.Tensor, num_paths: int, generator: t
     return paths
 
 
-class AutoPathfinder(AutoContinuous):
+class AutoPathfinder(PinnedPacking, AutoContinuous):
     """A Pyro guide whose posterior over the packed unconstrained latent is a fitted
-    Pathfinder normal approximation (fixed: no parameters to learn)."""
+    Pathfinder normal approximation (fixed: no parameters to learn). It packs as
+    :class:`~pyro_nf.infer.logdensity.LogDensity` does, coordinates without density pinned."""
+
+    _quiet_pins = True
 
     def __init__(self, model: Callable, approximation: LowRankSqrt,
                  log_density: LogDensity | None = None) -> None:
