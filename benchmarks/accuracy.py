@@ -194,6 +194,24 @@ def markdown(results: list[dict], steps: int, notes: dict[str, str], lr: float =
     return "\n".join(lines) + "\n"
 
 
+def load_in_float32_or_64(name: str, float64: bool = False
+                          ) -> tuple[posteriordb.Posterior | None, str, str | None]:
+    """``(posterior, dtype, problem)``: the posterior in float32 (float64 with ``float64``),
+    or in float64 where float32 cannot even trace it (gp_pois_regr: a 1e-10 kernel jitter
+    below float32's resolution, a Cholesky that fails at a prior draw); where neither loads,
+    ``(None, "", the one-line reason)``."""
+    problems = []
+    for dtype in ([torch.float64] if float64 else [torch.float32, torch.float64]):
+        label = str(dtype).removeprefix("torch.")
+        try:
+            return posteriordb.load(name, dtype=dtype), label, None
+        except Exception as err:  # noqa: BLE001 - a posterior that cannot load is a row
+            reason = f"{type(err).__name__}: {next(iter(str(err).splitlines()), '')[:120]}"
+            problems.append(f"{label}: {reason}")
+            print(f"    {name} does not load in {label} ({reason})", flush=True)
+    return None, "", "; ".join(problems)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = script_parser(__doc__, "2 posteriors, 200 steps",
                            "markdown report; the JSON (and .jsonl, row by row) beside it")
@@ -233,13 +251,26 @@ def main(argv: list[str] | None = None) -> int:
     notes = json.loads(Path(args.notes).read_text()) if args.notes else {}
     results = []
     for name in names:
-        post = posteriordb.load(name, dtype=torch.float64 if args.float64 else torch.float32)
+        post, dtype, problem = load_in_float32_or_64(name, args.float64)
         for g in guides:
             print(f"[{time.strftime('%H:%M:%S')}] {name} / {g} ...", flush=True)
+            if post is None:  # neither dtype loads: a row with the reason, not a crash
+                results.append({"posterior": name, "guide": g, "passes": False,
+                                "error": problem})
+                continue
             try:
-                r = evaluate(post, g, steps, lr=args.lr, lr_decay=args.lr_decay,
-                             auto=steps is None)
-                r["dtype"] = "float64" if args.float64 else "float32"
+                try:
+                    r = evaluate(post, g, steps, lr=args.lr, lr_decay=args.lr_decay,
+                                 auto=steps is None)
+                except Exception as err:
+                    if dtype != "float32" or "float64" not in str(err):
+                        raise
+                    # the library's own float32 error says to switch: run it in float64
+                    print(f"    float32 fails ({type(err).__name__}); in float64", flush=True)
+                    post, dtype, _ = load_in_float32_or_64(name, float64=True)
+                    r = evaluate(post, g, steps, lr=args.lr, lr_decay=args.lr_decay,
+                                 auto=steps is None)
+                r["dtype"] = dtype
                 print(f"    {'pass' if r['passes'] else 'FAIL'} k-hat {r['khat']:.2f}, mean err "
                       f"{r['worst_std_mean_error']:.3f}, sd ratio {r['worst_sd_ratio']:.2f}, "
                       f"{r['seconds']:.0f} s {r['why']}", flush=True)

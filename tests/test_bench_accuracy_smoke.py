@@ -107,3 +107,21 @@ def test_mnist_sweep_quick(tmp_path):
     again = tmp_path / "again.md"
     assert mnist.main(["--sweep", "--quick", "--from", str(work), "--out", str(again)]) == 0
     assert again.read_text() == out.read_text()
+
+
+def test_a_posterior_that_does_not_load_is_a_row_with_its_reason(tmp_path):
+    out = tmp_path / "accuracy.md"
+    assert accuracy.main(["--only", "no_such-posterior", "--guides", "AutoNormal",
+                          "--steps", "5", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert ("| no_such-posterior | AutoNormal | error: float32: ValueError: unknown "
+            "posterior") in text
+    row = json.loads(out.with_suffix(".json").read_text())["results"][0]
+    assert row["passes"] is False and "float32" in row["error"] and "float64" in row["error"]
+
+
+def test_gp_pois_regr_loads_in_float32_or_float64():
+    """Its float32 trace may fail a Cholesky at a random prior draw: then it runs in float64."""
+    post, dtype, problem = accuracy.load_in_float32_or_64("gp_pois_regr-gp_pois_regr")
+    assert post is not None and problem is None and dtype in ("float32", "float64")
+    assert post.dim == 13

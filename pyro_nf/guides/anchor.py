@@ -15,9 +15,12 @@ Two candidates, and the one with the higher ELBO (Monte Carlo, on common draws) 
 
 It needs a log density that is the same function at every call. A model that subsamples a
 plate is read over all that plate's rows, in chunks (:mod:`pyro_nf.infer.full_data`), so its
-anchor is the full data's. A model whose density is random for fixed latent values in another
-way (a site hidden by ``poutine.block`` inside an ``AutoGuideList``) gets no anchor, and the
-flow starts from ``init_loc_fn`` as before.
+anchor is the full data's. A model whose density is random at fixed latent values in another
+way (an ``AutoGuideList`` member: the other members' sites are hidden by ``poutine.block`` and
+drawn from their priors) is anchored with fixed random numbers where the draws only add a
+constant to it; where they change its shape (a hidden assignment that a likelihood reads) the
+guide has no anchor, starts from ``init_loc_fn``, and ``guide.anchor_reason`` says why. Both
+are the usual cases of composed guides, so neither warns.
 """
 
 from __future__ import annotations
@@ -77,20 +80,53 @@ class _Target:
         return (self.log_density(theta) + ladj).to(eta.dtype)
 
 
-def _density_problem(target: _Target, point: torch.Tensor) -> str | None:
-    """Why the density at ``point`` cannot anchor a guide (not finite, or not the same under
-    two seeds), or None."""
-    values = []
-    for seed in (1, 2):
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            values.append(float(target(point.to(F64))))
-    if not math.isfinite(values[0]):
-        return f"the model's log density at the initial values is {values[0]}"
-    if values[0] != values[1]:
-        return ("the model's log density changes from call to call at fixed latent values (a "
-                "hidden or subsampled site)")
-    return None
+def _seeded(target: _Target, point: torch.Tensor, seed: int) -> float:
+    """The density at ``point`` with torch's random stream at ``seed``."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        return float(target(point.to(F64)))
+
+
+class _FixedDraws:
+    """A density made a fixed function by running it with the same random numbers at every
+    call: the draws of sites hidden from the guide are then the same at every point."""
+
+    def __init__(self, target: _Target, seed: int = 1) -> None:
+        self.target, self.seed, self.dim = target, seed, target.dim
+        self.log_density = target.log_density
+
+    def __call__(self, eta: torch.Tensor) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return self.target(eta)
+
+
+def _density_problem(target: _Target, point: torch.Tensor) -> tuple[str | None, Any]:
+    """``(problem, target)``: why the density cannot anchor a guide (None where it can), and
+    the density to anchor with.
+
+    A density that is random at fixed latent values (an ``AutoGuideList`` member whose model
+    hides the other members' sites, which are then drawn from their priors) can still anchor
+    the guide when the randomness only adds a constant: when the difference between two
+    points is the same under two seeds (a hidden site read only by an observed one, the
+    usual case). Then the density with fixed random numbers (:class:`_FixedDraws`) has the
+    same shape and is used. Where the hidden draws move the shape (a hidden discrete
+    assignment in a mixture), no Gaussian found at one draw is the guide's start."""
+    here = [_seeded(target, point, seed) for seed in (1, 2)]
+    if not math.isfinite(here[0]):
+        return f"the model's log density at the initial values is {here[0]}", target
+    if here[0] == here[1]:
+        return None, target
+    generator = torch.Generator().manual_seed(0)
+    step = torch.randn(point.shape, generator=generator, dtype=F64).to(point.device)
+    there = [_seeded(target, point.to(F64) + 0.1 * step, seed) for seed in (1, 2)]
+    shift = [a - b for a, b in zip(here, there)]
+    if all(math.isfinite(v) for v in shift) and \
+            abs(shift[0] - shift[1]) <= 1e-6 * (1.0 + abs(shift[0])):
+        return None, _FixedDraws(target)
+    return ("the model's log density at fixed latent values changes shape with random "
+            "draws it makes itself (sites hidden from this guide, e.g. by poutine.block "
+            "inside an AutoGuideList, that other sites read)"), target
 
 
 def _laplace(target: _Target, mode: torch.Tensor) -> LowRankSqrt | None:
@@ -121,19 +157,17 @@ def _laplace(target: _Target, mode: torch.Tensor) -> LowRankSqrt | None:
 
 def find_anchor(model: Any, args: tuple, kwargs: dict, init: torch.Tensor, method: str,
                 centering: Any | None = None, num_paths: int = 2, seed: int = 0
-                ) -> Anchor | None:
+                ) -> Anchor | str | None:
     """The anchor of ``method`` (``"auto"``: Pathfinder or Laplace, the higher ELBO), in
-    float64, or None (with the reason as a warning) where the model's density does not allow
-    one."""
+    float64; where the model's density does not allow one, the reason (a string), or None
+    where no candidate was usable."""
     log_density = LogDensity(model, *args, **kwargs)
     if log_density.dim != len(init):
-        return None
-    target = _Target(log_density, centering)
-    problem = _density_problem(target, init)
+        return (f"the model's density packs {log_density.dim} coordinates where the guide "
+                f"has {len(init)}")
+    problem, target = _density_problem(_Target(log_density, centering), init)
     if problem is not None:
-        warnings.warn(f"AutoFlow: {problem}, so the guide has no Gaussian anchor and starts "
-                      "from init_loc_fn", UserWarning, stacklevel=5)
-        return None
+        return problem
     generator = torch.Generator().manual_seed(seed)
     paths = run_paths(target, init, num_paths, generator)
     grads = sum(p.gradient_evaluations for p in paths)
@@ -222,7 +256,10 @@ class AnchorMixin:
                           f"{next(iter(str(error).splitlines()), '')}); the flow starts from "
                           "init_loc_fn", UserWarning, stacklevel=5)
             return False
-        if anchor is None:
+        if not isinstance(anchor, Anchor):
+            # a composed guide's usual case (module docstring): quiet, and said here
+            self.anchor_reason = anchor or "no Gaussian candidate had a finite ELBO"
+            self.setup_notes.append(f"no Gaussian anchor: {self.anchor_reason}")
             return False
         for name, value in zip(LowRankSqrt.PARTS, anchor.sqrt.to(init_loc.dtype).parts()):
             self.register_buffer(f"anchor_{name.lstrip('_')}", value.to(init_loc.device))

@@ -202,6 +202,11 @@ class AutoFlow(AnchorMixin, SummariesMixin, PinnedPacking, AutoContinuous):
         self._centering = centering
         self._anchor_method = anchor
         self.anchor_info: dict[str, Any] = {}
+        #: why the guide has no Gaussian anchor where ``anchor`` asked for one, or None
+        self.anchor_reason: str | None = None
+        #: one line for each choice made quietly at set-up (pinned coordinates, no anchor,
+        #: sites kept in the model's parametrisation): the usual cases of composed guides
+        self.setup_notes: list[str] = []
         # a plain attribute: a PyroModule/nn.Module model must not become a submodule
         object.__setattr__(self, "_centering_model", model)
         self._slots: dict[str, SiteSlot] = {}
@@ -304,7 +309,8 @@ class AutoFlow(AnchorMixin, SummariesMixin, PinnedPacking, AutoContinuous):
         start lambda from the curvature at the initial values (:func:`initial_centering`) and
         return the initial location in the flow's (eta) coordinates."""
         trace = self.prototype_trace
-        hierarchical = hierarchical_normal_sites(self.model, args, kwargs, trace)
+        hierarchical = hierarchical_normal_sites(self.model, args, kwargs, trace,
+                                                 notes=self.setup_notes)
         if not hierarchical:  # nothing to re-centre: the guide is AutoFlow(centering="model")
             self._slots = {}
             return init_loc

@@ -128,8 +128,8 @@ def run_prior(model: Callable, args: tuple, kwargs: dict, names: list[str],
                        "run to run needs centering='model'")
 
 
-def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace: Any
-                              ) -> list[str]:
+def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace: Any,
+                              notes: list[str] | None = None) -> list[str]:
     """The latent sites whose prior is a Normal (on the real line) with a location or scale
     that depends on the value of another latent site: found by differentiating the location
     and scale with respect to the prototype's values.
@@ -137,7 +137,9 @@ def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace:
     The model runs twice, under two seeds: a site whose location or scale changes between the
     runs depends on something random that the guide does not give (a site hidden by
     ``poutine.block`` inside the model, as in an ``AutoGuideList`` member), so re-centering it
-    would make log q random; it is left as the model wrote it, with a warning."""
+    would make log q random; it is left as the model wrote it, and a line saying so goes to
+    ``notes`` (an ``AutoGuideList`` member's usual case, not a warning), or is a warning
+    where no ``notes`` list is given."""
     values = {name: site["value"].detach().clone().requires_grad_(True)
               for name, site in trace.iter_stochastic_nodes()}
     # a masked site (the unobserved part of obs_mask) has elements without any density: a
@@ -170,10 +172,13 @@ def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace:
               if seen[0][name].shape != seen[1][name].shape
               or not torch.equal(seen[0][name], seen[1][name])]
     if random:
-        warnings.warn(f"AutoFlow(centering='learn'): the prior location or scale of {random} "
-                      "changes from run to run with the same latent values (a latent site the "
-                      "guide does not see, e.g. one hidden with poutine.block?); these sites "
-                      "keep the model's parametrisation", UserWarning, stacklevel=6)
+        note = (f"centering: the prior location or scale of {random} changes from run to run "
+                "with the same latent values (a latent site the guide does not see, e.g. one "
+                "hidden with poutine.block), so these sites keep the model's parametrisation")
+        if notes is None:
+            warnings.warn(f"AutoFlow: {note}", UserWarning, stacklevel=6)
+        else:
+            notes.append(note)
     return [name for name in found if name not in random]
 
 

@@ -227,6 +227,9 @@ class PinnedPacking:
             self.latent_dim = self.pins.dim
             if not getattr(self, "_quiet_pins", False):
                 logger.warning("%s: %s", type(self).__name__, self.pins.describe())
+            notes = getattr(self, "setup_notes", None)
+            if notes is not None:
+                notes.append(self.pins.describe())
 
     def _full_init_loc(self) -> torch.Tensor:
         """The initial packed vector over every coordinate, pinned ones included."""
