@@ -44,3 +44,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in _SLOW_IDS:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_report_header(config):
+    """Which CPU kernels torch runs (ATEN_CPU_CAPABILITY picks others): a fit's rounding,
+    and so a result that hinges on it, depends on them."""
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    return (f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}"
+            + (f" (ATEN_CPU_CAPABILITY={forced})" if forced else ""))

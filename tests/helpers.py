@@ -1,8 +1,30 @@
-"""Helpers shared by the layer tests."""
+"""Helpers shared by the tests: the layer tests' wrappers and tolerances, and the seeds and
+Monte Carlo tolerances of the tests that check accuracy after a fit."""
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
+
+#: Every test that checks accuracy after a fit holds for each of these seeds (it loops over
+#: them), so that a result cannot hinge on one lucky seed, or on the CPU's rounding, which
+#: moves a fit as a seed does (CI runs the suite under two sets of CPU kernels).
+SEEDS = tuple(range(5))
+
+
+def mean_tolerance(sd, draws: int, bias: float = 0.1, z: float = 4.0):
+    """How far a posterior mean estimated from ``draws`` independent draws may be from the
+    exact one: ``bias`` posterior sds (what the fit may be off: fit's own accuracy promise
+    is 0.1 sd) plus ``z`` Monte Carlo standard errors (sd / sqrt(draws))."""
+    return sd * (bias + z / math.sqrt(draws))
+
+
+def sd_ratio_tolerance(draws: int, bias: float = 0.1, z: float = 4.0) -> float:
+    """How far the ratio of an sd estimated from ``draws`` draws to the exact sd may be from 1:
+    ``bias`` (relative) plus ``z`` Monte Carlo standard errors of a Gaussian's sample sd
+    (1 / sqrt(2 draws), relative)."""
+    return bias + z / math.sqrt(2 * draws)
 
 
 class InverseModule(nn.Module):

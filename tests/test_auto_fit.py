@@ -10,6 +10,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import SEEDS, mean_tolerance, sd_ratio_tolerance
 from pyro.infer.autoguide import AutoNormal
 
 import pyro_nf.infer.auto as auto
@@ -39,17 +40,21 @@ def _short_windows(monkeypatch):
 
 
 def test_stops_by_itself_at_the_known_optimum_with_averaged_parameters():
-    guide = AutoNormal(conjugate)
-    result = fit(conjugate, guide, seed=0)
-    assert result.stage == "average" and "stationary" in result.stop_reason
-    assert result.steps < auto.MAX_STEPS and result.converged
-    assert result.lr in auto.PILOT_LRS and set(result.pilot) == {str(v) for v in auto.PILOT_LRS}
-    mu_loc = pyro.param("AutoNormal.locs.mu").item()
-    mu_scale = pyro.param("AutoNormal.scales.mu").item()
-    # the averaged iterate sits at the exact optimum to well within one posterior sd
-    assert abs(mu_loc - POST_MEAN) < 0.1 * POST_SD
-    assert abs(mu_scale / POST_SD - 1) < 0.1
-    assert result.elbo_estimate is not None and result.recommendation is None
+    """Over SEEDS: the averaged iterate (parameters, no Monte Carlo in the check) sits at the
+    exact optimum to within 0.1 posterior sd, its scale within 10%."""
+    for seed in SEEDS:
+        pyro.clear_param_store()
+        guide = AutoNormal(conjugate)
+        result = fit(conjugate, guide, seed=seed)
+        assert result.stage == "average" and "stationary" in result.stop_reason, seed
+        assert result.steps < auto.MAX_STEPS and result.converged, seed
+        assert result.lr in auto.PILOT_LRS
+        assert set(result.pilot) == {str(v) for v in auto.PILOT_LRS}
+        mu_loc = pyro.param("AutoNormal.locs.mu").item()
+        mu_scale = pyro.param("AutoNormal.scales.mu").item()
+        assert abs(mu_loc - POST_MEAN) < 0.1 * POST_SD, (seed, mu_loc)
+        assert abs(mu_scale / POST_SD - 1) < 0.1, (seed, mu_scale)
+        assert result.elbo_estimate is not None and result.recommendation is None, seed
 
 
 def test_explicit_num_steps_keeps_the_fixed_schedule():
@@ -65,6 +70,7 @@ def test_without_num_steps_checkpoints_and_optimisers_are_refused(tmp_path):
 
 
 def test_the_last_check_recommends_the_anchor_when_the_flow_is_worse():
+    pyro.set_rng_seed(0)  # the same start whatever ran before (the check's margin is wide)
     guide = AutoFlow(conjugate, flow="iaf")
     guide()
     anchor = normal_of(guide.anchor_transform())
@@ -110,28 +116,40 @@ def test_a_point_mass_is_never_within_any_accuracy():
 
 def test_an_exact_anchor_stops_before_the_first_step():
     """The conjugate posterior is Gaussian, so AutoFlow's Laplace anchor is exact: the fit
-    proves it by importance sampling and takes no step; accuracy=None runs the schedule."""
-    guide = AutoFlow(conjugate)
-    result = fit(conjugate, guide, seed=0)
-    assert result.stage == "start" and result.steps == 0 and "accuracy" in result.stop_reason
-    assert result.chi2 < 0.01 and result.khat < 0.5 and result.recommendation == "flow"
-    with torch.no_grad():
-        z = guide.get_posterior().sample((4000,))
-    assert abs(z.mean().item() - POST_MEAN) < 0.1 * POST_SD
-    assert abs(z.std().item() / POST_SD - 1) < 0.05
+    proves it by importance sampling and takes no step (over SEEDS; the 4000 draws' mean
+    within 4 Monte Carlo standard errors, its sd within 4 standard errors of the sample sd,
+    no bias allowance: the anchor is exact); accuracy=None runs the schedule."""
+    for seed in SEEDS:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        guide = AutoFlow(conjugate)
+        result = fit(conjugate, guide, seed=seed)
+        assert result.stage == "start" and result.steps == 0, seed
+        assert "accuracy" in result.stop_reason, seed
+        assert result.chi2 < 0.01 and result.khat < 0.5, (seed, result.chi2, result.khat)
+        assert result.recommendation == "flow", seed
+        with torch.no_grad():
+            z = guide.get_posterior().sample((4000,))
+        assert abs(z.mean().item() - POST_MEAN) < mean_tolerance(POST_SD, 4000, bias=0.0)
+        assert abs(z.std().item() / POST_SD - 1) < sd_ratio_tolerance(4000, bias=0.0)
     pyro.clear_param_store()
     scheduled = fit(conjugate, AutoFlow(conjugate), seed=0, accuracy=None)
     assert scheduled.stage == "average" and scheduled.steps > 0
 
 
 def test_a_guide_that_reaches_the_accuracy_stops_at_its_first_stationary_loss():
+    """Over SEEDS; the location is a parameter (no Monte Carlo): within 0.15 posterior sd,
+    what fit's accuracy bound (chi^2 <= 0.01: every mean within 0.1 guide sd) allows."""
     from pyro.infer.autoguide import AutoMultivariateNormal
 
-    guide = AutoMultivariateNormal(conjugate)
-    result = fit(conjugate, guide, seed=0)
-    assert result.stage == "optimise" and "accuracy" in result.stop_reason
-    assert result.steps < auto.WINDOW * (2 + 2 + auto.HALVINGS + auto.AVERAGE_WINDOWS)
-    assert abs(pyro.param("AutoMultivariateNormal.loc").item() - POST_MEAN) < 0.15 * POST_SD
+    for seed in SEEDS:
+        pyro.clear_param_store()
+        guide = AutoMultivariateNormal(conjugate)
+        result = fit(conjugate, guide, seed=seed)
+        assert result.stage == "optimise" and "accuracy" in result.stop_reason, seed
+        assert result.steps < auto.WINDOW * (2 + 2 + auto.HALVINGS + auto.AVERAGE_WINDOWS)
+        loc = pyro.param("AutoMultivariateNormal.loc").item()
+        assert abs(loc - POST_MEAN) < 0.15 * POST_SD, (seed, loc)
 
 
 @pytest.mark.parametrize("elbo,anchor_elbo,khat,anchor_khat,expected", [
