@@ -25,6 +25,14 @@ if _DEVICE:
     torch.set_default_device(_DEVICE)
 
 
+@pytest.fixture(autouse=True)
+def _empty_param_store():
+    """Every test starts with an empty Pyro param store, whatever ran before it (a guide's
+    parameters left by another test would be taken up by a new guide of the same name)."""
+    pyro.clear_param_store()
+    yield
+
+
 @pytest.fixture
 def fresh_store():
     """An empty Pyro param store and a fixed seed (0) for the test, the store emptied after."""

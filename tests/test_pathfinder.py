@@ -9,6 +9,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import SEEDS, mean_tolerance, sd_ratio_tolerance
 from pyro.distributions import constraints
 from pyro.infer import Predictive
 
@@ -102,28 +103,65 @@ def test_low_rank_sqrt_is_exact():
     torch.testing.assert_close(q_dist.log_prob(x), exact.log_prob(x))
 
 
-@pytest.mark.parametrize("dim", [10, 100])
+def draws_mean_se(result, mean, cov):
+    """Per coordinate, the Monte Carlo standard error of the mean of Pathfinder's n draws of
+    N(mean, cov). Where its importance weights' k-hat is below 0.7 they are n draws resampled
+    from n draws x of the approximation q with weights w = p / q (self-normalised): variance
+    sum_i w_i^2 (x_i - mean)^2 (estimated on n fresh draws of q; the Pareto smoothing of the
+    weights only lowers it) plus sd^2 / n (the multinomial resampling). Otherwise they are q's
+    own draws: sd_q / sqrt(n)."""
+    n, approx = len(result.draws), result.approximation
+    if result.khat >= 0.7:
+        return approx.covariance().diagonal().sqrt() / math.sqrt(n)
+    q = normal_of(approx)
+    with torch.no_grad():
+        x = q.sample((n,))
+        log_w = dist.MultivariateNormal(mean, covariance_matrix=cov).log_prob(x) - q.log_prob(x)
+        w = log_w.softmax(0)
+    return ((w[:, None] ** 2 * (x - mean) ** 2).sum(0) + cov.diagonal() / n).sqrt()
+
+
+# D = 10 loops over SEEDS (over a second), D = 100 is listed in tests/slow_tests.txt
+@pytest.mark.parametrize("dim", [pytest.param(10, marks=pytest.mark.slow), 100])
 def test_exact_gaussian_mean_within_monte_carlo_error(dim):
     """Correlation 0.95 between neighbours, sds from 0.1 to 10: one path finds the mean
     within Monte Carlo error in at most 1000 gradient evaluations; the covariance is as
     good as rank 2 * history plus a diagonal allows (the KL printed is reported in
-    benchmarks/results/pathfinder.md)."""
+    benchmarks/results/pathfinder.md). D = 10 over SEEDS (the path's start and the draws),
+    D = 100 at seed 0 (its path costs ten times as much). The draws' mean within 0.01 sd (the
+    approximation's mean, checked first) plus 4.5 Monte Carlo standard errors
+    (draws_mean_se; z = 4.5 over the 150 coordinates of all runs). The KL depends on the
+    path's start, not on Monte Carlo: at D = 10 it is 0.89 to 1.24 over SEEDS (the same under
+    AVX2 and the plain kernels), so the bound is 1.5; at D = 100, 37.3 (bound 40)."""
     mean, cov = correlated_gaussian(dim)
-    result = pathfinder(gaussian_model(mean, cov), num_paths=1, num_draws=2000, seed=0)
-    assert result.gradient_evaluations <= 1000
     sd = cov.diagonal().sqrt()
-    approx = result.approximation
-    assert float(((approx.loc - mean) / sd).abs().max()) < 0.01
-    z = (result.draws.mean(0) - mean) / (sd / math.sqrt(len(result.draws)))
-    assert float(z.abs().max()) < 6.0
-    kl = gaussian_kl(approx.loc, approx.covariance(), mean, cov)
-    print(f"D={dim}: KL(pathfinder || truth) = {kl:.3f}, "
-          f"{result.gradient_evaluations} gradient evaluations")
-    assert kl < (1.0 if dim == 10 else 40.0)
+    for seed in SEEDS if dim == 10 else SEEDS[:1]:
+        pyro.set_rng_seed(seed)
+        result = pathfinder(gaussian_model(mean, cov), num_paths=1, num_draws=2000, seed=seed)
+        assert result.gradient_evaluations <= 1000, (seed, result.gradient_evaluations)
+        approx = result.approximation
+        loc_error = float(((approx.loc - mean) / sd).abs().max())
+        assert loc_error < 0.01, (seed, loc_error)
+        error = (result.draws.mean(0) - mean).abs()
+        tol = 0.01 * sd + 4.5 * draws_mean_se(result, mean, cov)
+        assert bool((error < tol).all()), (seed, result.khat, error / tol)
+        kl = gaussian_kl(approx.loc, approx.covariance(), mean, cov)
+        print(f"D={dim}, seed {seed}: KL(pathfinder || truth) = {kl:.3f}, "
+              f"{result.gradient_evaluations} gradient evaluations")
+        assert kl < (1.5 if dim == 10 else 40.0), (seed, kl)
 
 
 def test_flat_prior_draws_and_a_guide_that_pyro_and_the_diagnostics_take():
+    """Pathfinder's draws and guide on a normal posterior N(mean(y), 1 / 5), which it
+    approximates exactly (one curvature pair gives a 1-D Gaussian's variance), so the
+    tolerances are Monte Carlo error alone, 4 standard errors: its 1000 draws are resampled
+    from 1000 with equal weights, which doubles their variance (500 effective draws; or, where
+    k-hat rejects the weights, 1000 independent draws), so the mean within 4 sd / sqrt(500) =
+    0.080 and the sd within 4 / sqrt(2 * 500) = 12.6%; the guide's 500 independent draws in
+    Predictive: sd within 12.6%, 0.057."""
+    pyro.set_rng_seed(0)  # Predictive's and to_inference_data's draws: the same whatever ran
     y = torch.tensor([2.1, 3.4, 1.7, 2.8, 3.9])
+    post_sd = 1 / math.sqrt(5)
 
     def flat(y):
         mu = pyro.sample("mu", dist.ImproperUniform(constraints.real, (), ()))
@@ -132,8 +170,10 @@ def test_flat_prior_draws_and_a_guide_that_pyro_and_the_diagnostics_take():
 
     result = pathfinder(flat, y, seed=1)
     assert set(result.samples) == {"mu"} and result.samples["mu"].shape == (1000,)
-    np.testing.assert_allclose(float(result.samples["mu"].mean()), float(y.mean()), atol=0.1)
-    np.testing.assert_allclose(float(result.samples["mu"].std()), 1 / math.sqrt(5), rtol=0.1)
+    np.testing.assert_allclose(float(result.samples["mu"].mean()), float(y.mean()),
+                               atol=mean_tolerance(post_sd, 500, bias=0.0), rtol=0)
+    np.testing.assert_allclose(float(result.samples["mu"].std()), post_sd,
+                               rtol=sd_ratio_tolerance(500, bias=0.0))
 
     def vague(y):  # Pyro's Predictive samples the prior once, so it needs a proper one
         mu = pyro.sample("mu", dist.Normal(0.0, 100.0))
@@ -143,7 +183,8 @@ def test_flat_prior_draws_and_a_guide_that_pyro_and_the_diagnostics_take():
     guide = pathfinder(vague, y, seed=1).guide
     mu = Predictive(vague, guide=guide, num_samples=500, return_sites=["mu"])(y)["mu"]
     assert mu.numel() == 500  # (500, 1): Predictive keeps the plate dimension, as for AutoNormal
-    assert abs(float(mu.std()) - 1 / math.sqrt(5)) < 0.05
+    sd_ratio = float(mu.std()) / post_sd
+    assert abs(sd_ratio - 1) < sd_ratio_tolerance(500, bias=0.0), sd_ratio
     report = diagnose(to_inference_data(vague, guide, y, num_samples=2000))
     assert report.verdict == "reliable"  # a normal posterior: the approximation is exact
 

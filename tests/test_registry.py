@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import SEEDS, mean_tolerance
 from pyro.distributions.torch_transform import ComposeTransformModule
 
 import pyro_nf
@@ -166,31 +169,43 @@ def test_default_widths_scale_linearly_and_are_capped():
 
 
 def test_flow_as_pyro_guide_distribution_trains():
-    """A composed flow in a TransformedDistribution works inside Pyro's SVI."""
-    pyro.clear_param_store()
-    torch.manual_seed(0)
+    """A composed flow in a TransformedDistribution works inside Pyro's SVI: from a random
+    initialisation it fits a correlated 2-D Gaussian, over SEEDS. 400 steps, the learning rate
+    decaying to 0.02 * 0.996^400 = 0.004, as it did over the 1500 steps at 0.999 this test took
+    before (after 400 the means were within 0.07 and the correlation within 0.03 at every
+    seed). Tolerances over 4000 draws: each mean within 0.1 sd plus 4 Monte Carlo standard
+    errors (mean_tolerance: 0.163, sd 1); the correlation within 0.075 (the fit's allowance)
+    plus 4 standard errors of a sample correlation, (1 - 0.8^2) / sqrt(4000): 0.098."""
     target = dist.MultivariateNormal(torch.tensor([1.0, -1.0]),
                                      torch.tensor([[1.0, 0.8], [0.8, 1.0]]))
-    flow = build_flow(["realnvp", "planar", "maf"], 2)
+    n = 4000
+    corr_tol = 0.075 + 4 * (1 - 0.8 ** 2) / math.sqrt(n)
 
     def model():
         pyro.sample("z", target)
 
-    def guide():
-        pyro.module("flow", flow)
-        pyro.sample("z", dist.TransformedDistribution(
-            dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1), list(flow.parts)))
+    for seed in SEEDS:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)  # the flow's initial parameters and the SVI draws
+        flow = build_flow(["realnvp", "planar", "maf"], 2)
 
-    svi = pyro.infer.SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.999}),
-                         pyro.infer.Trace_ELBO(num_particles=8, vectorize_particles=True))
-    for _ in range(1500):
-        svi.step()
-    with torch.no_grad():
-        q = dist.TransformedDistribution(dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1),
-                                         list(flow.parts))
-        z = q.sample((4000,))
-    torch.testing.assert_close(z.mean(0), target.mean, atol=0.15, rtol=0)
-    assert abs(float(torch.corrcoef(z.T)[0, 1]) - 0.8) < 0.1
+        def guide(flow=flow):
+            pyro.module("flow", flow)
+            pyro.sample("z", dist.TransformedDistribution(
+                dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1), list(flow.parts)))
+
+        svi = pyro.infer.SVI(model, guide, pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.996}),
+                             pyro.infer.Trace_ELBO(num_particles=8, vectorize_particles=True))
+        for _ in range(400):
+            svi.step()
+        with torch.no_grad():
+            q = dist.TransformedDistribution(
+                dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1), list(flow.parts))
+            z = q.sample((n,))
+        error = (z.mean(0) - target.mean).abs()
+        assert bool((error < mean_tolerance(1.0, n)).all()), (seed, error)
+        corr = float(torch.corrcoef(z.T)[0, 1])
+        assert abs(corr - 0.8) < corr_tol, (seed, corr)
 
 
 def test_registry_functions_moved_to_transforms_with_deprecated_aliases():
