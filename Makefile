@@ -30,13 +30,16 @@ $(BENCH_STAMP): $(STAMP)
 
 bench-venv: $(BENCH_STAMP)
 
+# The tests run in one process per core (pytest-xdist), a test file's tests in the same one.
+XDIST ?= -n auto --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 # The fast tier (under a minute on 2 cores): every test but those marked slow, in their files
 # or by tests/slow_tests.txt (measured). `make test` runs both tiers.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # The second lane: the whole suite on Python 3.12, where pip resolves ArviZ 1.x (DataTree,
 # arviz-base/-stats/-plots). Finds pyenv's 3.12 or python3.12 on PATH; override with

@@ -20,6 +20,10 @@ _SHARED = Path(__file__).resolve().parents[2] / "shared"
 os.environ.setdefault("PYRO_NF_MNIST", str(_SHARED / "data"))
 os.environ.setdefault("PYRO_NF_POSTERIORDB", str(_SHARED / "posteriordb"))
 
+# one torch thread per process when pytest-xdist runs one process per core (make test)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 _DEVICE = os.environ.get("PYRO_NF_TEST_DEVICE")
 if _DEVICE:
     torch.set_default_device(_DEVICE)

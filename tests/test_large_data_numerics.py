@@ -10,7 +10,7 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
-from helpers import SEEDS, mean_tolerance, sd_ratio_tolerance
+from helpers import LONG_SEEDS, mean_tolerance, sd_ratio_tolerance
 
 import pyro_nf
 from pyro_nf.guides import anchor
@@ -84,13 +84,13 @@ def test_only_a_subsampled_models_paths_are_scored_on_probe_draws_first():
 
 
 def test_float32_model_of_many_rows_anchors_at_the_exact_posterior_and_stops_at_start():
-    """Over SEEDS: each mean within 0.03 sd (the float32 anchor's allowance) plus 4 Monte Carlo
+    """Over LONG_SEEDS: each mean within 0.03 sd (the float32 anchor's allowance) plus 4 Monte Carlo
     standard errors of the 4000 draws' mean, each sd within 1% plus 4 standard errors of the
     sample sd; the exact guide's ELBO within 0.01 nats of log Z."""
     x, y = rows(200_000)
     mean, cov, log_z = exact(x, y)
     sd = cov.diagonal().sqrt()
-    for seed in SEEDS:
+    for seed in LONG_SEEDS:
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         guide = pyro_nf.AutoFlow(regression)
@@ -213,7 +213,7 @@ def logistic(x, y, batch=None):
 def test_a_subsampled_models_pilot_scores_step_sizes_by_the_full_data_elbo():
     """A minibatch ELBO of 100 of 2000 rows has a spread of nats even over 256 draws: the
     pilot's scores are the full data's, each within 0.5 nats below log Z (log Z by importance
-    sampling from the Laplace anchor, 20,000 draws), over SEEDS; a score may exceed log Z only
+    sampling from the Laplace anchor, 20,000 draws), over LONG_SEEDS; a score may exceed log Z only
     by Monte Carlo error, 0.05 nats (about 4 standard errors of a 256-draw ELBO of this
     near-exact anchor)."""
     from pyro_nf.infer.auto import full_data_elbo
@@ -234,7 +234,7 @@ def test_a_subsampled_models_pilot_scores_step_sizes_by_the_full_data_elbo():
     log_z = float(torch.logsumexp(lw, 0)) - math.log(len(lw))
     assert abs(full_data_elbo(log_density, q) - log_z) < 0.1  # a good anchor: a tight bound
     start = {k: v.detach().clone() for k, v in guide.state_dict().items()}
-    for seed in SEEDS:
+    for seed in LONG_SEEDS:
         guide.load_state_dict(start)
         result = pyro_nf.fit(logistic, guide, x, y, batch=100, seed=seed, progress=False,
                              accuracy=1e-4, max_steps=100)  # a bound no check passes: steps

@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import SEEDS, mean_tolerance
+from helpers import LONG_SEEDS, mean_tolerance
 from test_modes import mixture_model
 
 import pyro_nf
@@ -80,13 +80,13 @@ def test_integer_modes_keeps_the_heaviest_and_starts_each_at_its_mode():
 
 def test_auto_modes_fit_puts_each_modes_mass_where_it_belongs():
     """The issue's case: one flow keeps one mode; the mixture keeps both, 0.3 and 0.7, over
-    SEEDS (the mode search's seed too). The share of 4000 draws in the 0.3 mode within the
+    LONG_SEEDS (the mode search's seed too). The share of 4000 draws in the 0.3 mode within the
     fit's allowance plus 4 binomial standard errors, 0.02 + 4 sqrt(0.21 / 4000) = 0.049; the
     weights (importance-sampling estimates that have almost no Monte Carlo error with
     near-exact components) within 0.05."""
     model = mixture_model(*TWO)
     share_tol = share_tolerance(0.3, 4000)
-    for seed in SEEDS:
+    for seed in LONG_SEEDS:
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         guide = pyro_nf.AutoFlow(model, modes="auto", search=pyro_nf.find_modes(model, seed=seed))
@@ -122,7 +122,7 @@ def test_one_mode_gives_one_component():
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["two_19", "four"])
 def test_auto_modes_on_harder_mixtures(case):
-    """A 0.1 mode beside a 0.9 one, and four modes of 0.1 to 0.4, over SEEDS (the mode
+    """A 0.1 mode beside a 0.9 one, and four modes of 0.1 to 0.4, over LONG_SEEDS (the mode
     search's seed too): each mode's share of 8000 draws (those nearest its centre) within the
     fit's allowance plus 4 binomial standard errors, 0.02 + 4 sqrt(w (1 - w) / 8000): 0.033
     for w = 0.1 or 0.9, up to 0.042 for w = 0.4."""
@@ -130,7 +130,7 @@ def test_auto_modes_on_harder_mixtures(case):
     model = mixture_model(locs, weights, cov)
     centres = torch.tensor(locs, dtype=torch.float64)
     tols = [share_tolerance(w, 8000) for w in weights]
-    for seed in SEEDS:
+    for seed in LONG_SEEDS:
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         guide = pyro_nf.AutoFlow(model, modes="auto", search=pyro_nf.find_modes(model, seed=seed))

@@ -10,7 +10,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import SEEDS, mean_tolerance, sd_ratio_tolerance
+from helpers import LONG_SEEDS, SEEDS, mean_tolerance, sd_ratio_tolerance
 from pyro.distributions import constraints
 from pyro.infer.autoguide.initialization import InitMessenger
 from torch.distributions import biject_to
@@ -82,13 +82,13 @@ def test_a_factor_only_density_fits_to_its_known_answer():
 
 @pytest.mark.slow
 def test_flat_priors_fit_with_the_default_guide():
-    """Over SEEDS. Flat priors: mu | y is Student-t around the sample mean with scale
+    """Over LONG_SEEDS. Flat priors: mu | y is Student-t around the sample mean with scale
     s / sqrt(n) and n - 2 degrees of freedom; its mean within 0.1 sd plus 4 Monte Carlo
     standard errors, its sd within 25% (a t's tails from a fixed 800-step fit)."""
     y = torch.tensor([2.1, 3.4, 1.7, 2.8, 3.9, 2.2, 2.6, 3.1])
     n, s = len(y), float(y.std())
     t_sd = s / math.sqrt(n) * math.sqrt((n - 2) / (n - 4))  # t with n - 2 dof (flat sigma)
-    for seed in SEEDS:
+    for seed in LONG_SEEDS:
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         guide = AutoFlow(flat_normal)
@@ -145,10 +145,10 @@ def exact_theta(y=Y, group=GROUP):
 
 @pytest.mark.slow
 def test_a_model_written_for_one_particle_fits_with_sequential_particles():
-    """Over SEEDS, each model's theta means within 0.1 sd plus 4 Monte Carlo standard errors
+    """Over LONG_SEEDS, each model's theta means within 0.1 sd plus 4 Monte Carlo standard errors
     of the exact conjugate posterior's (mean_tolerance of 3000 draws)."""
     mean, sd = exact_theta()
-    for seed in SEEDS:
+    for seed in LONG_SEEDS:
         for model in (one_particle, vectorised):
             pyro.clear_param_store()
             pyro.set_rng_seed(seed)
