@@ -30,8 +30,8 @@ $(BENCH_STAMP): $(STAMP)
 
 bench-venv: $(BENCH_STAMP)
 
-# The tests run in one process per core (pytest-xdist), a test file's tests in the same one.
-XDIST ?= -n auto --dist loadfile
+# The tests run in one process per core (pytest-xdist); an idle one takes tests from a busy one.
+XDIST ?= -n auto --dist worksteal
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
