@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PYRO_NF_MNIST ?= $(abspath ../shared/data)
 export PYRO_NF_POSTERIORDB ?= $(abspath ../shared/posteriordb)
 
-.PHONY: test test-fast test-arviz1 demo lint bench bench-quick bench-layers bench-mnist bench-validate bench-venv venv clean
+.PHONY: test test-fast test-arviz1 venv-arviz1 demo lint bench bench-quick bench-layers bench-mnist bench-validate bench-venv venv clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,11 @@ ARVIZ1_PYTEST_ARGS ?=
 test-arviz1:
 	@test -n "$(PY312)" || { echo "make test-arviz1: no python3.12 found; pass PY312=/path/to/python3.12"; exit 1; }
 	$(MAKE) test PYTHON=$(PY312) VENV=$(VENV312) PYTEST_ARGS='$(ARVIZ1_PYTEST_ARGS)'
+
+# The second lane's environment alone (CI builds it while the first lane's tests run).
+venv-arviz1:
+	@test -n "$(PY312)" || { echo "make venv-arviz1: no python3.12 found; pass PY312=/path/to/python3.12"; exit 1; }
+	$(MAKE) venv PYTHON=$(PY312) VENV=$(VENV312)
 
 
 demo: $(STAMP)

@@ -53,25 +53,21 @@ def _ids(name: str) -> set[str]:
             if line.strip() and not line.startswith("#")}
 
 
-#: The fit-accuracy tests (tests/fit_accuracy_tests.txt), and the files whose tests read or
-#: write ArviZ's objects: CI's second lane (ArviZ 1.x, other CPU kernels) runs these and the
-#: fast tier.
+#: The fit-accuracy tests (tests/fit_accuracy_tests.txt): CI's second lane (ArviZ 1.x, other
+#: CPU kernels) runs these and the fast tier.
 _FIT_ACCURACY_IDS = _ids("fit_accuracy_tests.txt")
 #: The measured slow tier (see the file's header): these ids get the ``slow`` marker.
 _SLOW_IDS = _ids("slow_tests.txt")
-_ARVIZ_FILES = {"test_arviz_lines.py", "test_diagnostics.py", "test_cli.py", "test_readme.py"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests of tests/slow_tests.txt slow (``-m "not slow"`` is the fast tier), those
-    of tests/fit_accuracy_tests.txt fit_accuracy and the ArviZ-facing files' arviz."""
+    """Mark the tests of tests/slow_tests.txt slow (``-m "not slow"`` is the fast tier) and
+    those of tests/fit_accuracy_tests.txt fit_accuracy."""
     for item in items:
         if item.nodeid in _SLOW_IDS:
             item.add_marker(pytest.mark.slow)
         if item.nodeid.split("[")[0] in _FIT_ACCURACY_IDS:
             item.add_marker(pytest.mark.fit_accuracy)
-        if Path(str(item.fspath)).name in _ARVIZ_FILES:
-            item.add_marker(pytest.mark.arviz)
 
 
 def pytest_report_header(config):
