@@ -169,8 +169,9 @@ def test_plain_encoder_svi_recovers_conjugate_posterior():
     x_n ~ N(z_n, 0.5)) the exact posterior is N(0.8 x_n, 0.2), which it must learn, over
     LONG_SEEDS (all five pass: docs/notes/seeds_and_kernels.md). The encoder's mean and sd
     are compared exactly (no draws, so no Monte Carlo error): the tolerances are the fit's
-    allowance for the SGD noise and the small encoder, 0.08 in the mean (0.18 posterior sd) and 0.05 in the sd (11%). 800 steps: the errors are
-    the SGD noise's and the encoder's, as large after 1500 (0.01 to 0.05 in the mean)."""
+    allowance for the SGD noise and the small encoder, 0.08 in the mean (0.18 posterior sd)
+    and 0.05 in the sd (11%). 800 steps: the errors are the SGD noise's and the encoder's, as
+    large after 1500 (0.01 to 0.05 in the mean)."""
     def model(x):
         with pyro.plate("data", len(x)):
             z = pyro.sample("z", dist.Normal(0.0, 1.0))
