@@ -68,7 +68,10 @@ def nuts_draws():
 NUTS_FIT_SEEDS = LONG_SEEDS
 #: What a fixed 1500-step fit on minibatches of 12 may be off by, in reference sds, besides
 #: Monte Carlo error: seed 1 put one theta's mean 0.315 sd off, where 0.1 + 4.5 standard
-#: errors allowed 0.30 (docs/notes/seeds_and_kernels.md).
+#: errors allowed 0.30. NOT all five seeds hold: under the plain CPU kernels the Gaussian
+#: encoder (flow=None) at seed 3 put mu 0.49 sd off (allowed 0.36): a fixed-budget fit that
+#: has not converged, which this test at seed 0 does not catch (docs/notes/seeds_and_kernels.md;
+#: a follow-up, not a tolerance to widen).
 FIT_ALLOWANCE = 0.15
 GUIDE_DRAWS = 2000
 
