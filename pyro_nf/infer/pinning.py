@@ -57,13 +57,14 @@ class Pins:
         self.index = free.nonzero().reshape(-1)
         self.dim = int(free.sum())
         self.sizes = sizes
+        bounds = torch.tensor([0, *sizes.values()]).cumsum(0).tolist()
+        #: each site's slice of the full packed vector
+        self.slices = {name: slice(a, b) for name, a, b in zip(sizes, bounds, bounds[1:])}
         self.counts: dict[str, int] = {}
-        pos = 0
-        for name, size in sizes.items():
-            pinned = size - int(free[pos:pos + size].sum())
+        for name, part in self.slices.items():
+            pinned = part.stop - part.start - int(free[part].sum())
             if pinned:
                 self.counts[name] = pinned
-            pos += size
 
     def expand(self, z: torch.Tensor) -> torch.Tensor:
         """Free coordinates ``(..., dim)`` to the full packed vector ``(..., D_full)``
@@ -79,13 +80,8 @@ class Pins:
         and the values of all (zero where free), for :func:`fill`; None if none is pinned."""
         if name not in self.counts:
             return None
-        pos = 0
-        for other, size in self.sizes.items():
-            if other == name:
-                free = self.free[pos:pos + size]
-                return free.nonzero().reshape(-1), self.values[pos:pos + size]
-            pos += size
-        raise KeyError(name)
+        part = self.slices[name]
+        return self.free[part].nonzero().reshape(-1), self.values[part]
 
     def describe(self) -> str:
         """One line: which sites have pinned coordinates, and how many."""
@@ -132,11 +128,17 @@ def _masked_coordinates(trace: Any, shapes: dict[str, torch.Size]) -> dict[str, 
         if mask is None:
             continue
         shape = tuple(shapes[name])
-        extra = len(shape) - mask.dim()
-        if extra < 0 or tuple(shape[:mask.dim()]) != tuple(mask.shape):
+        if len(shape) < mask.dim() or tuple(shape[:mask.dim()]) != tuple(mask.shape):
             continue  # the unconstrained value does not keep the batch shape in front
-        out[name] = (~mask).reshape(mask.shape + (1,) * extra).expand(shape)
+        out[name] = _over_events(~mask, shape)
     return out
+
+
+def _over_events(batch_mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A mask over a site's batch shape spread over the event dimensions of its
+    unconstrained ``shape`` (every coordinate of an element takes the element's value)."""
+    extra = len(shape) - batch_mask.dim()
+    return batch_mask.reshape(batch_mask.shape + (1,) * extra).expand(tuple(shape))
 
 
 def _gradients(model: Callable, args: tuple, kwargs: dict, values: dict[str, torch.Tensor],
@@ -208,8 +210,7 @@ def _unconstrained_zero(grad: torch.Tensor, shape: torch.Size, site: dict) -> to
     zero = grad == 0
     if event_dim:
         zero = zero.flatten(-event_dim).all(-1)
-    extra = len(shape) - zero.dim()
-    return zero.reshape(zero.shape + (1,) * extra).expand(tuple(shape))
+    return _over_events(zero, tuple(shape))
 
 
 class PinnedPacking:
