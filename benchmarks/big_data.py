@@ -21,7 +21,7 @@ Posteriors (data simulated with a fixed seed, float32):
 AutoFlow: the Pyro model draws a minibatch of ``--batch`` rows in its plate
 (``pyro.plate("data", N, subsample_size=B)``); ``AutoFlow(model)`` and one
 ``pyro_nf.fit(model, guide, X, y, batch=B, seed=0)`` with fit's own defaults: the Gaussian
-anchor and every importance check read all N rows in chunks (``pyro_nf.infer.full_data``), the
+anchor and every importance check read all N rows in chunks (``pyro_nf.densities.full_data``), the
 steps read minibatches. Its time is wall seconds from the guide's construction to the end of
 ``fit``. The criterion: on 4000 guide draws, every mean within 0.1 reference sd, every sd within
 10% of the reference's, and PSIS k-hat < 0.7 from a full-data importance check of 1000 draws.
@@ -65,7 +65,7 @@ def numpyro_nuts(name: str, data: dict, warmup: int, samples: int, seed: int) ->
     import jax
     from numpyro.infer import MCMC, NUTS
 
-    from pyro_nf.diagnostics import _arviz
+    from pyro_nf.utils import arviz_compat
 
     t0 = time.perf_counter()
     mcmc = MCMC(NUTS(numpyro_model(name)), num_warmup=warmup, num_samples=samples,
@@ -78,7 +78,7 @@ def numpyro_nuts(name: str, data: dict, warmup: int, samples: int, seed: int) ->
     draws = {k: np.asarray(v) for k, v in mcmc.get_samples().items()
              if k not in LOCAL_SITES.get(name, ())}
     sampling = time.perf_counter() - t0 - warm
-    min_ess = min(float(np.min(_arviz.ess(v[None]))) for v in scalars(draws).values())
+    min_ess = min(float(np.min(arviz_compat.ess(v[None]))) for v in scalars(draws).values())
     needed = sampling * 400.0 / max(min_ess, 1e-9)
     return {"seconds": warm + min(sampling, needed), "warmup_seconds": warm,
             "sampling_seconds": sampling, "min_bulk_ess": min_ess,
@@ -105,7 +105,7 @@ def pyro_nuts(name: str, data: dict, warmup: int, samples: int, seed: int) -> di
     import torch
     from pyro.infer import MCMC, NUTS
 
-    from pyro_nf.diagnostics import _arviz
+    from pyro_nf.utils import arviz_compat
 
     x, y = (torch.from_numpy(data[k]) for k in ("x", "y"))
     pyro.set_rng_seed(seed)
@@ -122,7 +122,7 @@ def pyro_nuts(name: str, data: dict, warmup: int, samples: int, seed: int) -> di
     end = time.perf_counter()
     warm = marks.get("sample", end) - t0
     draws = {k: v.detach().numpy() for k, v in mcmc.get_samples().items()}
-    min_ess = min(float(np.min(_arviz.ess(v[None]))) for v in scalars(draws).values())
+    min_ess = min(float(np.min(arviz_compat.ess(v[None]))) for v in scalars(draws).values())
     sampling = end - t0 - warm
     needed = sampling * 400.0 / max(min_ess, 1e-9)
     return {"seconds": warm + min(sampling, needed), "min_bulk_ess": min_ess,
@@ -156,8 +156,8 @@ def criterion(fitted: tuple, ref: dict[str, np.ndarray], draws: int = 4000,
     """Means within 0.1 reference sd, sds within 10%, k-hat of a full-data importance check."""
     import torch
 
-    from pyro_nf.infer.auto import importance_check
-    from pyro_nf.infer.logdensity import LogDensity
+    from pyro_nf.densities.logdensity import LogDensity
+    from pyro_nf.training.schedules import importance_check
 
     model, guide, args, kwargs = fitted
     with torch.no_grad():

@@ -60,7 +60,7 @@ def load_example(name: str) -> Any:
 
 def library_versions() -> dict[str, str]:
     """Versions of torch, pyro, arviz and (when importable) zuko."""
-    from pyro_nf.diagnostics import _arviz
+    from pyro_nf.utils import arviz_compat
 
     out = {"torch": torch.__version__, "pyro": pyro.__version__}
     try:
@@ -69,7 +69,7 @@ def library_versions() -> dict[str, str]:
         out["zuko"] = "not installed"
     else:
         out["zuko"] = getattr(zuko, "__version__", "unknown")
-    out["arviz"] = _arviz.version()
+    out["arviz"] = arviz_compat.version()
     return out
 
 

@@ -39,10 +39,10 @@ import pyro_nf
 from benchmarks._timing import adaptive_blocks, time_interleaved
 from benchmarks.common import machine_info, machine_line, script_parser, write_report
 from benchmarks.speed import zuko_guide
-from pyro_nf.infer.optim import JointAdam, Snapshot
-from pyro_nf.infer.step import guarded_step
+from pyro_nf.training.optim import JointAdam, Snapshot
+from pyro_nf.training.step import guarded_step
 
-FIT = sys.modules["pyro_nf.infer.fit"]  # the module (pyro_nf.infer.fit is also the function)
+FIT = sys.modules["pyro_nf.training.fit"]  # the module (pyro_nf.training.fit is also the function)
 
 try:
     import zuko

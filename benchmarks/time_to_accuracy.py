@@ -49,7 +49,7 @@ from benchmarks.common import (
     script_parser,
     write_report,
 )
-from pyro_nf.diagnostics import _arviz
+from pyro_nf.utils import arviz_compat
 
 G, K, TAU, SIGMA = 100, 5, 1.0, 2.0
 
@@ -148,7 +148,7 @@ def nuts_time(model, params: list[str], warmup: int, samples: int, seed: int = 0
     warm = marks.get("sample_start", end) - t0
     draws = {k: v.detach().double().numpy()[None] for k, v in mcmc.get_samples().items()
              if k in params}
-    min_ess = float(min(float(_arviz.ess(v).min()) for v in draws.values()))
+    min_ess = float(min(float(arviz_compat.ess(v).min()) for v in draws.values()))
     sampling = end - t0 - warm
     needed = sampling * 400.0 / max(min_ess, 1e-9)
     return {"seconds": warm + min(sampling, needed), "warmup_seconds": warm,

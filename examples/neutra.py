@@ -19,8 +19,8 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.reparam import NeuTraReparam
 
 import pyro_nf
-from pyro_nf.diagnostics import _arviz
 from pyro_nf.models import neals_funnel
+from pyro_nf.utils import arviz_compat
 
 
 def ess_per_second(model, num_samples: int, seed: int, transform=None,
@@ -34,7 +34,7 @@ def ess_per_second(model, num_samples: int, seed: int, transform=None,
     seconds = time.perf_counter() - t0
     samples = mcmc.get_samples()
     v = transform(samples) if transform else samples["v"]
-    ess = float(_arviz.ess(np.asarray(v)[None]))
+    ess = float(arviz_compat.ess(np.asarray(v)[None]))
     return {"ess": ess, "seconds": seconds, "ess_per_second": ess / seconds,
             "v_sd": float(np.std(np.asarray(v)))}
 

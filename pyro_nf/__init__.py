@@ -15,17 +15,9 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 from pyro_nf import transforms
+from pyro_nf.approximations import AutoPathfinder, PathfinderResult, find_modes, pathfinder
 from pyro_nf.guides import DEFAULT_AMORTIZED_FLOW, DEFAULT_FLOW, AmortizedFlow, AutoFlow
-from pyro_nf.infer import (
-    AutoPathfinder,
-    FitResult,
-    NonFiniteLossError,
-    PathfinderResult,
-    STLTrace_ELBO,
-    find_modes,
-    fit,
-    pathfinder,
-)
+from pyro_nf.training import FitResult, NonFiniteLossError, STLTrace_ELBO, fit
 
 try:  # the one version string is pyproject.toml's
     __version__ = version("pyro-nf")

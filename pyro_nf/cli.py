@@ -97,9 +97,10 @@ def cmd_demo(args) -> int:
 def cmd_fit(args) -> int:
     import pyro
 
-    from pyro_nf.diagnostics import _arviz, diagnose, to_inference_data
+    from pyro_nf.diagnostics import diagnose, to_inference_data
     from pyro_nf.guides import AutoFlow
-    from pyro_nf.infer import fit
+    from pyro_nf.training import fit
+    from pyro_nf.utils import arviz_compat
 
     model = _load_model(args.target)
     data = _load_data(args.data, model)
@@ -118,10 +119,10 @@ def cmd_fit(args) -> int:
                               **data)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _arviz.to_netcdf(idata, out)
+    arviz_compat.to_netcdf(idata, out)
     search = None
     if args.check_modes:
-        from pyro_nf.infer.modes import find_modes
+        from pyro_nf.approximations.modes import find_modes
 
         search = getattr(guide, "search", None) or find_modes(model, **data)
     print(diagnose(idata, label=f"{args.target} ({args.flow})", modes=search))
@@ -139,10 +140,10 @@ def _modes(text: str) -> int | str:
 
 
 def _read(path: str):
-    from pyro_nf.diagnostics import _arviz
+    from pyro_nf.utils import arviz_compat
 
     try:
-        return _arviz.from_netcdf(path)
+        return arviz_compat.from_netcdf(path)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - reported with the file's name

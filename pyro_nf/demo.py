@@ -24,7 +24,6 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_nf.diagnostics import (
-    _arviz,
     compare_posteriors,
     diagnose,
     format_comparison,
@@ -33,8 +32,9 @@ from pyro_nf.diagnostics import (
     to_inference_data,
 )
 from pyro_nf.guides import AutoFlow
-from pyro_nf.infer import fit
 from pyro_nf.models import EIGHT_SCHOOLS_Y, eight_schools, neals_funnel
+from pyro_nf.training import fit
+from pyro_nf.utils import arviz_compat
 
 REFERENCE = "eight_schools-eight_schools_noncentered"  # the same posterior, reparametrised
 FUNNEL_DIM = 10
@@ -74,7 +74,7 @@ def funnel_reference(num_draws: int, dim: int = FUNNEL_DIM, seed: int = 0) -> An
     rng = np.random.default_rng(seed)
     v = rng.normal(0.0, 3.0, num_draws)
     x = rng.normal(size=(num_draws, dim - 1)) * np.exp(v / 2)[:, None]
-    return _arviz.from_dict({"posterior": {"v": v[None], "x": x[None]}}, coords={},
+    return arviz_compat.from_dict({"posterior": {"v": v[None], "x": x[None]}}, coords={},
                             dims={"x": ["funnel_dims"]}, attrs={"source": "exact draws"})
 
 
@@ -160,7 +160,7 @@ def _write_outputs(out: Path, case: Any, posteriors: dict, reports: dict, fits: 
     plots.plot_elbo(fits, title="ELBO traces", path=files[1])
     for name, idata in posteriors.items():
         path = out / f"{name}.nc"
-        _arviz.to_netcdf(idata, path)
+        arviz_compat.to_netcdf(idata, path)
         files.append(path)
     echo(f"\nWrote {', '.join(str(f) for f in files)}")
     return files

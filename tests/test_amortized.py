@@ -17,7 +17,7 @@ from pyro.infer.autoguide import AutoGuideList
 from torch import nn
 
 from pyro_nf import AmortizedFlow, AutoFlow, fit
-from pyro_nf.diagnostics._arviz import ess
+from pyro_nf.utils.arviz_compat import ess
 
 # ---------------------------------------------------------------------------------------------
 # A hierarchical model with global (mu, tau) and one local theta_n per group, minibatched.

@@ -15,7 +15,7 @@ from pyro.infer.autoguide import AutoGuideList, AutoNormal
 from test_pathfinder import correlated_gaussian, gaussian_model
 
 from pyro_nf import AutoFlow, fit
-from pyro_nf.infer.quasi_newton import normal_of
+from pyro_nf.approximations.pathfinder import normal_of
 
 X = torch.linspace(-2, 2, 40)
 Y = (torch.sigmoid(0.5 + 1.5 * X) > torch.rand(40, generator=torch.Generator().manual_seed(0))

@@ -13,9 +13,9 @@ import torch
 from helpers import SEEDS, mean_tolerance, sd_ratio_tolerance
 from pyro.infer.autoguide import AutoNormal
 
-import pyro_nf.infer.auto as auto
+import pyro_nf.training.schedules as auto
 from pyro_nf import AutoFlow, fit
-from pyro_nf.infer.quasi_newton import normal_of
+from pyro_nf.approximations.pathfinder import normal_of
 
 DATA = torch.tensor([1.3, 0.2, 2.1, 1.7, 0.9, 1.1, 2.4, 0.5])
 
@@ -97,7 +97,7 @@ def standard_normal():
 def test_importance_check_estimates_the_known_chi_square(shift, scale):
     """p = N(0, 1), q = N(shift, scale^2): chi^2(p || q) = scale / sqrt(2 - 1 / scale^2)
     * exp(shift^2 / (2 scale^2 - 1)) - 1, which is exp(shift^2) - 1 at scale 1."""
-    from pyro_nf.infer.logdensity import LogDensity
+    from pyro_nf.densities.logdensity import LogDensity
 
     q = dist.Normal(torch.tensor([shift]), scale).to_event(1)
     check = auto.importance_check(LogDensity(standard_normal), q, num=4000)
@@ -108,7 +108,7 @@ def test_importance_check_estimates_the_known_chi_square(shift, scale):
 
 
 def test_a_point_mass_is_never_within_any_accuracy():
-    from pyro_nf.infer.logdensity import LogDensity
+    from pyro_nf.densities.logdensity import LogDensity
 
     q = dist.Delta(torch.zeros(1), event_dim=1)
     assert not auto.importance_check(LogDensity(standard_normal), q).within(1.0)

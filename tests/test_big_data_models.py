@@ -8,8 +8,8 @@ import math
 import torch
 
 from benchmarks import big_data_models as models
-from pyro_nf.infer import full_data
-from pyro_nf.infer.logdensity import LogDensity
+from pyro_nf.densities import full_data
+from pyro_nf.densities.logdensity import LogDensity
 
 
 def _data(groups: int) -> tuple[torch.Tensor, torch.Tensor]:

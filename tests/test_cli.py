@@ -99,12 +99,12 @@ def test_demo_quick(tmp_path, capsys, posterior, reference):
 
 @pytest.mark.slow
 def test_demo_seed_option_reproduces_and_varies_the_fits(tmp_path):
-    from pyro_nf.diagnostics import _arviz
+    from pyro_nf.utils import arviz_compat
 
     def autoflow_draws(seed: int, folder: str):
         out = tmp_path / folder
         assert main(["demo", "--quick", "--seed", str(seed), "--out", str(out)]) == 0
-        return _arviz.from_netcdf(out / "AutoFlow.nc").posterior["v"].values
+        return arviz_compat.from_netcdf(out / "AutoFlow.nc").posterior["v"].values
 
     first, again, other = autoflow_draws(1, "a"), autoflow_draws(1, "b"), autoflow_draws(2, "c")
     assert (first == again).all()

@@ -12,9 +12,9 @@ import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
-import pyro_nf.infer.compiled as compiled
+import pyro_nf.training.compiled as compiled
 from pyro_nf import AutoFlow, fit
-from pyro_nf.infer.compiled import CompiledTrace_ELBO, compiled_elbo
+from pyro_nf.training.compiled import CompiledTrace_ELBO, compiled_elbo
 
 Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
 SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])

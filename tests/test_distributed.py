@@ -17,7 +17,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 import pyro_nf
-from pyro_nf.infer import distributed
+from pyro_nf.training import distributed
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ROOT = WORKER.parents[1]

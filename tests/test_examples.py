@@ -22,10 +22,10 @@ def test_example_quick_mode_runs(name, tmp_path):
 
 def test_eight_schools_example_fits_eight_schools(tmp_path):
     """The example runs the demo's workflow on eight schools, not on the demo's funnel."""
-    from pyro_nf.diagnostics import _arviz
+    from pyro_nf.utils import arviz_compat
 
     _load("eight_schools").main(["--quick", "--out", str(tmp_path)])
-    posterior = _arviz.from_netcdf(tmp_path / "AutoFlow.nc").posterior
+    posterior = arviz_compat.from_netcdf(tmp_path / "AutoFlow.nc").posterior
     assert {"mu", "tau", "theta"} <= set(posterior.data_vars)
 
 

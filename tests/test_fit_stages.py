@@ -14,10 +14,10 @@ import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
-from pyro_nf.infer.optim import JointAdam, Snapshot
-from pyro_nf.infer.step import NonFiniteLossError, guarded_step
+from pyro_nf.training.optim import JointAdam, Snapshot
+from pyro_nf.training.step import NonFiniteLossError, guarded_step
 
-FIT = sys.modules["pyro_nf.infer.fit"]  # the module (pyro_nf.infer.fit is also the function)
+FIT = sys.modules["pyro_nf.training.fit"]  # the module (pyro_nf.training.fit is also the function)
 
 
 def test_schedule_ramps_up_then_decays_to_lr_decay_times_the_rate():

@@ -1,6 +1,6 @@
 """Subsampled models: the full-data log density read in chunks, the minibatch control variate,
-and the self-stopping fit on a minibatched likelihood (pyro_nf.infer.full_data,
-pyro_nf.infer.control_variate)."""
+and the self-stopping fit on a minibatched likelihood (pyro_nf.densities.full_data,
+pyro_nf.densities.control_variate)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.subsample_messenger import SubsampleMessenger
 
 import pyro_nf
-from pyro_nf.infer import full_data
-from pyro_nf.infer.control_variate import ControlVariate
-from pyro_nf.infer.logdensity import LogDensity
+from pyro_nf.densities import full_data
+from pyro_nf.densities.control_variate import ControlVariate
+from pyro_nf.densities.logdensity import LogDensity
 
 N, D = 300, 3
 

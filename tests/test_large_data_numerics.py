@@ -1,7 +1,7 @@
 """A float32 model of many rows: the full-data density summed to float64 precision cheaply, an
 L-BFGS path that stops at the density's float resolution, a Laplace anchor centred on the
 mode, candidates compared on common draws, and the fit's ELBO read over all the data
-(pyro_nf.infer.logdensity.sum64, quasi_newton.resolution, guides.anchor)."""
+(pyro_nf.densities.logdensity.sum64, quasi_newton.resolution, guides.anchor)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 from helpers import LONG_SEEDS, mean_tolerance, sd_ratio_tolerance
 
 import pyro_nf
+from pyro_nf.approximations import gaussian
+from pyro_nf.approximations.pathfinder import LowRankSqrt, reads_all_rows, resolution
+from pyro_nf.densities.logdensity import LogDensity, sum64
 from pyro_nf.guides import anchor
-from pyro_nf.infer import gaussian
-from pyro_nf.infer.logdensity import LogDensity, sum64
-from pyro_nf.infer.quasi_newton import LowRankSqrt, reads_all_rows, resolution
 
 PRIOR_SD, D = 10.0, 5
 
@@ -162,11 +162,11 @@ def test_an_iterate_clearly_below_the_best_is_scored_on_its_probe_draws_only():
     good, bad = _two_gaussians(3.0)
     calls, log_p = _standard_normal_counting()
     generator = torch.Generator().manual_seed(0)
-    best = gaussian._elbo_unless_below(log_p, good, 25, generator, -math.inf)
+    best = gaussian.elbo_unless_below(log_p, good, 25, generator, -math.inf)
     assert calls[0] == 25 and abs(best) < 1e-9
-    worse = gaussian._elbo_unless_below(log_p, bad, 25, generator, best)
+    worse = gaussian.elbo_unless_below(log_p, bad, 25, generator, best)
     assert calls[0] == 25 + gaussian.PROBE_DRAWS and worse < -4
-    again = gaussian._elbo_unless_below(log_p, good, 25, generator, best)
+    again = gaussian.elbo_unless_below(log_p, good, 25, generator, best)
     assert calls[0] == 50 + gaussian.PROBE_DRAWS and abs(again) < 1e-9  # not below: all
 
 
@@ -182,8 +182,8 @@ def test_laplace_from_a_point_off_the_mode_is_centred_on_the_mode():
 
 
 def test_a_subsampled_models_check_decides_on_its_first_draws_where_it_can():
-    from pyro_nf.infer import auto
-    from pyro_nf.infer.quasi_newton import normal_of
+    from pyro_nf.approximations.pathfinder import normal_of
+    from pyro_nf.training import schedules as auto
 
     x, y = (t.double() for t in rows(2000))
     mean, cov, _ = exact(x, y)
@@ -216,7 +216,7 @@ def test_a_subsampled_models_pilot_scores_step_sizes_by_the_full_data_elbo():
     sampling from the Laplace anchor, 20,000 draws), over LONG_SEEDS; a score may exceed log Z only
     by Monte Carlo error, 0.05 nats (about 4 standard errors of a 256-draw ELBO of this
     near-exact anchor)."""
-    from pyro_nf.infer.auto import full_data_elbo
+    from pyro_nf.training.schedules import full_data_elbo
 
     x, _ = (t.double() for t in rows(2000))
     y = torch.bernoulli(torch.sigmoid(x @ torch.tensor([1.0, -1.0, 0.5, 0.0, 2.0],

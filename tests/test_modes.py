@@ -13,8 +13,8 @@ from pyro.infer.autoguide import AutoNormal, init_to_value
 from test_compiled import schools
 
 from benchmarks.modes import label_switching_model, mixture_model
-from pyro_nf.infer.logdensity import LogDensity
-from pyro_nf.infer.modes import find_modes, missed_modes
+from pyro_nf.approximations.modes import find_modes, missed_modes
+from pyro_nf.densities.logdensity import LogDensity
 
 
 def mixture(locs, weights, cov):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyro_nf import AutoFlow, fit
-from pyro_nf.infer.optim import JointAdam, Snapshot, clip_per_tensor, finite_norms
+from pyro_nf.training.optim import JointAdam, Snapshot, clip_per_tensor, finite_norms
 
 J = 8
 Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])

@@ -14,8 +14,8 @@ from pyro.distributions import constraints
 from pyro.infer import Predictive
 
 from pyro_nf import diagnose, pathfinder, to_inference_data
-from pyro_nf.infer.logdensity import LogDensity
-from pyro_nf.infer.quasi_newton import LowRankSqrt, normal_of
+from pyro_nf.approximations.pathfinder import LowRankSqrt, normal_of
+from pyro_nf.densities.logdensity import LogDensity
 
 
 def correlated_gaussian(dim: int, rho: float = 0.95, seed: int = 0):

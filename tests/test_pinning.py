@@ -1,4 +1,4 @@
-"""Coordinates without density (pyro_nf.infer.pinning): an obs_mask site's observed entries are
+"""Coordinates without density (pyro_nf.densities.pinning): an obs_mask site's observed entries are
 pinned and left out of the packed vector, and the imputed values match the exact conditional."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from helpers import SEEDS, mean_tolerance, sd_ratio_tolerance
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_nf import AutoFlow, fit
-from pyro_nf.infer.logdensity import LogDensity
-from pyro_nf.infer.pinning import Pins
-from pyro_nf.infer.quasi_newton import pathfinder
+from pyro_nf.approximations.pathfinder import pathfinder
+from pyro_nf.densities.logdensity import LogDensity
+from pyro_nf.densities.pinning import Pins
 
 NOISE = 0.3
 

@@ -16,8 +16,8 @@ from pyro.infer.autoguide.initialization import InitMessenger
 from torch.distributions import biject_to
 
 from pyro_nf import AutoFlow, NonFiniteLossError, fit
-from pyro_nf.infer.init import STAN_RADIUS, init_to_median_or_uniform
-from pyro_nf.infer.particles import particle_problem
+from pyro_nf.densities.initialization import STAN_RADIUS, init_to_median_or_uniform
+from pyro_nf.training.particles import particle_problem
 
 SUPPORTS = {"real": constraints.real, "positive": constraints.positive,
             "interval": constraints.interval(-1.0, 3.0), "simplex": constraints.simplex}

@@ -27,7 +27,7 @@ from pyro.infer import MCMC, NUTS, Predictive
 
 from benchmarks import posteriordb
 from benchmarks.common import SD_RATIO_RANGE, machine_info, machine_line, script_parser
-from pyro_nf.diagnostics import _arviz
+from pyro_nf.utils import arviz_compat
 
 HERE = Path(__file__).resolve().parent
 
@@ -102,14 +102,14 @@ def compare(nuts: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> list[dic
     flat_nuts, flat_ref = flatten(nuts), flatten(ref)
     for key, x in flat_nuts.items():
         y = flat_ref[key]
-        se_x, se_y = float(_arviz.mcse(x)), float(_arviz.mcse(y))  # (chain, draw)
+        se_x, se_y = float(arviz_compat.mcse(x)), float(arviz_compat.mcse(y))  # (chain, draw)
         diff = float(x.mean() - y.mean())
         rows.append({"scalar": key, "mean_nuts": float(x.mean()), "mean_ref": float(y.mean()),
                      "sd_nuts": float(x.std()), "sd_ref": float(y.std()),
                      "mcse_nuts": se_x, "mcse_ref": se_y,
                      "z": diff / float(np.hypot(se_x, se_y)),
                      "sd_ratio": float(x.std() / y.std()),
-                     "ess_nuts": float(_arviz.ess(x))})
+                     "ess_nuts": float(arviz_compat.ess(x))})
     return rows
 
 

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pyro_nf.diagnostics import _arviz
 from pyro_nf.diagnostics.report import flatten
+from pyro_nf.utils import arviz_compat
 
 
-def _flat(obj: Any) -> dict[str, np.ndarray]:
+def flat_draws(obj: Any) -> dict[str, np.ndarray]:
     if isinstance(obj, dict):
         out = {}
         for name, value in obj.items():
@@ -35,7 +35,7 @@ def _flat(obj: Any) -> dict[str, np.ndarray]:
                 for index in np.ndindex(*arr.shape[1:]):
                     out[f"{name}[{','.join(map(str, index))}]"] = arr[(slice(None),) + index]
         return out
-    return flatten(_arviz.group(obj, "posterior"))
+    return flatten(arviz_compat.group(obj, "posterior"))
 
 
 def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
@@ -66,7 +66,7 @@ def compare_posteriors(posteriors: dict[str, Any], reference: str | None = None,
         raise ValueError("compare_posteriors needs at least one posterior")
     if reference is not None and reference not in posteriors:
         raise ValueError(f"reference {reference!r} is not one of {list(posteriors)}")
-    flats = {name: _flat(obj) for name, obj in posteriors.items()}
+    flats = {name: flat_draws(obj) for name, obj in posteriors.items()}
     base = flats[reference] if reference is not None else next(iter(flats.values()))
     params = [p for p in base if var_names is None or p.split("[")[0] in var_names]
     for name, flat in flats.items():

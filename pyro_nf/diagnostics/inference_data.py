@@ -19,8 +19,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyro_nf.diagnostics import _arviz
-from pyro_nf.infer.logdensity import per_draw as _per_draw
+from pyro_nf.densities.logdensity import per_draw as _per_draw
+from pyro_nf.utils import arviz_compat
 
 DRAW_PLATE = "_pyro_nf_draws"
 
@@ -173,7 +173,7 @@ def _versions() -> dict[str, str]:
 
     # plain str: torch.__version__ is a str subclass that netCDF writers reject
     return {"pyro_nf_version": str(pyro_nf.__version__), "pyro_version": str(pyro.__version__),
-            "torch_version": str(torch.__version__), "arviz_version": str(_arviz.version())}
+            "torch_version": str(torch.__version__), "arviz_version": str(arviz_compat.version())}
 
 
 def _chain(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -250,7 +250,7 @@ def to_inference_data(
     if fit_result is not None:
         attrs.update(final_elbo=float(fit_result.final_elbo), steps=int(fit_result.steps),
                      seconds=float(fit_result.seconds))
-    return _arviz.from_dict(groups, coords=_plate_coords(proto, all_dims, coords or {}),
+    return arviz_compat.from_dict(groups, coords=_plate_coords(proto, all_dims, coords or {}),
                             dims=all_dims, attrs=attrs)
 
 
@@ -275,7 +275,7 @@ def from_mcmc(mcmc, *, dims: dict[str, list[str]] | None = None,
     observed = {name: site["value"].detach().cpu().numpy() for name, site in proto.items()
                 if _observed(site)}
     attrs = {"inference": "mcmc", "sampler": type(mcmc.kernel).__name__, **_versions()}
-    return _arviz.from_dict({"posterior": posterior, "observed_data": observed},
+    return arviz_compat.from_dict({"posterior": posterior, "observed_data": observed},
                             coords=_plate_coords(proto, all_dims, coords or {}),
                             dims=all_dims, attrs=attrs)
 
@@ -329,4 +329,4 @@ def from_posteriordb(path: str | Path, name: str):
             arr[(...,) + index] = values
         posterior[site] = arr
     attrs = {"inference": "reference", "source": f"posteriordb:{name}", **_versions()}
-    return _arviz.from_dict({"posterior": posterior}, coords={}, dims={}, attrs=attrs)
+    return arviz_compat.from_dict({"posterior": posterior}, coords={}, dims={}, attrs=attrs)

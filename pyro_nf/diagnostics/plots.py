@@ -14,7 +14,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pyro_nf.diagnostics.compare import _flat
+from pyro_nf.diagnostics.compare import flat_draws
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
 
@@ -27,7 +27,7 @@ def _save(fig, path: str | Path | None):
 
 
 def _select(posteriors: dict[str, Any], var_names: list[str] | None, limit: int):
-    flats = {k: _flat(v) for k, v in posteriors.items()}
+    flats = {k: flat_draws(v) for k, v in posteriors.items()}
     first = next(iter(flats.values()))
     names = [p for p in first if var_names is None or p in var_names
              or p.split("[")[0] in var_names]

@@ -12,7 +12,7 @@ With draws z_s ~ q and log importance ratios log w_s = log p(x, z_s) - log q(z_s
   delta-method standard error;
 * importance-sampling ESS = 1 / sum(w_norm^2) of the PSIS-smoothed weights, and per draw;
 * PSIS-reweighted posterior means next to the raw means;
-* with ``modes=`` (a :func:`~pyro_nf.infer.modes.find_modes` result, or ``True`` to run the
+* with ``modes=`` (a :func:`~pyro_nf.approximations.modes.find_modes` result, or ``True`` to run the
   search on the model): every mode that holds a noticeable share of the posterior but almost
   none of the guide's draws. k-hat cannot see such a mode, so the verdict is then
   "unreliable: missed mode(s)" whatever k-hat says.
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pyro_nf.diagnostics import _arviz
+from pyro_nf.utils import arviz_compat
 
 #: Log weights all within this range of one another (weights within about 10% of each other)
 #: make importance sampling as good as exact whatever the Pareto fit says: k-hat describes an
@@ -62,7 +62,8 @@ class DiagnosticReport:
     iw_bound_se: float
     means: dict[str, tuple[float, float]] = field(default_factory=dict)
     label: str = ""
-    #: the modes the guide misses (:func:`~pyro_nf.infer.modes.missed_modes`); None: not checked
+    #: the modes the guide misses (:func:`~pyro_nf.approximations.modes.missed_modes`);
+    #: None: not checked
     missed_modes: list | None = None
 
     @property
@@ -125,7 +126,7 @@ def diagnose_weights(log_weight: np.ndarray, draws: dict[str, np.ndarray] | None
     finite = lw[np.isfinite(lw)]
     if finite.size < 2:
         raise ValueError("diagnose: fewer than two draws have a finite log importance ratio")
-    smoothed, khat = _arviz.psis(np.where(np.isfinite(lw), lw, finite.min() - 50.0))
+    smoothed, khat = arviz_compat.psis(np.where(np.isfinite(lw), lw, finite.min() - 50.0))
     w = np.exp(smoothed - np.max(smoothed))
     w /= w.sum()
     ess = float(1.0 / np.sum(w ** 2))
@@ -160,14 +161,14 @@ def diagnose(model_or_idata, guide=None, *args: Any, num_samples: int = 4000,
 
         idata = to_inference_data(model_or_idata, guide, *args, num_samples=num_samples,
                                   **kwargs)
-    if "sample_stats" not in _arviz.groups(idata) or \
-            "log_weight" not in _arviz.group(idata, "sample_stats"):
+    if "sample_stats" not in arviz_compat.groups(idata) or \
+            "log_weight" not in arviz_compat.group(idata, "sample_stats"):
         raise ValueError("diagnose needs sample_stats.log_weight, which "
                          "pyro_nf.to_inference_data writes (MCMC and reference draws have none)")
-    lw = np.asarray(_arviz.group(idata, "sample_stats")["log_weight"].values)
-    draws = flatten(_arviz.group(idata, "posterior"))
+    lw = np.asarray(arviz_compat.group(idata, "sample_stats")["log_weight"].values)
+    draws = flatten(arviz_compat.group(idata, "posterior"))
     if not label:
-        label = str(_arviz.attrs(idata).get("guide", ""))
+        label = str(arviz_compat.attrs(idata).get("guide", ""))
     report = diagnose_weights(lw, draws, label=label)
     if modes is not None and modes is not False:
         _check_modes(report, idata, modes, model_or_idata if guide is not None else None,
@@ -179,7 +180,7 @@ def _check_modes(report: DiagnosticReport, idata: Any, modes: Any, model: Any, a
                  kwargs: dict) -> None:
     """Fill in ``report.missed_modes`` and mark the verdict when a real mode is missed (a
     relabelled copy under label switching is reported but does not change the verdict)."""
-    from pyro_nf.infer.modes import ModeSearch, find_modes, missed_modes
+    from pyro_nf.approximations.modes import ModeSearch, find_modes, missed_modes
 
     if modes is True:
         if model is None:

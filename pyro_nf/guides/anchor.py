@@ -9,12 +9,12 @@ span orders of magnitude, strong correlations, intercepts far from the prior's c
 Two candidates, and the one with the higher ELBO (Monte Carlo, on common draws) wins:
 
 - Pathfinder (Zhang et al., 2022): the best normal approximation along L-BFGS paths,
-  low-rank plus diagonal (:mod:`pyro_nf.infer.quasi_newton`);
+  low-rank plus diagonal (:mod:`pyro_nf.approximations.pathfinder`);
 - Laplace at the mode those paths found: the inverse of the negative Hessian, when it is
   positive definite and D is at most ``LAPLACE_MAX_DIM`` (a dense D x D factor).
 
 It needs a log density that is the same function at every call. A model that subsamples a
-plate is read over all that plate's rows, in chunks (:mod:`pyro_nf.infer.full_data`), so its
+plate is read over all that plate's rows, in chunks (:mod:`pyro_nf.densities.full_data`), so its
 anchor is the full data's. A model whose density is random at fixed latent values in another
 way (an ``AutoGuideList`` member: the other members' sites are hidden by ``poutine.block`` and
 drawn from their priors) is anchored with fixed random numbers where the draws only add a
@@ -35,9 +35,9 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from pyro_nf.infer.gaussian import log_weights, standard_normal
-from pyro_nf.infer.logdensity import LogDensity
-from pyro_nf.infer.quasi_newton import F64, LowRankSqrt, resolution, run_paths
+from pyro_nf.approximations.gaussian import log_weights, standard_normal
+from pyro_nf.approximations.pathfinder import F64, LowRankSqrt, resolution, run_paths
+from pyro_nf.densities.logdensity import LogDensity
 
 ANCHORS = ("auto", "pathfinder", "laplace", None)
 #: Laplace needs a dense Hessian: D autograd passes and a D x D factor.

@@ -47,6 +47,8 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroParam
 from torch import nn
 
+from pyro_nf.densities.initialization import init_to_median_or_uniform
+from pyro_nf.densities.pinning import PinnedPacking
 from pyro_nf.guides.anchor import ANCHORS, AnchorMixin
 from pyro_nf.guides.centering import (
     CENTERING_RATE,
@@ -58,8 +60,6 @@ from pyro_nf.guides.centering import (
     vectorisation_problem,
 )
 from pyro_nf.guides.summaries import SummariesMixin
-from pyro_nf.infer.init import init_to_median_or_uniform
-from pyro_nf.infer.pinning import PinnedPacking
 from pyro_nf.transforms.permutation import Permutation
 from pyro_nf.transforms.registry import _expand, build_flow
 
@@ -435,7 +435,7 @@ class AutoFlow(AnchorMixin, SummariesMixin, PinnedPacking, AutoContinuous):
         return dist.TransformedDistribution(base, parts)
 
     def stl_log_densities(self, *args: Any, **kwargs: Any) -> dict:
-        """For :class:`~pyro_nf.infer.STLTrace_ELBO`: this guide's latent site and its
+        """For :class:`~pyro_nf.STLTrace_ELBO`: this guide's latent site and its
         log-density with detached parameters (``args``: the model's, for ``centering``)."""
         if self.prototype_trace is None:
             return {}

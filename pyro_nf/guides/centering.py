@@ -39,7 +39,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch.distributions import biject_to, constraints
 
-from pyro_nf.infer.pinning import fill
+from pyro_nf.densities.pinning import fill
 
 CENTERINGS = ("model", "learn")
 #: lambda's starting values are kept within [CENTERING_BOUND, 1 - CENTERING_BOUND]
@@ -60,7 +60,7 @@ class SiteSlot:
     shape: tuple[int, ...]  # unconstrained shape, plate dimensions included
     pad: int  # ones to insert between the batch and ``shape``
     centering: slice | None  # the site's entries of the lambda vector (hierarchical sites)
-    #: ``(index, values)`` of a site with pinned coordinates (:mod:`pyro_nf.infer.pinning`):
+    #: ``(index, values)`` of a site with pinned coordinates (:mod:`pyro_nf.densities.pinning`):
     #: ``size`` counts its free ones, and :func:`fill` puts the pinned ones back
     pinned: tuple[torch.Tensor, torch.Tensor] | None = None
 

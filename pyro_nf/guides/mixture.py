@@ -3,7 +3,7 @@
 Reverse KL is mode-seeking: one flow fitted to a posterior with separated modes keeps one of
 them, whatever its family. This guide keeps them all:
 
-1. **Modes.** :func:`~pyro_nf.infer.modes.find_modes` runs at set-up (multi-start L-BFGS,
+1. **Modes.** :func:`~pyro_nf.approximations.modes.find_modes` runs at set-up (multi-start L-BFGS,
    Newton and Laplace per mode, masses by importance sampling). ``modes="auto"`` keeps every
    mode holding at least ``min_mass`` of the posterior, at most ``max_modes`` of them; an
    integer K keeps the K heaviest.
@@ -38,10 +38,10 @@ import torch
 from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoContinuous, init_to_value
 
+from pyro_nf.densities.initialization import init_to_median_or_uniform
+from pyro_nf.densities.pinning import PinnedPacking
 from pyro_nf.guides.autoflow import DEFAULT_FLOW, AutoFlow
 from pyro_nf.guides.summaries import SummariesMixin
-from pyro_nf.infer.init import init_to_median_or_uniform
-from pyro_nf.infer.pinning import PinnedPacking
 
 #: ``modes="auto"``: at most this many components, each holding at least MIN_MASS.
 MAX_MODES = 8
@@ -86,7 +86,7 @@ class MixtureOfFlows(dist.TorchDistribution):
 class AutoFlowMixture(SummariesMixin, PinnedPacking, AutoContinuous):
     """A mixture of AutoFlows, one per separated mode (module docstring).
     ``AutoFlow(model, modes=...)`` builds one; arguments other than ``modes``, ``max_modes``,
-    ``min_mass`` and ``search`` (a :class:`~pyro_nf.infer.modes.ModeSearch` already run on
+    ``min_mass`` and ``search`` (a :class:`~pyro_nf.approximations.modes.ModeSearch` already run on
     this model) go to every component."""
 
     def __init__(self, model: Callable, flow: Any = DEFAULT_FLOW, *, modes: int | str = "auto",
@@ -109,7 +109,7 @@ class AutoFlowMixture(SummariesMixin, PinnedPacking, AutoContinuous):
                                                          init_to_median_or_uniform))
 
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
-        from pyro_nf.infer.modes import find_modes
+        from pyro_nf.approximations.modes import find_modes
 
         super()._setup_prototype(*args, **kwargs)
         if self.search is None:
@@ -201,9 +201,9 @@ class AutoFlowMixture(SummariesMixin, PinnedPacking, AutoContinuous):
     def _reweight(self, args: tuple, kwargs: dict) -> float:
         """Set the weights by multiple importance sampling; return the k-hat of the fitted
         mixture's own importance weights."""
-        from pyro_nf.diagnostics import _arviz
-        from pyro_nf.infer.logdensity import LogDensity
-        from pyro_nf.infer.modes import balance_masses
+        from pyro_nf.approximations.modes import balance_masses
+        from pyro_nf.densities.logdensity import LogDensity
+        from pyro_nf.utils import arviz_compat
 
         log_density = LogDensity(self._raw_model, *args, **kwargs)
         posteriors = [c.get_posterior(*args, **kwargs) for c in self.components]
@@ -218,6 +218,6 @@ class AutoFlowMixture(SummariesMixin, PinnedPacking, AutoContinuous):
         own = log_density(z).double() - fitted.log_prob(z).double()
         if int(torch.isfinite(own).sum()) < 10:
             return math.inf
-        _, khat = _arviz.psis(torch.nan_to_num(own, nan=-1e30, posinf=1e30, neginf=-1e30)
+        _, khat = arviz_compat.psis(torch.nan_to_num(own, nan=-1e30, posinf=1e30, neginf=-1e30)
                               .cpu().numpy())
         return float(khat)

@@ -96,7 +96,7 @@ def _moments(fitted: Any, guide: Any, args: tuple, kwargs: dict):
 
 def _marginal(index: torch.Tensor, mean: torch.Tensor, kind: str, payload: Any):
     """The moments of the coordinates ``index`` alone: a fitted Gaussian over every packed
-    coordinate, for a guide that pins some (:mod:`pyro_nf.infer.pinning`)."""
+    coordinate, for a guide that pins some (:mod:`pyro_nf.densities.pinning`)."""
     index = index.to(mean.device)
     if kind == "diag":
         return mean[index], payload[index]

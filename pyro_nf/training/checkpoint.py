@@ -20,7 +20,7 @@ def _save(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def _checkpoint(path: Path, optim, result: Any, lr_factor: float) -> None:
+def save_checkpoint(path: Path, optim, result: Any, lr_factor: float) -> None:
     store = pyro.get_param_store()
     state = {
         "params": {name: p.detach().clone() for name, p in store.named_parameters()},
@@ -32,7 +32,7 @@ def _checkpoint(path: Path, optim, result: Any, lr_factor: float) -> None:
         "converged_at": result.converged_at,
         "lr_factor": lr_factor,
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": _numpy_state_out()},
+                "numpy": numpy_state_out()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(path, state)
@@ -46,7 +46,7 @@ def _guide_buffers(guide: Any) -> dict[str, torch.Tensor]:
     return {name: b for name, b in guide.named_buffers() if b is not None}
 
 
-def _numpy_state_out() -> dict:
+def numpy_state_out() -> dict:
     """NumPy's global MT19937 state (the one users seed) as tensors and numbers only, so that
     the checkpoint loads with ``weights_only=True``."""
     name, key, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
@@ -54,7 +54,7 @@ def _numpy_state_out() -> dict:
             "has_gauss": int(has_gauss), "gauss": float(gauss)}
 
 
-def _numpy_state_in(state: dict) -> None:
+def numpy_state_in(state: dict) -> None:
     key = state["key"].numpy().astype(np.uint32)
     np.random.set_state((state["name"], key, state["pos"], state["has_gauss"],  # noqa: NPY002
                          state["gauss"]))
@@ -75,7 +75,7 @@ def _load_checkpoint(path: Path) -> dict:
         raise ValueError(f"fit: could not read checkpoint {path}: {exc}") from exc
 
 
-def _restore(path: Path, model, guide, loss_fn, optim, result: Any, args, kwargs):
+def restore_checkpoint(path: Path, model, guide, loss_fn, optim, result: Any, args, kwargs):
     state = _load_checkpoint(path)
     with torch.no_grad():
         loss_fn.loss(model, guide, *args, **kwargs)  # creates every parameter
@@ -103,5 +103,5 @@ def _restore(path: Path, model, guide, loss_fn, optim, result: Any, args, kwargs
     result.converged = result.converged_at is not None
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
-    _numpy_state_in(state["rng"]["numpy"])
+    numpy_state_in(state["rng"]["numpy"])
     return float(state["lr_factor"])

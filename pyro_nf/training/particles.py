@@ -18,7 +18,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyro_nf.infer.logdensity import per_draw, site_log_prob
+from pyro_nf.densities.logdensity import per_draw, site_log_prob
 
 _PLATE = "num_particles_vectorized"  # the name Pyro's ELBOs give their particle plate
 

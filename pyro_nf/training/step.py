@@ -1,6 +1,6 @@
 """One guarded SVI step of :func:`~pyro_nf.fit`: the loss and gradients, the non-finite guard
 (a step whose loss, gradients or update is not finite is undone), per-tensor clipping, the
-restore point and the optimiser's step, on the lists of :mod:`pyro_nf.infer.optim`."""
+restore point and the optimiser's step, on the lists of :mod:`pyro_nf.training.optim`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 
-from pyro_nf.infer.optim import JointAdam, Snapshot, clip_per_tensor, finite_norms
+from pyro_nf.training.optim import JointAdam, Snapshot, clip_per_tensor, finite_norms
 
 #: What a float32 failure says: the one switch to float64 for the whole model and guide.
 _FLOAT64_HINT = ("; the model runs in float32, whose range and resolution fail for some "
@@ -28,12 +28,12 @@ class NonFiniteLossError(FloatingPointError):
     """Repeated non-finite losses, gradients or parameters that the guard could not recover."""
 
 
-def _not_positive_definite(exc: Exception) -> bool:
+def not_positive_definite(exc: Exception) -> bool:
     first = next(iter(str(exc).splitlines()), "")
     return isinstance(exc, torch.linalg.LinAlgError) or "PositiveDefinite" in first
 
 
-def _numerics_error(exc: Exception) -> NonFiniteLossError:
+def numerics_error(exc: Exception) -> NonFiniteLossError:
     """The error for a model whose covariance fails at its start, naming float64 in float32."""
     first = next(iter(str(exc).splitlines()), "")
     hint = _FLOAT64_HINT if torch.get_default_dtype() == torch.float32 else "."
@@ -80,7 +80,7 @@ def guarded_step(loss_fn: ELBO, model, guide, args, kwargs, optim, factor: float
     """One guarded step: ``(loss, None)``, or ``(loss, (what, parameters))`` when the loss,
     a gradient (``"gradients"``) or an updated value (``"values"``) was not finite and the
     parameters were put back as they were before it. ``reduce(loss, params)`` (data-parallel
-    fits: :mod:`pyro_nf.infer.distributed`) averages the gradients and the loss over the
+    fits: :mod:`pyro_nf.training.distributed`) averages the gradients and the loss over the
     processes before anything looks at them and returns the mean loss and the parameters to
     step (every parameter of the fit, in one order on every process, whatever this process's
     step touched), so every process takes the same decisions on the same tensors."""
@@ -88,9 +88,9 @@ def guarded_step(loss_fn: ELBO, model, guide, args, kwargs, optim, factor: float
         with poutine.trace(param_only=True) as capture:
             loss = loss_fn.loss_and_grads(model, guide, *args, **kwargs)
     except (torch.linalg.LinAlgError, ValueError) as exc:
-        linalg = _not_positive_definite(exc)
+        linalg = not_positive_definite(exc)
         if linalg and not started:  # at the start: the model's numerics
-            raise _numerics_error(exc) from exc
+            raise numerics_error(exc) from exc
         # later, or Pyro's validation refusing a non-finite parameter: a bad step
         if not linalg and ("invalid values" not in str(exc) or not started):
             raise
@@ -138,7 +138,7 @@ def _captured(capture) -> list[torch.Tensor]:
                               for site in capture.trace.nodes.values()))
 
 
-def _raise_if_stuck(bad_in_a_row: int, limit: int, params, what: str, loss: float,
+def raise_if_stuck(bad_in_a_row: int, limit: int, params, what: str, loss: float,
                     lr_factor: float) -> None:
     if bad_in_a_row < limit and lr_factor >= MIN_LR_FACTOR:
         return

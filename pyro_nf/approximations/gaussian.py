@@ -1,7 +1,7 @@
 """Normal approximations N(mu, Sigma) with Sigma in low-rank-plus-diagonal form, as a square-root
 map x = mu + R u of a standard normal u, and their Monte Carlo ELBOs against a log density.
 
-Pathfinder (:mod:`pyro_nf.infer.quasi_newton`) builds them from L-BFGS curvature pairs (Byrd,
+Pathfinder (:mod:`pyro_nf.approximations.pathfinder`) builds them from L-BFGS curvature pairs (Byrd,
 Nocedal & Schnabel's compact form); AutoFlow's anchor (:mod:`pyro_nf.guides.anchor`) also
 builds a dense one from a Laplace approximation. Sampling and scoring cost O(D m^2) per draw:
 with W = diag(alpha)^{-1/2} B = Q R (thin QR), Sigma = diag(alpha)^{1/2} (I + Q (M - I) Q^T)
@@ -92,7 +92,7 @@ def normal_of(sqrt: LowRankSqrt) -> dist.TransformedDistribution:
     return dist.TransformedDistribution(dist.Normal(zeros, 1.0).to_event(1), [sqrt])
 
 
-def _inverse_hessian(theta: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor,
+def inverse_hessian(theta: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor,
                      s: torch.Tensor, y: torch.Tensor) -> LowRankSqrt | None:
     """The normal approximation at ``theta`` from the curvature pairs ``s``, ``y`` (D x m, y
     the change of the gradient of -log p) and the diagonal ``alpha``; None where it is not
@@ -131,7 +131,7 @@ def _apply_cov(sqrt: LowRankSqrt, v: torch.Tensor) -> torch.Tensor:
     return sqrt.sqrt_alpha * w
 
 
-def _update_alpha(alpha: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def update_alpha(alpha: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The diagonal of the BFGS update of the Hessian estimate diag(1/alpha) by (s, y):
     1/alpha' = 1/alpha + y^2 / (y^T s) - (s / alpha)^2 / (s^T diag(1/alpha) s). Kept where it
     stays positive and finite."""
@@ -146,7 +146,7 @@ def standard_normal(n: int, approx: LowRankSqrt, generator: torch.Generator) -> 
     return torch.randn(n, len(approx.loc), dtype=F64, generator=generator).to(approx.loc.device)
 
 
-def _draw(approx: LowRankSqrt, n: int, generator: torch.Generator
+def draw_standardized(approx: LowRankSqrt, n: int, generator: torch.Generator
           ) -> tuple[torch.Tensor, torch.Tensor]:
     return _at(approx, standard_normal(n, approx, generator))
 
@@ -177,7 +177,7 @@ def _log_weights(log_density: Callable, approx: LowRankSqrt, n: int,
     return log_weights(log_density, approx, standard_normal(n, approx, generator))
 
 
-def _elbo(log_density: Callable, approx: LowRankSqrt, n: int,
+def gaussian_elbo(log_density: Callable, approx: LowRankSqrt, n: int,
           generator: torch.Generator) -> float:
     lw = _log_weights(log_density, approx, n, generator)
     return -math.inf if lw is None else float(lw.mean())
@@ -188,12 +188,12 @@ def _elbo(log_density: Callable, approx: LowRankSqrt, n: int,
 PROBE_DRAWS = 8
 
 
-def _elbo_unless_below(log_density: Callable, approx: LowRankSqrt, n: int,
+def elbo_unless_below(log_density: Callable, approx: LowRankSqrt, n: int,
                        generator: torch.Generator, bar: float) -> float:
     """The ELBO of ``approx`` from ``n`` draws, or from :data:`PROBE_DRAWS` of them where
     those put it more than three standard errors below ``bar`` (it cannot be the best)."""
     if not math.isfinite(bar) or n < 2 * PROBE_DRAWS:
-        return _elbo(log_density, approx, n, generator)
+        return gaussian_elbo(log_density, approx, n, generator)
     probe = _log_weights(log_density, approx, PROBE_DRAWS, generator)
     if probe is None:
         return -math.inf

@@ -6,7 +6,7 @@ looks for them independently of any guide:
 
 1. **Multi-start L-BFGS** in the packed unconstrained space (float64): the model's initial
    point and ``num_starts - 1`` starts drawn uniformly from ``[-init_radius, init_radius]^D``
-   (Stan's rule, widened), by the L-BFGS of :mod:`pyro_nf.infer.quasi_newton`; the later
+   (Stan's rule, widened), by the L-BFGS of :mod:`pyro_nf.approximations.pathfinder`; the later
    paths whitened by the first mode's Gaussian, each stopped on reaching a known mode.
 2. **A Gaussian per mode**: Newton's method with the exact Hessian from each end point (up to
    ``NEWTON_MAX_DIM`` dimensions; above, the path's Pathfinder approximation), and Laplace at
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from pyro_nf.infer.logdensity import LogDensity
-from pyro_nf.infer.quasi_newton import LowRankSqrt, _lbfgs_path, normal_of
+from pyro_nf.approximations.pathfinder import LowRankSqrt, lbfgs_path, normal_of
+from pyro_nf.densities.logdensity import LogDensity
 
 F64 = torch.float64
 #: Newton with exact Hessians (D backward passes each) up to this dimension, above it the
@@ -177,7 +177,7 @@ def find_modes(model: Callable, *args: Any, num_starts: int = 20, init_radius: f
                 (torch.rand(log_density.dim, dtype=F64, generator=generator) * 2 - 1) * init_radius
             target = _Whitened(log_density, modes[0].gaussian) \
                 if modes and log_density.dim <= NEWTON_MAX_DIM else _Whitened(log_density)
-            path = _lbfgs_path(target, target.inverse(start.to(log_density.init.device)),
+            path = lbfgs_path(target, target.inverse(start.to(log_density.init.device)),
                                history=6, max_iters=max_iters, tol=1e-7, num_elbo_draws=25,
                                generator=generator, score=log_density.dim > NEWTON_MAX_DIM,
                                stop=lambda u, t=target: _known(modes, t.forward(u)))
@@ -316,7 +316,7 @@ def balance_masses(log_p: torch.Tensor, log_q: torch.Tensor
     importance sampling, Veach & Guibas, 1995), PSIS-smoothed, each draw credited to the
     component densest there. Returns the K masses (None, with k-hat inf, where fewer than
     ten weights are finite) and the weights' k-hat."""
-    from pyro_nf.diagnostics import _arviz
+    from pyro_nf.utils import arviz_compat
 
     log_p, log_q = log_p.detach().double().cpu(), log_q.detach().double().cpu()
     k = log_q.shape[-1]
@@ -324,7 +324,7 @@ def balance_masses(log_p: torch.Tensor, log_q: torch.Tensor
     finite = torch.isfinite(log_w)
     if int(finite.sum()) < 10:
         return None, math.inf
-    smoothed, khat = _arviz.psis(log_w[finite].numpy())
+    smoothed, khat = arviz_compat.psis(log_w[finite].numpy())
     weights = torch.from_numpy(smoothed).exp()
     owner = log_q[finite].argmax(-1)
     masses = torch.stack([weights[owner == j].sum() for j in range(k)]) / weights.sum()
@@ -378,8 +378,8 @@ def _draw_values(draws: Any, num_draws: int, args: tuple, kwargs: dict
             torch.manual_seed(0)
             out = pyro.infer.Predictive(draws, num_samples=num_draws)(*args, **kwargs)
         return {k: v.detach() for k, v in out.items()}
-    from pyro_nf.diagnostics import _arviz
+    from pyro_nf.utils import arviz_compat
 
-    posterior = _arviz.group(draws, "posterior")
+    posterior = arviz_compat.group(draws, "posterior")
     return {name: torch.as_tensor(arr.values).reshape((-1,) + arr.values.shape[2:])
             for name, arr in posterior.data_vars.items()}

@@ -28,7 +28,7 @@ and the fit stops. An AutoFlow whose Gaussian anchor is already that close (a re
 posterior that is Gaussian) stops before its first step. Like every importance diagnostic it
 cannot see regions the guide never visits (a missed mode).
 
-The run stops there, or at ``max_steps``; :class:`~pyro_nf.infer.FitResult` says which
+The run stops there, or at ``max_steps``; :class:`~pyro_nf.FitResult` says which
 (``stage``, ``stop_reason``). For an AutoFlow with a Gaussian anchor a last check compares the
 fitted guide's ELBO with the anchor's, and warns when the flow did worse than where it began.
 """
@@ -47,7 +47,7 @@ import pyro.optim
 import torch
 from pyro.infer import Trace_ELBO
 
-from pyro_nf.infer.full_data import reads_all_rows
+from pyro_nf.densities.full_data import reads_all_rows
 
 PILOT_LRS = (0.01, 0.005, 0.002)
 PILOT_STEPS = 75
@@ -123,7 +123,7 @@ def fixed_draw_elbo(model: Callable, guide: Callable, args: tuple, kwargs: dict,
     """The ELBO and its standard error from ``num`` draws under a fixed seed (the caller's
     random stream is left as it was); ``vectorize``: a vectorised ELBO of the fit whose
     ``max_plate_nesting`` the particles may use (the draws then run as batches)."""
-    from pyro_nf.infer.compiled import plate_nesting
+    from pyro_nf.training.compiled import plate_nesting
 
     batched = bool(getattr(vectorize, "vectorize_particles", False))
     elbo = Trace_ELBO(num_particles=max(1, num // 8), vectorize_particles=batched,
@@ -184,19 +184,19 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
              accuracy: float | None = ACCURACY, **options: Any) -> Any:
     """Run the stages (module docstring) with ``fit_fn`` (:func:`pyro_nf.fit` with an explicit
     ``num_steps``) doing every window of steps."""
-    from pyro_nf.infer.fit import FitResult
+    from pyro_nf.training.fit import FitResult
 
     started = time.perf_counter()
     if seed is not None:
         pyro.set_rng_seed(seed)
-    from pyro_nf.infer.compiled import compiled_elbo
-    from pyro_nf.infer.fit import (
+    from pyro_nf.training.compiled import compiled_elbo
+    from pyro_nf.training.fit import (
         _make_elbo,
-        _not_positive_definite,
-        _numerics_error,
         _particles_that_work,
+        not_positive_definite,
+        numerics_error,
     )
-    from pyro_nf.infer.optim import JointAdam
+    from pyro_nf.training.optim import JointAdam
 
     elbo = options.pop("elbo", None)
     loss_fn = _make_elbo(elbo, num_particles, options.pop("vectorize_particles", True))
@@ -204,8 +204,8 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
         with torch.no_grad():
             pyro.poutine.block(guide)(*args, **kwargs)  # the set-up (AutoFlow: its anchor)
     except (torch.linalg.LinAlgError, ValueError) as exc:
-        if _not_positive_definite(exc):
-            raise _numerics_error(exc) from exc
+        if not_positive_definite(exc):
+            raise numerics_error(exc) from exc
         raise
     state: dict[str, Any] = {"optim": None, "base_lr": None}
 
@@ -244,11 +244,11 @@ def auto_fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, fit_fn
 
 
 def _with_control_variate(loss_fn: Any, guide, args, kwargs, log_density: Any) -> Any:
-    """``loss_fn`` with :mod:`~pyro_nf.infer.control_variate`'s control variate, for a model
+    """``loss_fn`` with :mod:`~pyro_nf.densities.control_variate`'s control variate, for a model
     that subsamples a plate (z0: the mean of 256 draws of the guide as it starts)."""
     if log_density is None or log_density.chunks is None:
         return loss_fn
-    from pyro_nf.infer.control_variate import ControlVariate
+    from pyro_nf.densities.control_variate import ControlVariate
 
     with torch.random.fork_rng(devices=_devices()), torch.no_grad():
         torch.manual_seed(3)
@@ -260,7 +260,7 @@ def _optimise(run: Callable, lr: float, max_steps: int, pilot_scores: dict, guid
               check: _Accuracy) -> Any:
     """Stages 2 and 3: windows until stationary (then the importance check), halvings, then
     the averaged parameters."""
-    from pyro_nf.infer.fit import FitResult, _converged
+    from pyro_nf.training.fit import FitResult, _converged
 
     total = FitResult(guide=guide, pilot=pilot_scores, lr=lr)
     halvings, stage_losses, average, count = 0, [], None, 0
@@ -341,13 +341,13 @@ def importance_check(log_density: Any, q: Any, num: int | None = None,
 
 def _weights_check(lw: torch.Tensor, z: torch.Tensor) -> ImportanceCheck:
     """k-hat, chi^2 and the ELBO of the log weights ``lw`` of the draws ``z``."""
-    from pyro_nf.diagnostics import _arviz
+    from pyro_nf.utils import arviz_compat
 
     num = len(lw)
     finite = torch.isfinite(lw)
     if int(finite.sum()) < num // 2:
         return ImportanceCheck(math.inf, math.inf, math.inf)
-    khat = float(_arviz.psis(lw[finite].numpy())[1])
+    khat = float(arviz_compat.psis(lw[finite].numpy())[1])
     if not bool(finite.all()) or not bool((z.std(0) > 0).all()):
         return ImportanceCheck(khat, math.inf, math.inf)
     w2 = torch.exp(2 * (lw - torch.logsumexp(lw, 0) + math.log(num)))
@@ -366,7 +366,7 @@ class _Accuracy:
         self.guide, self.args, self.kwargs, self.accuracy = guide, args, kwargs, accuracy
         self.log_density, self.last = None, None
         if accuracy and isinstance(guide, AutoContinuous):
-            from pyro_nf.infer.logdensity import LogDensity
+            from pyro_nf.densities.logdensity import LogDensity
 
             try:  # its initial point may draw from the prior: not from the fit's stream
                 with torch.random.fork_rng(devices=_devices()):
@@ -410,7 +410,7 @@ def _last_check(result: Any, model, guide, args, kwargs, log_density: Any = None
     with the anchor's, which reads all the data too."""
     anchor = getattr(guide, "anchor_info", None) or {}
     if log_density is None and anchor:
-        from pyro_nf.infer.logdensity import LogDensity
+        from pyro_nf.densities.logdensity import LogDensity
 
         with torch.random.fork_rng(devices=_devices()):
             log_density = LogDensity(model, *args, **kwargs)

@@ -7,7 +7,7 @@ guide). ``theta`` may carry batch dimensions: the model then runs once inside a 
 draws, or, for a model that does not broadcast over one, once per draw.
 
 A model that subsamples a plate (a minibatch per call) is read over all of that plate's data,
-in chunks (:mod:`pyro_nf.infer.full_data`): the density is exact, the same at every call.
+in chunks (:mod:`pyro_nf.densities.full_data`): the density is exact, the same at every call.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous
 from pyro.poutine.util import site_is_subsample
 
-from pyro_nf.infer.full_data import Chunks, plate_indices, subsampled_plate
-from pyro_nf.infer.init import init_to_median_or_uniform
-from pyro_nf.infer.pinning import PinnedPacking
+from pyro_nf.densities.full_data import Chunks, plate_indices, subsampled_plate
+from pyro_nf.densities.initialization import init_to_median_or_uniform
+from pyro_nf.densities.pinning import PinnedPacking
 
 _PLATE = "_pyro_nf_log_density_draws"
 
@@ -33,7 +33,7 @@ _PLATE = "_pyro_nf_log_density_draws"
 class _PointGuide(PinnedPacking, AutoContinuous):
     """An AutoContinuous guide that puts all its mass on ``self.point`` (its Delta sites carry
     the log-Jacobians of the constraining maps). Coordinates without density are pinned as in
-    :class:`~pyro_nf.AutoFlow` (:mod:`pyro_nf.infer.pinning`), so the two pack alike."""
+    :class:`~pyro_nf.AutoFlow` (:mod:`pyro_nf.densities.pinning`), so the two pack alike."""
 
     point: torch.Tensor
     _quiet_pins = True  # the guide that uses this density says it once

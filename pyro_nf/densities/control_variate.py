@@ -14,7 +14,7 @@ z0 near the posterior's centre: the estimate
 minibatches, and its noise is that of the expansion's remainder, of order |z - z0|^2 per row:
 in the posterior's scale it no longer grows with N. Per step it costs one model run at z0 on
 the step's minibatch (and its gradient); L and G cost one pass over the data, in chunks
-(:mod:`pyro_nf.infer.full_data`).
+(:mod:`pyro_nf.densities.full_data`).
 
 ``fit`` without ``num_steps`` attaches it to its ELBO for a guide over the packed latent
 (``AutoContinuous``: AutoFlow) of a model with one subsampled plate, z0 being the mean of the
@@ -30,7 +30,7 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
-from pyro_nf.infer.logdensity import LogDensity
+from pyro_nf.densities.logdensity import LogDensity
 
 
 class _Indices(Messenger):
@@ -52,7 +52,7 @@ class ControlVariate:
     zero in expectation over the minibatch b, added to a subsampled ELBO (module docstring).
 
     Args:
-        log_density: the model's :class:`~pyro_nf.infer.logdensity.LogDensity` (with its
+        log_density: the model's :class:`~pyro_nf.densities.logdensity.LogDensity` (with its
             subsampled plate, ``log_density.chunks``).
         center: z0, a packed unconstrained point (D,).
         latent: the name of the guide's packed latent site (``_<name>_latent``).

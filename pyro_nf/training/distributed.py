@@ -100,11 +100,11 @@ class World:
         every rank."""
         import random
 
-        from pyro_nf.infer.checkpoint import _numpy_state_in, _numpy_state_out
+        from pyro_nf.training.checkpoint import numpy_state_in, numpy_state_out
 
         cuda = torch.cuda.is_initialized()
         state = [(torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None,
-                  random.getstate(), _numpy_state_out())]
+                  random.getstate(), numpy_state_out())]
         self._collective(lambda: self.dist.broadcast_object_list(state, src=0),
                          "random state")
         cpu, gpu, python, numpy = state[0]
@@ -112,7 +112,7 @@ class World:
         if cuda and gpu is not None:
             torch.cuda.set_rng_state(gpu)
         random.setstate(python)
-        _numpy_state_in(numpy)
+        numpy_state_in(numpy)
 
     def broadcast(self, params: list[torch.Tensor]) -> None:
         """Rank 0's values of ``params`` on every rank."""

@@ -27,20 +27,20 @@ import pyro.distributions as dist
 import torch
 from pyro.infer.autoguide import AutoContinuous
 
-from pyro_nf.infer.full_data import reads_all_rows
-from pyro_nf.infer.gaussian import (
+from pyro_nf.approximations.gaussian import (
     F64,
     PROBE_DRAWS,
     LowRankSqrt,
-    _draw,
-    _elbo,
-    _elbo_unless_below,
-    _inverse_hessian,
-    _update_alpha,
+    draw_standardized,
+    elbo_unless_below,
+    gaussian_elbo,
+    inverse_hessian,
     normal_of,
+    update_alpha,
 )
-from pyro_nf.infer.logdensity import LogDensity
-from pyro_nf.infer.pinning import PinnedPacking
+from pyro_nf.densities.full_data import reads_all_rows
+from pyro_nf.densities.logdensity import LogDensity
+from pyro_nf.densities.pinning import PinnedPacking
 
 __all__ = ["F64", "PROBE_DRAWS", "AutoPathfinder", "LowRankSqrt", "PathfinderResult",
            "normal_of", "pathfinder", "resolution", "run_paths"]
@@ -119,7 +119,7 @@ def _armijo(value_and_grad: Callable, x: torch.Tensor, f: float, d: torch.Tensor
     return None
 
 
-def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, max_iters: int,
+def lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, max_iters: int,
                 tol: float, num_elbo_draws: int, generator: torch.Generator,
                 stop: Callable[[torch.Tensor], bool] | None = None, score: bool = True
                 ) -> PathResult:
@@ -162,7 +162,7 @@ def _lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, m
             pairs = (pairs + [(s_vec, y_vec)])[-history:]
             if alpha is None:
                 alpha = torch.full_like(x, float(s_vec @ y_vec) / float(y_vec @ y_vec))
-            alpha = _update_alpha(alpha, s_vec, y_vec)
+            alpha = update_alpha(alpha, s_vec, y_vec)
         converged = abs(f - f_new) <= tol * max(1.0, abs(f_new)) or \
             float(g_new.abs().max()) <= 1e-8
         x, f, g = x_new, f_new, g_new
@@ -195,9 +195,9 @@ def _best_along(log_density: LogDensity, points: list, history: int, num_elbo_dr
     probe = reads_all_rows(log_density)
     elbos = {}
     for l, approx in reversed(scored) if probe else scored:
-        elbos[l] = _elbo_unless_below(log_density, approx, num_elbo_draws, generator,
+        elbos[l] = elbo_unless_below(log_density, approx, num_elbo_draws, generator,
                                       best.elbo) if probe else \
-            _elbo(log_density, approx, num_elbo_draws, generator)
+            gaussian_elbo(log_density, approx, num_elbo_draws, generator)
         if elbos[l] > best.elbo:
             best.approximation, best.elbo, best.best_iteration = approx, elbos[l], l
     best.elbos = [elbos[l] for l in sorted(elbos)]
@@ -216,12 +216,12 @@ def _approximations_along(points: list, history: int) -> list[tuple[int, LowRank
         s, y = t1 - t0, -(g1 - g0)  # y: the change of the gradient of -log p
         if float(s @ y) > 2.2e-16 * float(y @ y):
             pairs = (pairs + [(s, y)])[-history:]
-            alpha = _update_alpha(alpha, s, y)
+            alpha = update_alpha(alpha, s, y)
         if not pairs or l not in scored:
             continue
         s_mat = torch.stack([p[0] for p in pairs], dim=1)
         y_mat = torch.stack([p[1] for p in pairs], dim=1)
-        approx = _inverse_hessian(t1, g1, alpha, s_mat, y_mat)
+        approx = inverse_hessian(t1, g1, alpha, s_mat, y_mat)
         if approx is not None:
             out.append((l, approx))
     return out
@@ -326,12 +326,12 @@ def _resample_paths(log_density: LogDensity, usable: list[PathResult], best: Pat
     """Multi-path Pathfinder's importance resampling: draws from every path's approximation,
     Pareto-smoothed weights p / q, resampled where k-hat < 0.7 (else the best path's own
     draws: a few draws would carry all the weight). Returns the draws and k-hat."""
-    from pyro_nf.diagnostics import _arviz
+    from pyro_nf.utils import arviz_compat
 
     per_path = -(-num_draws // len(usable))
     xs, lws = [], []
     for p in usable:
-        x, log_q = _draw(p.approximation, per_path, generator)
+        x, log_q = draw_standardized(p.approximation, per_path, generator)
         with torch.no_grad():
             log_p = log_density(x).to(F64)
         xs.append(x)
@@ -339,9 +339,9 @@ def _resample_paths(log_density: LogDensity, usable: list[PathResult], best: Pat
                                torch.as_tensor(-math.inf, dtype=F64)))
     x, lw = torch.cat(xs), torch.cat(lws)
     finite = torch.isfinite(lw)
-    smoothed, khat = _arviz.psis(lw[finite].numpy())
+    smoothed, khat = arviz_compat.psis(lw[finite].numpy())
     if khat >= 0.7:
-        return _draw(best.approximation, num_draws, generator)[0], float(khat)
+        return draw_standardized(best.approximation, num_draws, generator)[0], float(khat)
     weights = torch.zeros_like(lw)
     weights[finite] = torch.as_tensor(smoothed).exp()
     index = torch.multinomial(weights / weights.sum(), num_draws, replacement=True,
@@ -359,7 +359,7 @@ def run_paths(target: Callable, init: torch.Tensor, num_paths: int, generator: t
         start = init.to(F64) if k == 0 else \
             ((torch.rand(target.dim, dtype=F64, generator=generator) * 2 - 1)
              * init_radius).to(init.device)
-        paths.append(_lbfgs_path(target, start, history=history, max_iters=max_iters,
+        paths.append(lbfgs_path(target, start, history=history, max_iters=max_iters,
                                  tol=tol, num_elbo_draws=num_elbo_draws, generator=generator))
     return paths
 
@@ -367,7 +367,7 @@ def run_paths(target: Callable, init: torch.Tensor, num_paths: int, generator: t
 class AutoPathfinder(PinnedPacking, AutoContinuous):
     """A Pyro guide whose posterior over the packed unconstrained latent is a fitted
     Pathfinder normal approximation (fixed: no parameters to learn). It packs as
-    :class:`~pyro_nf.infer.logdensity.LogDensity` does, coordinates without density pinned."""
+    :class:`~pyro_nf.densities.logdensity.LogDensity` does, coordinates without density pinned."""
 
     _quiet_pins = True
 
@@ -395,7 +395,7 @@ def _init_at(approximation: LowRankSqrt, log_density: LogDensity | None) -> Call
     def init(site: dict) -> torch.Tensor:
         if site["name"] in values:
             return values[site["name"]].detach()
-        from pyro_nf.infer.init import init_to_median_or_uniform
+        from pyro_nf.densities.initialization import init_to_median_or_uniform
 
         return init_to_median_or_uniform(site)
 

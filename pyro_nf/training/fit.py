@@ -19,17 +19,17 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
-from pyro_nf.infer import distributed as _distributed
-from pyro_nf.infer.checkpoint import _checkpoint, _restore
-from pyro_nf.infer.elbo import STLTrace_ELBO
-from pyro_nf.infer.full_data import fast_minibatches
-from pyro_nf.infer.optim import JointAdam, Snapshot
-from pyro_nf.infer.step import (  # noqa: F401 - NonFiniteLossError: also fit's name for it
+from pyro_nf.densities.full_data import fast_minibatches
+from pyro_nf.training import distributed as _distributed
+from pyro_nf.training.checkpoint import restore_checkpoint, save_checkpoint
+from pyro_nf.training.elbo import STLTrace_ELBO
+from pyro_nf.training.optim import JointAdam, Snapshot
+from pyro_nf.training.step import (  # noqa: F401 - NonFiniteLossError: also fit's name for it
     NonFiniteLossError,
-    _not_positive_definite,
-    _numerics_error,
-    _raise_if_stuck,
     guarded_step,
+    not_positive_definite,
+    numerics_error,
+    raise_if_stuck,
 )
 
 #: ``fit`` warns when the non-finite guard has cut the learning rate this far (7 halvings)
@@ -117,8 +117,8 @@ def _make_elbo(elbo: Any, num_particles: int, vectorize: bool) -> ELBO:
 def _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_particles,
                          vectorize_particles, clip_norm, seed, checkpointing, max_bad_steps,
                          accuracy, max_steps):
-    """``fit`` without ``num_steps``: :func:`pyro_nf.infer.auto.auto_fit`."""
-    from pyro_nf.infer.auto import auto_fit
+    """``fit`` without ``num_steps``: :func:`pyro_nf.training.schedules.auto_fit`."""
+    from pyro_nf.training.schedules import auto_fit
 
     if checkpointing:
         raise ValueError("fit: checkpoint and resume need an explicit num_steps (without it "
@@ -135,13 +135,13 @@ def _fit_until_converged(model, guide, args, kwargs, optim, lr, elbo, num_partic
 def _particles_that_work(loss_fn: ELBO, model: Callable, guide: Callable, args: tuple,
                          kwargs: dict) -> ELBO:
     """``loss_fn``, or a copy with sequential particles when the model does not broadcast over
-    vectorised ones (:func:`~pyro_nf.infer.particles.particle_problem`), with one warning.
+    vectorised ones (:func:`~pyro_nf.training.particles.particle_problem`), with one warning.
     The check draws under a forked RNG: the fit's random stream is the same with or without
     it."""
     if not getattr(loss_fn, "vectorize_particles", False) or loss_fn.num_particles < 2 \
             or getattr(loss_fn, "_pyro_nf_checked", False):
         return loss_fn
-    from pyro_nf.infer.particles import particle_problem
+    from pyro_nf.training.particles import particle_problem
 
     if loss_fn.max_plate_nesting == float("inf"):
         loss_fn._guess_max_plate_nesting(model, guide, args, kwargs)
@@ -164,8 +164,8 @@ def _compile(loss_fn: ELBO, model, guide, args, kwargs, try_jit: bool) -> ELBO:
     """The guide's parameters set up by one guide call under a forked RNG (so that every
     ELBO, compiled or not, starts from the same random stream, and a resumed fit continues
     exactly), then, with ``try_jit`` (the default ELBO),
-    :func:`~pyro_nf.infer.compiled.compiled_elbo`."""
-    from pyro_nf.infer.compiled import compiled_elbo
+    :func:`~pyro_nf.training.compiled.compiled_elbo`."""
+    from pyro_nf.training.compiled import compiled_elbo
 
     devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
     try:
@@ -230,14 +230,14 @@ def fit(
     Args:
         model, guide, *args, **kwargs: as for ``pyro.infer.SVI``; args go to both.
         num_steps: total number of steps (a resumed run continues up to this many). None (the
-            default): the fit tunes and stops itself (:mod:`pyro_nf.infer.auto`): a step-size
+            default): the fit tunes and stops itself (:mod:`pyro_nf.training.schedules`): a step-size
             pilot, windows until the loss is stationary, four halvings of the learning rate,
             Polyak averaging, and an importance check that may stop it early.
-        optim: a ``pyro.optim`` optimiser (default :class:`~pyro_nf.infer.optim.JointAdam`
+        optim: a ``pyro.optim`` optimiser (default :class:`~pyro_nf.training.optim.JointAdam`
             ``({"lr": lr})``, Adam over all tensors in one fused step); needs ``num_steps``.
         elbo: an ELBO instance, ``"trace"`` (eager ``Trace_ELBO``) or ``"stl"``
-            (:class:`~pyro_nf.infer.STLTrace_ELBO`). Default: ``Trace_ELBO`` compiled where it
-            provably equals the eager one (:mod:`pyro_nf.infer.compiled`). A model that reads
+            (:class:`~pyro_nf.STLTrace_ELBO`). Default: ``Trace_ELBO`` compiled where it
+            provably equals the eager one (:mod:`pyro_nf.training.compiled`). A model that reads
             changing Python state (a global annealing weight) needs ``"trace"``.
         num_particles, vectorize_particles: used when ``elbo`` is not an instance (default 1
             particle with ``num_steps``, else 8); a model that does not broadcast over
@@ -264,7 +264,7 @@ def fit(
         max_steps: without ``num_steps``, the most steps the fit may take (default 10,000):
             a budget; the result's ``stop_reason`` says when it was the reason to stop.
         distributed: under ``torchrun``, data-parallel SVI over the processes
-            (:mod:`pyro_nf.infer.distributed`: each takes its block of every subsampled
+            (:mod:`pyro_nf.training.distributed`: each takes its block of every subsampled
             plate, gradients averaged every step; needs ``num_steps``); without the launcher
             the usual one-process fit.
 
@@ -335,7 +335,7 @@ class _Run:
         """Resume from the checkpoint if asked and it exists; the particles that work; the
         compiled ELBO when steps are left to take."""
         if resume and self.path.exists():
-            self.lr_factor = _restore(self.path, self.model, self.guide, self.loss_fn,
+            self.lr_factor = restore_checkpoint(self.path, self.model, self.guide, self.loss_fn,
                                       self.optim, self.result, self.args, self.kwargs)
         self.loss_fn = _particles_that_work(self.loss_fn, self.model, self.guide, self.args,
                                             self.kwargs)
@@ -354,7 +354,7 @@ class _Run:
 
     def checkpoint(self) -> None:
         if self.path is not None and self.leader:
-            _checkpoint(self.path, self.optim, self.result, self.lr_factor)
+            save_checkpoint(self.path, self.optim, self.result, self.lr_factor)
 
     def step(self, factor: float, clip_norm: float | None) -> bool:
         """One guarded step at ``lr_factor * factor``; False when it was not taken (the
@@ -374,7 +374,7 @@ class _Run:
         self.lr_factor *= 0.5
         self.bad_in_a_row += 1
         self.result.skipped_steps += 1
-        _raise_if_stuck(self.bad_in_a_row, self.max_bad_steps, skipped[1], skipped[0],
+        raise_if_stuck(self.bad_in_a_row, self.max_bad_steps, skipped[1], skipped[0],
                         self.loss, self.lr_factor)
         return False
 
