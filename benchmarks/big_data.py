@@ -143,7 +143,8 @@ def autoflow(name: str, data: dict, batch: int, seed: int = 0, max_steps: int | 
     pyro.clear_param_store()
     t0 = time.perf_counter()
     guide = pyro_nf.AutoFlow(model)
-    result = pyro_nf.fit(model, guide, x, y, batch=batch, seed=seed, progress=False,
+    result = pyro_nf.fit(model, guide, x, y, model_kwargs={"batch": batch}, seed=seed,
+                         progress=False,
                          max_steps=max_steps)
     seconds = time.perf_counter() - t0
     out = {"seconds": seconds, "steps": result.steps, "stage": result.stage,
@@ -157,7 +158,7 @@ def criterion(fitted: tuple, ref: dict[str, np.ndarray], draws: int = 4000,
     import torch
 
     from pyro_nf.densities.logdensity import LogDensity
-    from pyro_nf.training.schedules import importance_check
+    from pyro_nf.training.checks import importance_check
 
     model, guide, args, kwargs = fitted
     with torch.no_grad():

@@ -13,9 +13,11 @@ import torch
 from helpers import SEEDS, mean_tolerance, sd_ratio_tolerance
 from pyro.infer.autoguide import AutoNormal
 
+import pyro_nf.training.checks as checks
 import pyro_nf.training.schedules as auto
 from pyro_nf import AutoFlow, fit
 from pyro_nf.approximations.pathfinder import normal_of
+from pyro_nf.training.schedules import FixedSchedule, SelfTuningSchedule, schedule_options
 
 DATA = torch.tensor([1.3, 0.2, 2.1, 1.7, 0.9, 1.1, 2.4, 0.5])
 
@@ -62,11 +64,47 @@ def test_explicit_num_steps_keeps_the_fixed_schedule():
     assert result.steps == 30 and result.stage == "fixed" and result.lr is None
 
 
-def test_without_num_steps_checkpoints_and_optimisers_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="explicit num_steps"):
-        fit(conjugate, AutoNormal(conjugate), checkpoint=tmp_path / "c.pt")
-    with pytest.raises(ValueError, match="num_steps to use your optimiser"):
-        fit(conjugate, AutoNormal(conjugate), optim=pyro.optim.Adam({"lr": 0.01}))
+#: a valid value of every schedule option, to pass where it does not belong
+FIXED_VALUES = {"num_steps": 5, "lr": 0.5, "optim": pyro.optim.Adam({"lr": 0.01}),
+                "lr_schedule": lambda step: 1.0, "lr_decay": 0.9, "warmup_steps": 3,
+                "convergence_window": 50, "convergence_tol": 1e-3, "stop_when_converged": True}
+TUNING_VALUES = {"accuracy": 0.2, "max_steps": 100}
+
+
+def test_every_option_of_one_schedule_given_to_the_other_is_an_error_naming_it(tmp_path):
+    """No option is accepted and ignored: each FixedSchedule option without num_steps (the
+    self-tuning schedule), each SelfTuningSchedule option with num_steps, and the engine's
+    fixed-only options under the self-tuning schedule raise before any step."""
+    assert set(FIXED_VALUES) == set(schedule_options(FixedSchedule))
+    assert set(TUNING_VALUES) == set(schedule_options(SelfTuningSchedule))
+    guide = AutoNormal(conjugate)
+    for name, value in FIXED_VALUES.items():
+        if name == "num_steps":
+            continue
+        with pytest.raises(ValueError, match=f"{name} is an option of FixedSchedule, not of "
+                                             "SelfTuningSchedule"):
+            fit(conjugate, guide, **{name: value})
+    for name, value in TUNING_VALUES.items():
+        with pytest.raises(ValueError, match=f"{name} is an option of SelfTuningSchedule, not "
+                                             "of FixedSchedule"):
+            fit(conjugate, guide, num_steps=5, **{name: value})
+    with pytest.raises(ValueError, match="checkpoint is not supported by SelfTuningSchedule"):
+        fit(conjugate, guide, checkpoint=tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="lr given beside schedule=FixedSchedule"):
+        fit(conjugate, guide, schedule=FixedSchedule(5), lr=0.1)
+    with pytest.raises(TypeError, match="unknown option 'data'.*model_kwargs"):
+        fit(conjugate, guide, data=torch.zeros(3))
+    assert pyro.get_param_store().keys() == set()  # nothing ran
+
+
+def test_model_keywords_go_in_model_kwargs_even_when_named_like_options():
+    def model(seed=None, lr=None):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(loc, 1.0), obs=torch.tensor(float(seed) + float(lr)))
+
+    result = fit(model, AutoNormal(model), num_steps=3, progress=False,
+                 model_kwargs={"seed": 1, "lr": 0.5})
+    assert result.steps == 3
 
 
 def test_the_last_check_recommends_the_anchor_when_the_flow_is_worse():
@@ -79,7 +117,7 @@ def test_the_last_check_recommends_the_anchor_when_the_flow_is_worse():
     result = fit(conjugate, guide, num_steps=0, progress=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        auto._last_check(result, conjugate, guide, (), {})
+        checks.last_check(result, conjugate, guide, (), {})
     assert result.recommendation == "anchor" and result.khat > 0.7 > result.anchor_khat
     assert any("reset_to_anchor" in str(w.message) for w in caught)
     guide.reset_to_anchor()
@@ -100,7 +138,7 @@ def test_importance_check_estimates_the_known_chi_square(shift, scale):
     from pyro_nf.densities.logdensity import LogDensity
 
     q = dist.Normal(torch.tensor([shift]), scale).to_event(1)
-    check = auto.importance_check(LogDensity(standard_normal), q, num=4000)
+    check = checks.importance_check(LogDensity(standard_normal), q, num=4000)
     exact = scale / math.sqrt(2 - scale ** -2) * math.exp(shift ** 2 / (2 * scale ** 2 - 1)) - 1
     assert abs(check.chi2 - exact) <= 4 * check.chi2_se + 1e-6
     # within 0.1 exactly where sqrt(chi^2) <= 0.1 with room for two standard errors
@@ -111,7 +149,7 @@ def test_a_point_mass_is_never_within_any_accuracy():
     from pyro_nf.densities.logdensity import LogDensity
 
     q = dist.Delta(torch.zeros(1), event_dim=1)
-    assert not auto.importance_check(LogDensity(standard_normal), q).within(1.0)
+    assert not checks.importance_check(LogDensity(standard_normal), q).within(1.0)
 
 
 def test_an_exact_anchor_stops_before_the_first_step():
@@ -146,7 +184,7 @@ def test_a_guide_that_reaches_the_accuracy_stops_at_its_first_stationary_loss():
         pyro.clear_param_store()
         guide = AutoMultivariateNormal(conjugate)
         result = fit(conjugate, guide, seed=seed)
-        assert result.stage == "optimise" and "accuracy" in result.stop_reason, seed
+        assert result.stage == "optimize" and "accuracy" in result.stop_reason, seed
         assert result.steps < auto.WINDOW * (2 + 2 + auto.HALVINGS + auto.AVERAGE_WINDOWS)
         loc = pyro.param("AutoMultivariateNormal.loc").item()
         assert abs(loc - POST_MEAN) < 0.15 * POST_SD, (seed, loc)
@@ -160,4 +198,4 @@ def test_a_guide_that_reaches_the_accuracy_stops_at_its_first_stationary_loss():
     (-10.0, -10.0, 0.8, 0.75, "flow"),   # both unreliable
 ])
 def test_the_recommendation_rule(elbo, anchor_elbo, khat, anchor_khat, expected):
-    assert auto.recommend(elbo, 0.01, anchor_elbo, khat, anchor_khat) == expected
+    assert checks.recommend(elbo, 0.01, anchor_elbo, khat, anchor_khat) == expected

@@ -4,7 +4,6 @@ step and the fixed-schedule run's guard memory."""
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pyro
@@ -14,29 +13,33 @@ import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
+from pyro_nf.training.engine import Guard, converged
 from pyro_nf.training.optim import JointAdam, Snapshot
+from pyro_nf.training.result import FitResult
+from pyro_nf.training.schedules import FixedSchedule
 from pyro_nf.training.step import NonFiniteLossError, guarded_step
-
-FIT = sys.modules["pyro_nf.training.fit"]  # the module (pyro_nf.training.fit is also the function)
 
 
 def test_schedule_ramps_up_then_decays_to_lr_decay_times_the_rate():
-    s = FIT._schedule
-    assert s(0, 100, None, None, 10) == pytest.approx(0.1)  # warm-up: (step + 1) / 10
-    assert s(9, 100, None, None, 10) == pytest.approx(1.0)
-    assert s(50, 100, None, 0.1, 0) == pytest.approx(0.1 ** 0.5)
-    assert s(100, 100, None, 0.1, 0) == pytest.approx(0.1)
-    assert s(50, 100, lambda step: 0.5, 0.1, 0) == pytest.approx(0.5 * 0.1 ** 0.5)
+    warm = FixedSchedule(100, lr_decay=None, warmup_steps=10)
+    assert warm.lr_factor(0) == pytest.approx(0.1)  # warm-up: (step + 1) / 10
+    assert warm.lr_factor(9) == pytest.approx(1.0)
+    decay = FixedSchedule(100, lr_decay=0.1, warmup_steps=0)
+    assert decay.lr_factor(50) == pytest.approx(0.1 ** 0.5)
+    assert decay.lr_factor(100) == pytest.approx(0.1)
+    user = FixedSchedule(100, lr_decay=0.1, warmup_steps=0, lr_schedule=lambda step: 0.5)
+    assert user.lr_factor(50) == pytest.approx(0.5 * 0.1 ** 0.5)
+    assert FixedSchedule(1000).warmup == 50 and FixedSchedule(10 ** 5).warmup == 200
 
 
 def test_converged_on_a_stationary_loss_not_on_a_trend_nor_non_finite_values():
     rng = np.random.default_rng(0)
     flat = list(10 + rng.normal(size=400))
-    assert FIT._converged(flat, 200, 1e-4)
-    assert not FIT._converged(flat[:399], 200, 1e-4)  # not yet two whole windows
+    assert converged(flat, 200, 1e-4)
+    assert not converged(flat[:399], 200, 1e-4)  # not yet two whole windows
     trend = list(10 + 0.05 * np.arange(400) + rng.normal(size=400))
-    assert not FIT._converged(trend, 200, 1e-4)
-    assert not FIT._converged(flat[:-1] + [math.inf], 200, 1e-4)
+    assert not converged(trend, 200, 1e-4)
+    assert not converged(flat[:-1] + [math.inf], 200, 1e-4)
 
 
 def _normal_model():
@@ -73,17 +76,21 @@ def test_guarded_step_takes_a_finite_step_and_a_non_finite_one_restores_the_last
         torch.testing.assert_close(value.detach(), before[name], rtol=0, atol=0)
 
 
-def test_run_halves_the_learning_rate_per_bad_step_and_stops_after_max_bad_steps():
+def test_guard_halves_the_learning_rate_per_bad_step_and_stops_after_max_bad_steps():
     guide, optim, _ = _setup()
 
     def broken():
         pyro.sample("x", dist.Normal(torch.tensor(math.nan), 1.0))
 
-    run = FIT._Run(broken, guide, (), {}, Trace_ELBO(), optim, FIT.FitResult(guide=guide),
-                   max_bad_steps=3, path=None)
+    guard, result = Guard(max_bad_steps=3), FitResult(guide=guide)
     with pyro.validation_enabled(False):
-        assert run.step(1.0, 10.0) is False and run.lr_factor == 0.5
-        assert run.step(1.0, 10.0) is False and run.lr_factor == 0.25
+        for expected in (0.5, 0.25):
+            loss, skipped = guarded_step(Trace_ELBO(), broken, guide, (), {}, optim,
+                                         guard.lr_factor, 10.0, guard.snapshot, started=True)
+            guard.skipped(result, skipped, loss)
+            assert guard.lr_factor == expected
+        loss, skipped = guarded_step(Trace_ELBO(), broken, guide, (), {}, optim,
+                                     guard.lr_factor, 10.0, guard.snapshot, started=True)
         with pytest.raises(NonFiniteLossError, match="3 consecutive steps"):
-            run.step(1.0, 10.0)
-    assert run.result.skipped_steps == 3
+            guard.skipped(result, skipped, loss)
+    assert result.skipped_steps == 3

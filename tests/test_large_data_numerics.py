@@ -94,7 +94,8 @@ def test_float32_model_of_many_rows_anchors_at_the_exact_posterior_and_stops_at_
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         guide = pyro_nf.AutoFlow(regression)
-        result = pyro_nf.fit(regression, guide, x, y, batch=500, seed=seed, progress=False)
+        result = pyro_nf.fit(regression, guide, x, y, model_kwargs={"batch": 500}, seed=seed,
+                             progress=False)
         # the paths stop at float32's resolution instead of backtracking on its rounding
         # noise (71 gradient evaluations without that floor)
         assert guide.anchor_info["gradient_evaluations"] < 40
@@ -183,7 +184,7 @@ def test_laplace_from_a_point_off_the_mode_is_centred_on_the_mode():
 
 def test_a_subsampled_models_check_decides_on_its_first_draws_where_it_can():
     from pyro_nf.approximations.pathfinder import normal_of
-    from pyro_nf.training import schedules as auto
+    from pyro_nf.training import checks as auto
 
     x, y = (t.double() for t in rows(2000))
     mean, cov, _ = exact(x, y)
@@ -216,7 +217,7 @@ def test_a_subsampled_models_pilot_scores_step_sizes_by_the_full_data_elbo():
     sampling from the Laplace anchor, 20,000 draws), over LONG_SEEDS; a score may exceed log Z only
     by Monte Carlo error, 0.05 nats (about 4 standard errors of a 256-draw ELBO of this
     near-exact anchor)."""
-    from pyro_nf.training.schedules import full_data_elbo
+    from pyro_nf.training.checks import full_data_elbo
 
     x, _ = (t.double() for t in rows(2000))
     y = torch.bernoulli(torch.sigmoid(x @ torch.tensor([1.0, -1.0, 0.5, 0.0, 2.0],
@@ -236,7 +237,8 @@ def test_a_subsampled_models_pilot_scores_step_sizes_by_the_full_data_elbo():
     start = {k: v.detach().clone() for k, v in guide.state_dict().items()}
     for seed in LONG_SEEDS:
         guide.load_state_dict(start)
-        result = pyro_nf.fit(logistic, guide, x, y, batch=100, seed=seed, progress=False,
+        result = pyro_nf.fit(logistic, guide, x, y, model_kwargs={"batch": 100}, seed=seed,
+                             progress=False,
                              accuracy=1e-4, max_steps=100)  # a bound no check passes: steps
         assert len(result.pilot) == 3
         for score in result.pilot.values():

@@ -1,6 +1,12 @@
-"""Training: ``fit``, the engine that takes guarded steps, and the schedules that drive it."""
+"""Training: :func:`fit`, the :class:`Engine` that takes guarded SVI steps, and the schedules
+that drive it (:class:`FixedSchedule`, :class:`SelfTuningSchedule`)."""
 
 from pyro_nf.training.elbo import STLTrace_ELBO
-from pyro_nf.training.fit import FitResult, NonFiniteLossError, fit
+from pyro_nf.training.engine import Engine
+from pyro_nf.training.fit import fit
+from pyro_nf.training.result import FitResult
+from pyro_nf.training.schedules import FixedSchedule, SelfTuningSchedule
+from pyro_nf.training.step import NonFiniteLossError
 
-__all__ = ["fit", "FitResult", "NonFiniteLossError", "STLTrace_ELBO"]
+__all__ = ["fit", "Engine", "FixedSchedule", "SelfTuningSchedule", "FitResult",
+           "NonFiniteLossError", "STLTrace_ELBO"]

@@ -231,16 +231,12 @@ def subsampled_plates(model: Callable, guide: Callable, args: tuple, kwargs: dic
     return sorted(found.values())
 
 
-def check_fit(guide: Any, num_steps: Any) -> None:
-    """What a launched data-parallel fit cannot do yet: tune itself, fit a mixture."""
-    if not launched():
-        return
-    if num_steps is None:
-        raise ValueError("fit(distributed=True) needs num_steps: the self-tuning fit's "
-                         "decisions are not made collectively yet")
-    if hasattr(guide, "fit_components"):
+def check_fit(guide: Any) -> None:
+    """What a launched data-parallel fit cannot do yet: fit a mixture (the self-tuning
+    schedule, whose decisions are not made collectively yet, is refused by ``fit``)."""
+    if launched() and hasattr(guide, "fit_components"):
         raise ValueError("fit(distributed=True) does not fit a mixture of flows "
-                         "(AutoFlow(modes=...)) yet")
+                         "(AutoFlowMixture) yet")
 
 
 def setup(model: Callable, guide: Callable, args: tuple, kwargs: dict,
