@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PYRO_NF_MNIST ?= $(abspath ../shared/data)
 export PYRO_NF_POSTERIORDB ?= $(abspath ../shared/posteriordb)
 
-.PHONY: test test-fast test-arviz1 venv-arviz1 demo lint bench bench-quick bench-layers bench-mnist bench-validate bench-venv venv clean
+.PHONY: test test-fast test-arviz1 venv-arviz1 demo lint bench bench-quick bench-layers bench-mnist bench-validate bench-venv venv docs clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,17 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench-venv: $(BENCH_STAMP)
+
+DOCS_STAMP := $(VENV)/.installed-docs
+# mkdocs and mkdocstrings for the site; the torch pin is kept as a constraint so it cannot move.
+$(DOCS_STAMP): $(STAMP)
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install --quiet -c $(VENV)/torch-constraint.txt -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+# The user pages and the API reference (mkdocs.yml), into site/; any warning fails the build.
+docs: $(DOCS_STAMP)
+	$(PY) -m mkdocs build --strict
 
 # The tests run in one process per core (pytest-xdist); an idle one takes tests from a busy one.
 XDIST ?= -n auto --dist worksteal
@@ -62,8 +73,10 @@ venv-arviz1:
 demo: $(STAMP)
 	$(VENV)/bin/pyro-nf demo --out pyro-nf-demo
 
+# ruff, and the layers' import contract (pyproject.toml [tool.importlinter], docs/architecture.md).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Every benchmark runs as a module from the repository root: $(PY) -m benchmarks.NAME --help.
 bench-layers: $(STAMP)

@@ -120,10 +120,10 @@ def _armijo(value_and_grad: Callable, x: torch.Tensor, f: float, d: torch.Tensor
 
 
 def lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, max_iters: int,
-                tol: float, num_elbo_draws: int, generator: torch.Generator,
-                stop: Callable[[torch.Tensor], bool] | None = None, score: bool = True
-                ) -> PathResult:
-    """Minimise -log p by L-BFGS from ``start`` with a backtracking (Armijo) line search, keep
+               tol: float, num_elbo_draws: int, generator: torch.Generator,
+               stop: Callable[[torch.Tensor], bool] | None = None, score: bool = True
+               ) -> PathResult:
+    """Minimize -log p by L-BFGS from ``start`` with a backtracking (Armijo) line search, keep
     every accepted iterate with its gradient, and pick the best normal approximation along
     the path. Each trial point costs one gradient evaluation. ``stop(x)`` ends the path early
     (the mode search stops a path that has reached a known mode); ``score=False`` returns the
@@ -146,31 +146,20 @@ def lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, ma
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     alpha = None  # the diagonal inverse-Hessian estimate, H0 of the two-loop recursion
     for _ in range(max_iters):
-        d = _two_loop(g, pairs, alpha) if pairs else -g / max(1.0, float(g.abs().sum()))
-        slope = float(g @ d)
-        if slope >= 0:  # not a descent direction: restart from steepest descent
-            pairs, d = [], -g / max(1.0, float(g.abs().sum()))
-            slope = float(g @ d)
-        elif -slope <= floor * max(1.0, abs(f)):
-            break  # the quasi-Newton step's predicted gain is below the float resolution
+        direction = _descent_direction(g, f, pairs, alpha, floor)
+        if direction is None:
+            break
+        d, slope, pairs = direction
         accepted = _armijo(value_and_grad, x, f, d, slope)
         if accepted is None:
             break
         x_new, f_new, g_new = accepted
-        s_vec, y_vec = x_new - x, g_new - g
-        if float(s_vec @ y_vec) > 1e-10 * float(y_vec @ y_vec):
-            pairs = (pairs + [(s_vec, y_vec)])[-history:]
-            if alpha is None:
-                alpha = torch.full_like(x, float(s_vec @ y_vec) / float(y_vec @ y_vec))
-            alpha = update_alpha(alpha, s_vec, y_vec)
+        pairs, alpha = _update_curvature(pairs, alpha, x_new - x, g_new - g, history)
         converged = abs(f - f_new) <= tol * max(1.0, abs(f_new)) or \
             float(g_new.abs().max()) <= 1e-8
         x, f, g = x_new, f_new, g_new
         points.append((x, -g, f))
-        # stalled: the last ``history`` iterations together moved -log p by less than the
-        # density's own float resolution (their steps only chase its rounding noise)
-        converged |= len(points) > history and \
-            points[-1 - history][2] - f <= floor * max(1.0, abs(f))
+        converged |= _stalled(points, history, floor)
         if stop is not None and stop(x):
             return PathResult(None, -math.inf, len(points) - 1, calls[0], -1, last=x,
                               last_log_density=-f, stopped=True)
@@ -180,6 +169,48 @@ def lbfgs_path(log_density: LogDensity, start: torch.Tensor, *, history: int, ma
         return PathResult(None, -math.inf, len(points) - 1, calls[0], -1, last=x,
                           last_log_density=-f)
     return _best_along(log_density, points, history, num_elbo_draws, generator, calls[0])
+
+
+def _steepest(g: torch.Tensor) -> torch.Tensor:
+    """Steepest descent, scaled so that the first trial step is at most of unit L1 norm."""
+    return -g / max(1.0, float(g.abs().sum()))
+
+
+def _descent_direction(g: torch.Tensor, f: float, pairs: list[tuple[torch.Tensor, torch.Tensor]],
+                       alpha: torch.Tensor | None, floor: float
+                       ) -> tuple[torch.Tensor, float, list] | None:
+    """The next search direction, its slope ``g @ d`` and the curvature pairs to keep: the
+    L-BFGS direction (steepest descent before the first pair), or steepest descent without the
+    pairs where it does not descend. None where the quasi-Newton step's predicted gain is
+    below the density's float resolution ``floor`` (the path ends)."""
+    d = _two_loop(g, pairs, alpha) if pairs else _steepest(g)
+    slope = float(g @ d)
+    if slope >= 0:  # not a descent direction: restart from steepest descent
+        pairs, d = [], _steepest(g)
+        slope = float(g @ d)
+    elif -slope <= floor * max(1.0, abs(f)):
+        return None
+    return d, slope, pairs
+
+
+def _update_curvature(pairs: list[tuple[torch.Tensor, torch.Tensor]], alpha: torch.Tensor | None,
+                      s_vec: torch.Tensor, y_vec: torch.Tensor, history: int
+                      ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+    """Keep the step ``s_vec`` and gradient change ``y_vec`` (the last ``history`` pairs) and
+    update the diagonal estimate ``alpha``, where the pair has positive curvature."""
+    if float(s_vec @ y_vec) > 1e-10 * float(y_vec @ y_vec):
+        pairs = (pairs + [(s_vec, y_vec)])[-history:]
+        if alpha is None:
+            alpha = torch.full_like(s_vec, float(s_vec @ y_vec) / float(y_vec @ y_vec))
+        alpha = update_alpha(alpha, s_vec, y_vec)
+    return pairs, alpha
+
+
+def _stalled(points: list, history: int, floor: float) -> bool:
+    """The last ``history`` iterations together moved -log p by less than the density's own
+    float resolution (their steps only chase its rounding noise)."""
+    f = points[-1][2]
+    return len(points) > history and points[-1 - history][2] - f <= floor * max(1.0, abs(f))
 
 
 def _best_along(log_density: LogDensity, points: list, history: int, num_elbo_draws: int,
@@ -279,16 +310,19 @@ def pathfinder(model: Callable, *args: Any, num_paths: int = 4, num_draws: int =
     """Multi-path Pathfinder for a Pyro model (Zhang et al., 2022).
 
     Args:
-        model, args, kwargs: the model and its arguments.
+        model: the Pyro model.
+        *args: the model's positional arguments.
         num_paths: independent L-BFGS paths, each from Stan's uniform(-init_radius,
             init_radius) start in unconstrained space (the first from the prior median where
             the prior can be sampled).
         num_draws: draws returned, importance-resampled from the paths' approximations.
         history: L-BFGS history size (the rank of the low-rank part is twice this).
-        max_iters, tol: each path stops after ``max_iters`` L-BFGS iterations or when the
-            objective changes by less than ``tol`` relative.
+        max_iters: the most L-BFGS iterations of each path.
+        tol: a path also stops when the objective changes by less than ``tol`` relative.
         num_elbo_draws: Monte Carlo draws per ELBO estimate along the path.
+        init_radius: the half-width of the uniform starts (see ``num_paths``).
         seed: seeds the starts and the draws (None: from torch's global generator).
+        **kwargs: the model's keyword arguments.
 
     Returns:
         a :class:`PathfinderResult`.

@@ -117,11 +117,11 @@ def _collect(model_trace, guide_trace, n: int | None, pdim: int, proto, out: _Dr
             out.add(name, out.log_lik, lp.reshape((m,) + tuple(lp_shape)))
 
 
-class _NotVectorisable(Exception):
+class _NotVectorizable(Exception):
     """The batched scores disagree with a one-draw re-scoring."""
 
 
-def _check_vectorised(model, args, kwargs, proto, out: _Draws) -> None:
+def _check_vectorized(model, args, kwargs, proto, out: _Draws) -> None:
     """Re-score the first draw on its own: a model whose data dimension is not declared with a
     plate can broadcast the draw dimension against the data without any error, giving wrong
     scores; then the caller falls back to drawing one at a time."""
@@ -134,11 +134,11 @@ def _check_vectorised(model, args, kwargs, proto, out: _Draws) -> None:
                       if s["type"] == "sample" and not _is_deterministic(s)))
     batched = float(out.log_p[0][0])
     if not abs(log_p - batched) <= 1e-3 * (1 + abs(log_p)):
-        raise _NotVectorisable(f"batched log p {batched} != {log_p}")
+        raise _NotVectorizable(f"batched log p {batched} != {log_p}")
 
 
 def _draw(model, guide, args, kwargs, num_samples: int, batch_size: int):
-    """Draw from the guide, score under model and guide: vectorised in batches of at most
+    """Draw from the guide, score under model and guide: vectorized in batches of at most
     ``batch_size`` draws where the model allows, one draw at a time otherwise."""
     with torch.no_grad(), pyro.validation_enabled(False):
         proto_model, proto_guide = _traces(model, guide, args, kwargs)
@@ -147,7 +147,7 @@ def _draw(model, guide, args, kwargs, num_samples: int, batch_size: int):
                  if v["type"] == "sample" and not site_is_subsample(v)}
         pdim = _nesting(proto_model, proto_guide) + 1
         out = _Draws()
-        vectorised = True
+        vectorized = True
         try:
             done = 0
             while done < num_samples:
@@ -156,15 +156,15 @@ def _draw(model, guide, args, kwargs, num_samples: int, batch_size: int):
                     mt, gt = _traces(model, guide, args, kwargs)
                 _collect(mt, gt, n, pdim, proto, out)
                 if done == 0:
-                    _check_vectorised(model, args, kwargs, proto, out)
+                    _check_vectorized(model, args, kwargs, proto, out)
                 done += n
-        except Exception:  # noqa: BLE001 - any model that does not vectorise: loop instead
-            vectorised = False
+        except Exception:  # noqa: BLE001 - any model that does not vectorize: loop instead
+            vectorized = False
             out = _Draws()
             for _ in range(num_samples):
                 mt, gt = _traces(model, guide, args, kwargs)
                 _collect(mt, gt, None, pdim, proto, out)
-    return out, proto, vectorised
+    return out, proto, vectorized
 
 
 # --------------------------------------------------------------------------- public API
@@ -212,12 +212,27 @@ def to_inference_data(
         observed_data; posterior_predictive (with ``posterior_predictive=True``).
     Dimensions are named after the plates (``dims``/``coords`` override); ``attrs`` record the
     guide class, flow spec, and the final ELBO, steps and seconds of ``fit_result``.
-    Draws are made in vectorised batches of at most ``batch_size`` (bounded memory) where the
-    model vectorises, one by one otherwise (``attrs["vectorised"]`` says which).
+    Draws are made in vectorized batches of at most ``batch_size`` (bounded memory) where the
+    model vectorizes, one by one otherwise (``attrs["vectorised"]``, the stored key, says
+    which).
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    draws, proto, vectorised = _draw(model, guide, args, kwargs, num_samples, batch_size)
+    draws, proto, vectorized = _draw(model, guide, args, kwargs, num_samples, batch_size)
+    groups, all_dims = _groups(draws, proto, dims)
+    observed = groups["observed_data"]
+    if posterior_predictive and observed:
+        groups["posterior_predictive"] = _posterior_predictive(
+            model, args, kwargs, groups["posterior"], observed, num_samples, vectorized)
+    attrs = _attrs(guide, num_samples, vectorized, fit_result)
+    return arviz_compat.from_dict(groups, coords=_plate_coords(proto, all_dims, coords or {}),
+                                  dims=all_dims, attrs=attrs)
+
+
+def _groups(draws: _Draws, proto, dims: dict[str, list[str]] | None
+            ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[str]]]:
+    """The posterior, sample_stats, log_likelihood and observed_data groups of the draws, and
+    every variable's dimension names (the plates', overridden by ``dims``)."""
     values = draws.cat(draws.values)
     log_lik = draws.cat(draws.log_lik)
     log_p, log_q = np.concatenate(draws.log_p), np.concatenate(draws.log_q)
@@ -232,17 +247,26 @@ def to_inference_data(
         "log_likelihood": _chain(log_lik),
         "observed_data": observed,
     }
-    if posterior_predictive and observed:
-        samples = {k: torch.as_tensor(v) for k, v in values.items()}
-        pred = pyro.infer.Predictive(poutine.uncondition(model), posterior_samples=samples,
-                                     return_sites=list(observed), parallel=vectorised)
-        with torch.no_grad():
-            out = pred(*args, **kwargs)
-        groups["posterior_predictive"] = _chain(
-            {k: v.reshape((num_samples,) + observed[k].shape).cpu().numpy()
-             for k, v in out.items()})
+    return groups, all_dims
+
+
+def _posterior_predictive(model, args, kwargs, posterior: dict[str, np.ndarray],
+                          observed: dict[str, np.ndarray], num_samples: int,
+                          vectorized: bool) -> dict[str, np.ndarray]:
+    """Replicated data of every observed site, one per posterior draw (its one chain)."""
+    samples = {k: torch.as_tensor(v[0]) for k, v in posterior.items()}
+    pred = pyro.infer.Predictive(poutine.uncondition(model), posterior_samples=samples,
+                                 return_sites=list(observed), parallel=vectorized)
+    with torch.no_grad():
+        out = pred(*args, **kwargs)
+    return _chain({k: v.reshape((num_samples,) + observed[k].shape).cpu().numpy()
+                   for k, v in out.items()})
+
+
+def _attrs(guide, num_samples: int, vectorized: bool, fit_result: Any) -> dict[str, Any]:
+    """The attributes of every group: the guide, its flow, the versions and the fit."""
     attrs = {"inference": "variational", "guide": type(guide).__name__,
-             "num_samples": num_samples, "vectorised": int(vectorised),
+             "num_samples": num_samples, "vectorised": int(vectorized),
              "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
              **_versions()}
     if hasattr(guide, "flow_spec"):
@@ -250,8 +274,7 @@ def to_inference_data(
     if fit_result is not None:
         attrs.update(final_elbo=float(fit_result.final_elbo), steps=int(fit_result.steps),
                      seconds=float(fit_result.seconds))
-    return arviz_compat.from_dict(groups, coords=_plate_coords(proto, all_dims, coords or {}),
-                            dims=all_dims, attrs=attrs)
+    return attrs
 
 
 def from_mcmc(mcmc, *, dims: dict[str, list[str]] | None = None,

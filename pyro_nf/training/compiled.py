@@ -3,13 +3,12 @@
 An SVI step of a flow guide spends most of its time in Python: Pyro's traces of the guide and
 the model (one message per site through every handler), the per-site packing, the centering
 layer's prior run. ``torch.jit.trace`` records the tensor operations of one such step once and
-replays them without the Python (Pyro's ``JitTrace_ELBO``); on the 15 posteriordb models the
-loss and every gradient agree with the eager ones to float round-off and a step costs 1.6 to
-4.3 times less (``benchmarks/results/overhead.md``).
+replays them without the Python (Pyro's ``JitTrace_ELBO``) with the same loss and gradients
+to float round-off (the step's cost, measured: ``benchmarks/results/overhead.md``).
 
-The traced graph runs under ``torch.jit.optimized_execution(False)``: the optimising executor
+The traced graph runs under ``torch.jit.optimized_execution(False)``: the optimizing executor
 swaps in its own derivatives after a few calls, and on eight schools those gave NaN gradients
-where autograd's are finite (for some initialisations, from the third call on).
+where autograd's are finite (for some initializations, from the third call on).
 
 A trace is only right for a model whose structure does not change between calls. So
 :func:`compiled_elbo` compares the compiled loss and gradients with the eager ones on the same

@@ -43,61 +43,54 @@ def fit(
 ) -> FitResult:
     """Fit ``guide`` to ``model``'s posterior: ``fit(model, guide, *args)``.
 
-    Without ``num_steps`` the fit tunes and stops itself (:class:`SelfTuningSchedule`: a
-    step-size pilot, windows until the loss is stationary, four halvings of the learning rate,
-    Polyak averaging, and an importance check that may stop it early); with ``num_steps`` it
-    takes exactly that many steps (:class:`FixedSchedule`).
+    Without ``num_steps`` the fit tunes and stops itself (:class:`SelfTuningSchedule`); with
+    ``num_steps`` it takes that many steps (:class:`FixedSchedule`). ``docs/fit.md`` gives
+    the reasons behind each default, with references.
 
     Args:
         model: a Pyro model.
-        guide: a guide for it (any Pyro guide; AutoFlow, AutoFlowMixture, AmortizedFlow).
+        guide: a guide for it (AutoFlow, AutoFlowMixture, AmortizedFlow, any Pyro guide).
         *args: the positional arguments of both, as for ``pyro.infer.SVI``.
-        schedule: a :class:`FixedSchedule` or :class:`SelfTuningSchedule`. Without it, the
-            schedule is built from ``schedule_kwargs``: ``num_steps`` (and any other
-            ``FixedSchedule`` option) picks the fixed one.
-        model_kwargs: keyword arguments of the model and guide.
+        schedule: a :class:`FixedSchedule` or :class:`SelfTuningSchedule`; without it, one
+            built from ``schedule_kwargs`` (``num_steps`` picks the fixed one).
+        model_kwargs: the keyword arguments of both.
         seed: ``pyro.set_rng_seed(seed)`` first, so runs are reproducible.
-        elbo: an ELBO instance, ``"trace"`` (eager ``Trace_ELBO``) or ``"stl"``
-            (:class:`~pyro_nf.STLTrace_ELBO`). Default: ``Trace_ELBO`` compiled where it
-            provably equals the eager one (:mod:`pyro_nf.training.compiled`). A model that
-            reads changing Python state (a global annealing weight) needs ``"trace"``.
-        num_particles: particles of an ELBO the fit makes (default 1 with the fixed
-            schedule, 8 with the self-tuning one).
-        vectorize_particles: draw them as one batch; a model that does not broadcast over
-            vectorized particles runs them one at a time, with a warning.
+        elbo: an ELBO, ``"trace"``, ``"stl"`` or None (``Trace_ELBO``, compiled where exact).
+        num_particles: particles per step (default 1 fixed, 8 self-tuning).
+        vectorize_particles: as one batch, where the model broadcasts over them.
         clip_norm: clip each parameter tensor's gradient norm to this (None: no clipping).
-        max_bad_steps: a step whose loss, gradients or update is not finite is undone and
-            halves the learning rate; this many in a row raise :class:`NonFiniteLossError`.
-        progress: a tqdm bar with the running ELBO (only when stderr is a terminal).
+        max_bad_steps: non-finite steps in a row that raise :class:`NonFiniteLossError`.
+        progress: a tqdm bar (when stderr is a terminal).
         callback: called with the number of steps taken after every taken step.
-        checkpoint: (fixed schedule) save the parameters, optimizer and RNG states and
-            losses to this file every ``checkpoint_every`` steps and at the end.
-        checkpoint_every: steps between checkpoints (default 500; needs ``checkpoint``).
-        resume: with an existing checkpoint file, continue exactly where it stopped.
-        distributed: (fixed schedule) under ``torchrun``, data-parallel SVI over the
-            processes (:mod:`pyro_nf.training.distributed`); without the launcher the usual
-            one-process fit.
-        **schedule_kwargs: the options of the schedule when ``schedule`` is not given
-            (:class:`FixedSchedule`: ``num_steps``, ``lr``, ``optim``, ``lr_schedule``,
-            ``lr_decay``, ``warmup_steps``, ``convergence_window``, ``convergence_tol``,
-            ``stop_when_converged``; :class:`SelfTuningSchedule`: ``accuracy``,
-            ``max_steps``). An option the chosen schedule does not use is an error.
+        checkpoint: (fixed schedule) a file for parameters, optimizer and RNG states.
+        checkpoint_every: steps between checkpoints (default 500).
+        resume: continue exactly where the checkpoint file stopped.
+        distributed: (fixed schedule) data-parallel SVI under ``torchrun``.
+        **schedule_kwargs: the schedule's options when ``schedule`` is not given; one the
+            chosen schedule does not use is an error naming it.
 
     Returns:
         a :class:`FitResult`.
     """
     schedule = _schedule_from(schedule, schedule_kwargs)
-    kwargs = _model_kwargs(model_kwargs)
     _check_engine_options(schedule, checkpoint, checkpoint_every, resume, distributed)
-    options = {"elbo": elbo, "vectorize_particles": vectorize_particles,
-               "num_particles": num_particles or schedule.default_particles,
-               "clip_norm": clip_norm, "max_bad_steps": max_bad_steps, "progress": progress,
-               "callback": callback, "checkpoint": checkpoint, "distributed": distributed,
+    options = {"elbo": elbo, "num_particles": num_particles or schedule.default_particles,
+               "vectorize_particles": vectorize_particles, "clip_norm": clip_norm,
+               "max_bad_steps": max_bad_steps, "progress": progress, "callback": callback,
+               "checkpoint": checkpoint, "distributed": distributed,
                "checkpoint_every": 500 if checkpoint_every is None else checkpoint_every}
-    if distributed:
+    return _fit(model, guide, args, _model_kwargs(model_kwargs), schedule, options, seed,
+                resume)
+
+
+def _fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, schedule: Schedule,
+         options: dict[str, Any], seed: int | None, resume: bool) -> FitResult:
+    """The schedule run on an engine for the guide; for a mixture of flows, on one engine per
+    component (:meth:`~pyro_nf.guides.mixture.AutoFlowMixture.fit_components`)."""
+    if options["distributed"]:
         data_parallel.check_fit(guide)
-    if hasattr(guide, "fit_components"):  # a mixture of flows: each component, then weights
-        if checkpoint is not None:
+    if hasattr(guide, "fit_components"):
+        if options["checkpoint"] is not None:
             raise ValueError("fit: checkpoints are not supported for a mixture of flows "
                              "(AutoFlowMixture); drop checkpoint=")
         return guide.fit_components(

@@ -50,8 +50,9 @@ class JointAdam(pyro.optim.PyroOptim):
         self.weight_decay = float(optim_args.get("weight_decay", 0.0))
         self.lr_factor = 1.0
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
-        #: torch's fused Adam (about 4x faster than foreach on CPU for a flow's few dozen
-        #: tensors); off for good once torch refuses it (a device or dtype it lacks)
+        #: torch's fused Adam (one kernel for all tensors; the timings against foreach:
+        #: docs/notes/step_cost_limits.md); off for good once torch refuses it (a device or
+        #: dtype it lacks)
         self.fused = True
 
     def _register(self, p: torch.Tensor) -> None:
