@@ -39,10 +39,9 @@ import pyro_nf
 from benchmarks._timing import adaptive_blocks, time_interleaved
 from benchmarks.common import machine_info, machine_line, script_parser, write_report
 from benchmarks.speed import zuko_guide
-from pyro_nf.training.optim import JointAdam, Snapshot
-from pyro_nf.training.step import guarded_step
-
-FIT = sys.modules["pyro_nf.training.fit"]  # the module (pyro_nf.training.fit is also the function)
+from pyro_nf.training import Engine, FitResult
+from pyro_nf.training.engine import Guard
+from pyro_nf.training.optim import JointAdam
 
 try:
     import zuko
@@ -87,16 +86,17 @@ def model_gradient(model: Callable, jit: bool) -> Callable[[], None]:
 
 def fit_step(model: Callable, guide: Callable, particles: int = 1, fast: bool = True
              ) -> Callable[[], None]:
-    """``fit``'s step with the ELBO and optimiser it builds (fast: by default; else eager
-    Trace_ELBO and pyro.optim.Adam), after 5 untimed steps."""
-    loss_fn = FIT._make_elbo(None, particles, True)
-    loss_fn = FIT._particles_that_work(loss_fn, model, guide, (), {})
-    loss_fn = FIT._compile(loss_fn, model, guide, (), {}, try_jit=fast)
+    """``fit``'s step (:meth:`pyro_nf.Engine.step`) with the ELBO and optimizer ``fit``
+    builds (fast: by default, the compiled ELBO and JointAdam; else eager Trace_ELBO and
+    pyro.optim.Adam), after 5 untimed steps."""
+    engine = Engine(model, guide, elbo=None if fast else "trace", num_particles=particles)
+    result = FitResult(guide=guide)
+    engine.prepare(1, result)  # the particles that work, the guide set up, the compiled ELBO
     optim = JointAdam({"lr": 1e-3}) if fast else pyro.optim.Adam({"lr": 1e-3})
-    snapshot = Snapshot()
+    guard = Guard(max_bad_steps=10)
 
     def step() -> None:
-        guarded_step(loss_fn, model, guide, (), {}, optim, 1.0, 10.0, snapshot, started=True)
+        engine.step(optim, guard, 1.0, result)
 
     for _ in range(5):
         step()
@@ -124,7 +124,7 @@ def steppers(dim: int) -> dict[str, Callable[[], None]]:
            "Pyro AutoIAFNormal fast": fit_step(model, AutoIAFNormal(model, hidden_dim=[h, h],
                                                                     num_transforms=4))}
     packed = packed_funnel(dim)  # one latent vector: the form ZukoToPyro samples
-    out["pyro-nf iaf*4 fast"] = fit_step(packed, flow["iaf"](packed, flow=iaf, anchor=None))
+    out["pyro-nf iaf*4 fast"] = fit_step(packed, flow["iaf"](packed, flow=iaf, start=None))
     if zuko is not None:
         flow = zuko.flows.MAF(dim, transforms=4, hidden_features=(h, h))
         flow.transform = flow.transform.inv  # IAF form: one-pass sampling

@@ -232,7 +232,7 @@ class Engine:
         start = time.perf_counter()
         bar = self._bar if show else None
         for step in range(result.steps, num_steps):
-            if not self._step(optim, guard, lr_factor(step), result):
+            if not self.step(optim, guard, lr_factor(step), result):
                 continue
             self._record(result, step, convergence, hook, bar)
             if result.steps % self.checkpoint_every == 0:
@@ -242,7 +242,7 @@ class Engine:
         self._save(optim, result, guard)
         return self._finish(result, guard, time.perf_counter() - start)
 
-    def _step(self, optim: pyro.optim.PyroOptim, guard: Guard, factor: float,
+    def step(self, optim: pyro.optim.PyroOptim, guard: Guard, factor: float,
               result: FitResult) -> bool:
         """One guarded step at ``guard.lr_factor * factor``; False when it was not taken (the
         parameters are as before it, the learning rate halved)."""
