@@ -39,6 +39,7 @@ from pyro_nf.approximations.gaussian import (
     update_alpha,
 )
 from pyro_nf.densities.full_data import reads_all_rows
+from pyro_nf.densities.initialization import init_to_median_or_uniform
 from pyro_nf.densities.logdensity import LogDensity
 from pyro_nf.densities.pinning import PinnedPacking
 
@@ -429,7 +430,6 @@ def _init_at(approximation: LowRankSqrt, log_density: LogDensity | None) -> Call
     def init(site: dict) -> torch.Tensor:
         if site["name"] in values:
             return values[site["name"]].detach()
-        from pyro_nf.densities.initialization import init_to_median_or_uniform
 
         return init_to_median_or_uniform(site)
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from pyro_nf.approximations.modes import ModeSearch, find_modes, missed_modes
+from pyro_nf.diagnostics.inference_data import to_inference_data
 from pyro_nf.utils import arviz_compat
 
 #: Log weights all within this range of one another (weights within about 10% of each other)
@@ -157,7 +159,6 @@ def diagnose(model_or_idata, guide=None, *args: Any, num_samples: int = 4000,
     if guide is None:
         idata = model_or_idata
     else:
-        from pyro_nf.diagnostics.inference_data import to_inference_data
 
         idata = to_inference_data(model_or_idata, guide, *args, num_samples=num_samples,
                                   **kwargs)
@@ -180,7 +181,6 @@ def _check_modes(report: DiagnosticReport, idata: Any, modes: Any, model: Any, a
                  kwargs: dict) -> None:
     """Fill in ``report.missed_modes`` and mark the verdict when a real mode is missed (a
     relabelled copy under label switching is reported but does not change the verdict)."""
-    from pyro_nf.approximations.modes import ModeSearch, find_modes, missed_modes
 
     if modes is True:
         if model is None:

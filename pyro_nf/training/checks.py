@@ -31,7 +31,6 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro_nf.densities.full_data import reads_all_rows
 from pyro_nf.densities.logdensity import LogDensity
 from pyro_nf.training.compiled import plate_nesting
-from pyro_nf.utils import arviz_compat
 from pyro_nf.utils.rng import forked_rng
 
 #: Draws of the fixed-draw ELBO estimates (pilot, last check).
@@ -141,6 +140,8 @@ def importance_check(log_density: Any, q: Any, num: int | None = None,
 
 def _weights_check(lw: torch.Tensor, z: torch.Tensor) -> ImportanceCheck:
     """k-hat, chi^2 and the ELBO of the log weights ``lw`` of the draws ``z``."""
+    from pyro_nf.utils import arviz_compat  # ArviZ on first use: ``import pyro_nf`` stays light
+
     num = len(lw)
     finite = torch.isfinite(lw)
     if int(finite.sum()) < num // 2:

@@ -31,6 +31,8 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 
+from pyro_nf.training.checkpoint import numpy_state_in, numpy_state_out
+
 #: Largest all-reduce bucket, in elements (DDP's default is 25 MB).
 BUCKET_ELEMENTS = 2 ** 22
 #: Seconds a rank waits for the others in a collective before it gives up (then the error
@@ -99,8 +101,6 @@ class World:
         """Rank 0's torch (CPU and current CUDA device), Python and NumPy random states on
         every rank."""
         import random
-
-        from pyro_nf.training.checkpoint import numpy_state_in, numpy_state_out
 
         cuda = torch.cuda.is_initialized()
         state = [(torch.get_rng_state(), torch.cuda.get_rng_state() if cuda else None,
