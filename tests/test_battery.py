@@ -1,8 +1,9 @@
 """The registry-driven battery: every registered flow layer is put through every property here
-(the conditional forms get theirs in test_conditional.py, with the same helpers).
+(the layers that take a context get, built with one, theirs in test_conditional.py, with the
+same helpers).
 
 Registering a layer is enough to have it tested. Each layer is built, warmed up with one inverse
-pass (so data-dependent initialisation such as ActNorm's happens), and its parameters perturbed
+pass (so data-dependent initialization such as ActNorm's happens), and its parameters perturbed
 away from their initial values before the properties are checked. A layer that cannot meet an
 item declares it in its metadata (``min_dim``, ``kind="permutation"`` for layers that are not
 near the identity) and the battery checks that claim instead; nothing is skipped.

@@ -42,7 +42,7 @@ def test_block_runs(index):
         exec(compile(block, f"{name} block {index}", "exec"), {})
     finally:
         for added in set(registry.available()) - before:
-            registry._REGISTRY.pop(added)
+            registry.unregister(added)
 
 
 def test_flows_table_matches_the_registry():

@@ -22,6 +22,7 @@ from pyro_nf.transforms import (
     build_layer,
     info,
     register,
+    unregister,
 )
 from pyro_nf.transforms import registry as registry_module
 
@@ -150,8 +151,12 @@ def test_register_decorator_adds_a_tested_layer_and_rejects_duplicates():
             register("other", paper="x", inverse="maybe", kind="elementwise")
         with pytest.raises(ValueError, match="kind must be"):
             register("other", paper="x", inverse="exact", kind="weird")
+        assert not info("test_shift").conditional  # no context_dim keyword: no context
     finally:
-        registry_module._REGISTRY.pop("test_shift", None)
+        unregister("test_shift")
+    assert "test_shift" not in available()
+    with pytest.raises(ValueError, match="unknown flow 'test_shift'"):
+        unregister("test_shift")
 
 
 @pytest.mark.parametrize("dim", [0, -1, 2.5, True])
@@ -170,7 +175,7 @@ def test_default_widths_scale_linearly_and_are_capped():
 
 def test_flow_as_pyro_guide_distribution_trains():
     """A composed flow in a TransformedDistribution works inside Pyro's SVI: from a random
-    initialisation it fits a correlated 2-D Gaussian, over LONG_SEEDS. 400 steps, the learning rate
+    initialization it fits a correlated 2-D Gaussian, over LONG_SEEDS. 400 steps, the learning rate
     decaying to 0.02 * 0.996^400 = 0.004, as it did over the 1500 steps at 0.999 this test took
     before (after 400 the means were within 0.07 and the correlation within 0.03 at every
     seed). Tolerances over 4000 draws: each mean within 0.1 sd plus 4 Monte Carlo standard
@@ -208,11 +213,13 @@ def test_flow_as_pyro_guide_distribution_trains():
         assert abs(corr - 0.8) < corr_tol, (seed, corr)
 
 
-def test_registry_functions_moved_to_transforms_with_deprecated_aliases():
+def test_registry_functions_live_in_transforms_only():
     assert pyro_nf.transforms.available() == available()
-    assert "build_flow" not in pyro_nf.__all__
-    with pytest.warns(DeprecationWarning, match="use pyro_nf.transforms.build_flow"):
-        assert pyro_nf.build_flow is build_flow
+    assert pyro_nf.transforms.build_flow is build_flow
+    for name in ("available", "build_flow", "register"):
+        assert name not in pyro_nf.__all__
+        with pytest.raises(AttributeError, match=f"no attribute '{name}'"):
+            getattr(pyro_nf, name)
 
 
 def test_importing_the_package_leaves_arviz_pandas_and_matplotlib_out():

@@ -146,7 +146,7 @@ def test_invertible_for_saturated_raw_diagonals(name, raw):
     layer = _layer(name, 4, 4, seed=2)
     with torch.no_grad():
         layer.r_diag.fill_(raw)
-        layer.rt_diag.fill_(-raw)  # R_ii R~_ii as close to -1 as the parametrisation allows
+        layer.rt_diag.fill_(-raw)  # R_ii R~_ii as close to -1 as the parametrization allows
         layer.r_diag[0] = raw / 2  # and one in between
     _, _, rd, rtd, k = layer.triangles()
     assert bool((rd * rtd >= -(1 - DIAGONAL_MARGIN)).all()) and bool((k > 0).all())
@@ -222,7 +222,7 @@ def test_gradients_through_the_inverse_are_the_implicit_ones(name):
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("degenerate", ["zeros", "rank1", "nan"])
-def test_orthogonalisation_failure_is_a_clear_error(dtype, degenerate):
+def test_orthogonalization_failure_is_a_clear_error(dtype, degenerate):
     layer = build_layer("sylvester_orthogonal", 4, m=3).to(dtype)
     with torch.no_grad():
         if degenerate == "zeros":
@@ -232,7 +232,7 @@ def test_orthogonalisation_failure_is_a_clear_error(dtype, degenerate):
         else:
             layer.q_raw[1, 2] = float("nan")
     with pytest.raises(RuntimeError, match=r"OrthogonalSylvester\(dim=4\): Björck "
-                                           r"orthogonalisation of Q did not converge.*q_raw"):
+                                           r"orthogonalization of Q did not converge.*q_raw"):
         layer(torch.randn(2, 4, dtype=dtype))
 
 

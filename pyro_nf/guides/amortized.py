@@ -65,9 +65,10 @@ class AmortizedFlow(AutoGuide):
         model: a Pyro model whose latent sites all sit in one (possibly subsampled) plate; block
             global sites out (``poutine.block(model, expose=[...])``) and guide them with
             :class:`~pyro_nf.AutoFlow` in an ``AutoGuideList``.
-        flow: a conditional flow spec for :func:`pyro_nf.transforms.build_conditional_flow`
-            (e.g. ``"planar*10"``, ``"sylvester_orthogonal*4"``, ``"iaf*2"``), or ``None``
-            for the plain diagonal-Gaussian encoder of a VAE.
+        flow: a flow spec of layers that take a context, built by
+            ``pyro_nf.transforms.build_flow(flow, D, context_dim=H)`` (e.g. ``"planar*10"``,
+            ``"sylvester_orthogonal*4"``, ``"iaf*2"``; ``available(conditional=True)`` lists
+            them), or ``None`` for the plain diagonal-Gaussian encoder of a VAE.
         encoder: a network mapping the per-point encoder input (N, F) to features (N, H);
             the features are the flow's context and feed linear heads for the base location
             and scale. Default: an MLP with ``hidden`` ELU layers, H = ``hidden[-1]``.
@@ -79,7 +80,7 @@ class AmortizedFlow(AutoGuide):
             plate picks the subsample (general, but it costs one model evaluation per step;
             pass ``encoder_input`` to avoid it).
         hidden: widths of the default encoder.
-        init_scale: the base scale at initialisation.
+        init_scale: the base scale at initialization.
         flow_options: options passed to every conditional layer (e.g. ``hidden``).
         create_plates: as in Pyro's autoguides: ``f(*args, **kwargs)`` returning the data
             plate, so that its size and subsample follow the call (new data, another batch
@@ -332,7 +333,7 @@ class _FlowPosterior(dist.TorchDistribution):
                          validate_args=False)
 
     def expand(self, batch_shape: torch.Size | tuple, _instance=None) -> _FlowPosterior:
-        """Extra leading batch dims (e.g. vectorised particles) are independent draws."""
+        """Extra leading batch dims (e.g. vectorized particles) are independent draws."""
         batch_shape = tuple(batch_shape)
         k = len(self._shape)
         if batch_shape[len(batch_shape) - k:] != self._shape:

@@ -11,24 +11,21 @@ layer's forward (sampling) map is:
 
 Gradients flow through all D passes, so the slow direction is differentiable too.
 
-The conditional forms (``ConditionalAutoregressive``, ``iaf``/``maf`` and the spline layer)
-feed a context h to the MADE unmasked, to its first hidden layer (IAF's context, Kingma et al.,
-2016, Sec. 4): G(u; h)_i = T(u_i; MADE(u_{<i}, h)_i) depends on all of h and still only on
-u_{<i}, so the Jacobian in u is triangular for every h; the passes are the same
-:func:`autoregressive_pass`.
+Built with a context (``context_dim=C > 0``), a layer feeds the context h to the MADE unmasked,
+to its first hidden layer (IAF's context, Kingma et al., 2016, Sec. 4):
+G(u; h)_i = T(u_i; MADE(u_{<i}, h)_i) depends on all of h and still only on u_{<i}, so the
+Jacobian in u is triangular for every h; the passes are the same :func:`autoregressive_pass`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 
-from pyro_nf.transforms.base import Flow
-from pyro_nf.transforms.context import ConditionerFlow
-from pyro_nf.transforms.nets import MADE, _hidden_tuple
-from pyro_nf.transforms.registry import register, register_conditional
+from pyro_nf.transforms.context import ContextFlow
+from pyro_nf.transforms.nets import MADE, hidden_widths
+from pyro_nf.transforms.registry import register
 from pyro_nf.transforms.transformers import Affine, RationalQuadraticSpline, Transformer
 
 Tensor = torch.Tensor
@@ -79,69 +76,84 @@ def autoregressive_pass(v: Tensor, transformer: Transformer, made: MADE, directi
     return out, (ladj if direction == "iaf" else -ladj)
 
 
-class Autoregressive(Flow):
-    """Generic autoregressive layer ``G(u)_i = T(u_i; MADE(u_{<i}))`` in either direction.
+class Autoregressive(ContextFlow):
+    """Generic autoregressive layer ``G(u)_i = T(u_i; MADE(u_{<i}))`` in either direction; with
+    a context h, ``G(u; h)_i = T(u_i; MADE(u_{<i}, h))``.
 
     Args:
         dim: D.
         transformer: the univariate transformer T.
-        hidden: MADE hidden widths (default ``clip(4 D, 32, 256)`` twice).
+        hidden: MADE hidden widths (default ``clip(4 (D + C), 32, 256)`` twice).
         direction: ``"iaf"`` (fast forward/sampling) or ``"maf"`` (fast inverse/density).
         activation: MADE activation.
-    Starts at the identity (zero-initialised MADE output layer).
+        context_dim: the context size C; 0 (default) for an unconditional layer.
+    Starts at the identity, for every context (zero-initialized MADE output layer).
     """
 
     kind = "autoregressive"
 
     def __init__(self, dim: int, transformer: Transformer, *,
                  hidden: int | Sequence[int] | None = None, direction: str = "iaf",
-                 activation: str = "elu") -> None:
-        super().__init__(dim)
+                 activation: str = "elu", context_dim: int = 0) -> None:
+        super().__init__(dim, context_dim=context_dim)
         self.direction = check_direction(direction, type(self).__name__)
         self.transformer = transformer
-        self.made = MADE(dim, transformer.num_params, _hidden_tuple(hidden, dim),
-                         activation=activation)
+        self.made = MADE(dim, transformer.num_params,
+                         hidden_widths(hidden, dim + self.context_dim),
+                         context_dim=self.context_dim, activation=activation)
 
-    def forward_and_log_det(self, x):
-        return autoregressive_pass(x, self.transformer, self.made, self.direction,
+    def forward_with(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return autoregressive_pass(x, self.transformer, self.made, self.direction, context,
                                    inverse=False)
 
-    def inverse_and_log_det(self, y):
-        return autoregressive_pass(y, self.transformer, self.made, self.direction,
+    def inverse_with(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return autoregressive_pass(y, self.transformer, self.made, self.direction, context,
                                    inverse=True)
 
     def extra_repr(self) -> str:
         order = self.made.order
         shown = "" if torch.equal(order, torch.arange(self.dim, device=order.device)) else \
             f", order={order.tolist()}"
-        return (f"dim={self.dim}, direction={self.direction!r}, "
+        return (f"{super().extra_repr()}, direction={self.direction!r}, "
                 f"transformer={self.transformer}{shown}")
 
 
 class AffineAutoregressive(Autoregressive):
-    """Affine autoregressive layer: G(u)_i = mu_i(u_<i) + exp(log sigma_i(u_<i)) u_i."""
+    """Affine autoregressive layer: G(u)_i = mu_i(u_<i) + exp(log sigma_i(u_<i)) u_i (mu and
+    sigma also functions of the context h for a conditional layer).
+
+    ``max_log_scale`` defaults to 6 for an unconditional layer and to 3 (Pyro's) for a
+    conditional one (see :class:`~pyro_nf.transforms.transformers.Affine`).
+    """
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
                  direction: str = "iaf", activation: str = "elu",
-                 min_log_scale: float = -5.0, max_log_scale: float = 6.0) -> None:
+                 min_log_scale: float = -5.0, max_log_scale: float | None = None, *,
+                 context_dim: int = 0) -> None:
+        if max_log_scale is None:
+            max_log_scale = 3.0 if context_dim else 6.0
         super().__init__(dim, Affine(min_log_scale, max_log_scale), hidden=hidden,
-                         direction=direction, activation=activation)
+                         direction=direction, activation=activation, context_dim=context_dim)
 
 
 @register("maf", paper="Papamakarios, Pavlakou & Murray (2017), Masked Autoregressive Flow",
           inverse="exact", kind="autoregressive")
 def maf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "elu",
-        min_log_scale: float = -5.0, max_log_scale: float = 6.0) -> AffineAutoregressive:
+        min_log_scale: float = -5.0, max_log_scale: float | None = None, *,
+        context_dim: int = 0) -> AffineAutoregressive:
     """Affine autoregressive layer, MAF direction: one-pass density, D-pass sampling."""
-    return AffineAutoregressive(dim, hidden, "maf", activation, min_log_scale, max_log_scale)
+    return AffineAutoregressive(dim, hidden, "maf", activation, min_log_scale, max_log_scale,
+                                context_dim=context_dim)
 
 
 @register("iaf", paper="Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling (2016), "
           "Inverse Autoregressive Flow", inverse="exact", kind="autoregressive")
 def iaf(dim: int, hidden: int | Sequence[int] | None = None, activation: str = "elu",
-        min_log_scale: float = -5.0, max_log_scale: float = 6.0) -> AffineAutoregressive:
+        min_log_scale: float = -5.0, max_log_scale: float | None = None, *,
+        context_dim: int = 0) -> AffineAutoregressive:
     """Affine autoregressive layer, IAF direction: one-pass sampling, D-pass density."""
-    return AffineAutoregressive(dim, hidden, "iaf", activation, min_log_scale, max_log_scale)
+    return AffineAutoregressive(dim, hidden, "iaf", activation, min_log_scale, max_log_scale,
+                                context_dim=context_dim)
 
 
 @register("spline_autoregressive", paper="Durkan, Bekasov, Murray & Papamakarios (2019), "
@@ -153,88 +165,6 @@ class SplineAutoregressive(Autoregressive):
 
     def __init__(self, dim: int, hidden: int | Sequence[int] | None = None,
                  direction: str = "iaf", activation: str = "elu", bins: int = 8,
-                 bound: float = 5.0) -> None:
+                 bound: float = 5.0, *, context_dim: int = 0) -> None:
         super().__init__(dim, RationalQuadraticSpline(bins, bound), hidden=hidden,
-                         direction=direction, activation=activation)
-
-
-# ----------------------------------------------------------------------------- conditional forms
-_CONTEXT = ", MADE with the context as an extra (unmasked) input"
-
-
-class ConditionalAutoregressive(ConditionerFlow):
-    """Generic conditional autoregressive layer ``G(u; h)_i = T(u_i; MADE(u_{<i}, h))``.
-
-    Args:
-        dim: D.
-        context_dim: C.
-        transformer: the univariate transformer T.
-        hidden: MADE hidden widths (default ``clip(4 (D + C), 32, 256)`` twice).
-        direction: ``"iaf"`` (fast forward/sampling) or ``"maf"`` (fast inverse/density).
-        activation: MADE activation.
-    Starts at the identity for every context (zero-initialised MADE output layer).
-    """
-
-    kind = "autoregressive"
-    shown = "direction"
-
-    def __init__(self, dim: int, context_dim: int, transformer: Transformer, *,
-                 hidden: int | Sequence[int] | None = None, direction: str = "iaf",
-                 activation: str = "elu") -> None:
-        super().__init__(dim, context_dim)
-        self.direction = check_direction(direction, type(self).__name__)
-        self.transformer = transformer
-        self.made = MADE(self.dim, transformer.num_params,
-                         _hidden_tuple(hidden, dim + context_dim), context_dim=context_dim,
-                         activation=activation)
-
-    def one_pass(self, v: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        return autoregressive_pass(v, self.transformer, self.made, self.direction, context,
-                                   inverse=inverse)
-
-
-class ConditionalAffineAutoregressive(ConditionalAutoregressive):
-    """Conditional affine autoregressive layer:
-    G(u; h)_i = mu_i(u_<i, h) + exp(log sigma_i(u_<i, h)) u_i."""
-
-    def __init__(self, dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
-                 direction: str = "iaf", activation: str = "elu",
-                 min_log_scale: float = -5.0, max_log_scale: float = 3.0) -> None:
-        super().__init__(dim, context_dim, Affine(min_log_scale, max_log_scale), hidden=hidden,
-                         direction=direction, activation=activation)
-
-
-def _conditional_affine(direction: str, what: str) -> Callable[..., Any]:
-    """The registered constructor of the conditional affine layer in ``direction``."""
-
-    def build(dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
-              activation: str = "elu", min_log_scale: float = -5.0,
-              max_log_scale: float = 3.0) -> ConditionalAffineAutoregressive:
-        return ConditionalAffineAutoregressive(dim, context_dim, hidden, direction, activation,
-                                               min_log_scale, max_log_scale)
-
-    build.__name__ = build.__qualname__ = f"conditional_{direction}"
-    build.__doc__ = (f"Conditional affine autoregressive layer, {direction.upper()} direction: "
-                     f"{what}.")
-    return build
-
-
-conditional_iaf = register_conditional(
-    "iaf", paper="Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling (2016), Inverse "
-    "Autoregressive Flow" + _CONTEXT)(_conditional_affine("iaf", "one-pass sampling"))
-conditional_maf = register_conditional(
-    "maf", paper="Papamakarios, Pavlakou & Murray (2017), Masked Autoregressive Flow"
-    + _CONTEXT)(_conditional_affine("maf", "one-pass density"))
-
-
-@register_conditional("spline_autoregressive", paper="Durkan, Bekasov, Murray & Papamakarios "
-                      "(2019), Neural Spline Flows: rational-quadratic autoregressive" + _CONTEXT)
-class ConditionalSplineAutoregressive(ConditionalAutoregressive):
-    """Conditional rational-quadratic spline autoregressive layer; ``direction`` as for
-    IAF/MAF (default ``"iaf"``: one-pass sampling)."""
-
-    def __init__(self, dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
-                 direction: str = "iaf", activation: str = "elu", bins: int = 8,
-                 bound: float = 5.0) -> None:
-        super().__init__(dim, context_dim, RationalQuadraticSpline(bins, bound), hidden=hidden,
-                         direction=direction, activation=activation)
+                         direction=direction, activation=activation, context_dim=context_dim)

@@ -73,8 +73,12 @@ def check_dim(dim: object, layer: str) -> int:
 
 
 def check_context_dim(context_dim: object, layer: str) -> int:
-    """Validate a conditional layer's (or flow's) context size and return it as an int."""
-    return check_positive_int(context_dim, "context_dim", layer)
+    """Validate a layer's (or flow's) context size C and return it as an int: 0 for no context
+    (an unconditional layer), C > 0 for a conditional one."""
+    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 0:
+        raise ValueError(f"{layer}: context_dim must be a non-negative integer (0: no context), "
+                         f"got {context_dim!r}")
+    return context_dim
 
 
 def check_tensor(x: object, layer: str, what: str, size: int, size_name: str,
@@ -277,9 +281,3 @@ def implicit_newton_step(x_star: Tensor, residual: Tensor, derivative: Tensor) -
     """
     return x_star - residual / derivative.detach()
 
-
-class ResidualFlow(Flow):
-    """A residual layer f(z) = z + g(z) (planar, radial, Sylvester), invertible through the
-    constraints its parametrisation keeps: the registry kind "residual"."""
-
-    kind = "residual"

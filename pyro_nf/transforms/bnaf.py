@@ -7,7 +7,7 @@ b_{L+1} = 1, layer k = 1..L+1 is an affine map z^k = W^k h^{k-1} + c^k from D bl
 units to D blocks of b_k units (h^0 = x), followed by tanh for k <= L (h^k = tanh(z^k)) and by
 nothing for k = L+1 (g = z^{L+1}). Each W^k is lower block-triangular: block (i, j) is zero for
 j > i, free for j < i, and strictly positive for j = i (the exponential of free log-weights).
-As in the paper, every row is weight-normalised (Salimans & Kingma, 2016):
+As in the paper, every row is weight-normalized (Salimans & Kingma, 2016):
 
     W^k_r = exp(sigma_r) V_r / ||V_r||,   V = blockdiag(exp(omega)) + strictly_lower(U).
 
@@ -82,7 +82,7 @@ def _add_log_sech2(log_j: Tensor, z: Tensor) -> Tensor:
 
 
 class MaskedBlockLinear(nn.Module):
-    """Weight-normalised lower block-triangular linear map (De Cao et al., 2019, Eq. 8).
+    """Weight-normalized lower block-triangular linear map (De Cao et al., 2019, Eq. 8).
 
     Maps D blocks of ``b_in`` units to D blocks of ``b_out`` units. Parameters: ``log_diag``
     (D, b_out, b_in) the log-weights omega of the positive diagonal blocks, ``off``
@@ -273,11 +273,11 @@ class BlockNeuralAutoregressive(Flow):
 
             with torch.no_grad():
                 target = y_i.detach()
-                centre = target - fixed[0][-1][..., 0]
+                center = target - fixed[0][-1][..., 0]
                 half = fixed[1][-1].sum()  # S_i: |g_i - ctx_i| <= S_i
-                margin = 1e-2 * (1.0 + target.abs() + centre.abs() + half)
-                x_star = solve_monotone(fn, target, (centre - half - margin) / s_d,
-                                        (centre + half + margin) / s_d, layer=self._name())
+                margin = 1e-2 * (1.0 + target.abs() + center.abs() + half)
+                x_star = solve_monotone(fn, target, (center - half - margin) / s_d,
+                                        (center + half + margin) / s_d, layer=self._name())
             g, log_dg, _ = self._block_pass(ctx, w_ii, log_w_ii, x_star)
             residual = s_i * x_star + g - y_i
             deriv = torch.exp(torch.logaddexp(log_s_i, log_dg))

@@ -1,28 +1,41 @@
-"""Base classes of the conditional (amortized) flow layers; each family's conditional form
-lives in the family's module (``ConditionalPlanar`` in :mod:`pyro_nf.transforms.planar`, ...).
+"""Layers that take an optional context: one class per flow family, whose keyword
+``context_dim`` says whether it is conditional (as zuko's ``context=0``).
 
-A conditional layer is a bijection f(. ; h) of R^D for every context h in R^C. As a Pyro
-:class:`~pyro.distributions.conditional.ConditionalTransformModule`, ``layer.condition(h)``
-returns the map for a context of shape (..., C): a :class:`ConditionedFlow`, which is a
-:class:`~pyro_nf.transforms.Flow` (``forward_and_log_det``, ``inverse_and_log_det``, ``inv``,
-``log_abs_det_jacobian``) batched over data points. An input x of shape (..., D) and the
-context broadcast in their batch dimensions: x[n] goes through f(. ; h[n]).
+Built with ``context_dim=0`` (the default), a layer is an ordinary Pyro ``TransformModule``: a
+bijection f of R^D with its own parameters. Built with ``context_dim=C > 0``, the same class is
+a conditional layer: a bijection f(. ; h) of R^D for every context h in R^C, following Pyro's
+conditional protocol (:class:`~pyro.distributions.conditional.ConditionalTransform`).
+``layer.condition(h)`` returns the map for a context of shape (..., C): a
+:class:`FlowAtContext`, which is a :class:`~pyro_nf.transforms.Flow` (``forward_and_log_det``,
+``inverse_and_log_det``, ``inv``, ``log_abs_det_jacobian``) batched over data points. An input
+x of shape (..., D) and the context broadcast in their batch dimensions: x[n] goes through
+f(. ; h[n]). ``condition`` of an unconditional layer returns the layer itself (the context is
+ignored, as by Pyro's ``ConstantConditionalTransform``), so both mix in a conditional stack.
 
 Two ways of making a layer depend on h, both from the literature:
 
-* *hypernetwork* (planar, radial, Sylvester): every flow parameter is an output of a network of
-  h, theta(h) = b + W g(h) (:class:`HyperNet`), and the layer's invertibility constraints
-  (planar's u_hat, radial's beta >= -alpha, Sylvester's diag(R) diag(R~) > -1 and orthonormal
-  Q) are applied per data point to theta(h) by the same functions the unconditional layer uses.
-  This is the amortization of Rezende & Mohamed (2015, Sec. 4) and of van den Berg et al.
-  (2018, Sec. 3, "amortized" Sylvester flows), where the encoder outputs the flow parameters.
+* *hypernetwork* (planar, radial, Sylvester: :class:`ResidualFlow`): every raw flow parameter
+  is an output of a network of h, theta(h) = b + W g(h) (:class:`HyperNet`), and the layer's
+  invertibility constraints (planar's u_hat, radial's beta >= -alpha, Sylvester's
+  diag(R) diag(R~) > -1 and orthonormal Q) are applied per data point to theta(h) by the same
+  functions the unconditional layer applies to its own parameters. This is the amortization of
+  Rezende & Mohamed (2015, Sec. 4) and of van den Berg et al. (2018, Sec. 3, "amortized"
+  Sylvester flows), where the encoder outputs the flow parameters.
 * *conditioner input* (coupling, autoregressive): the conditioner network takes h as an extra
   input (concatenated for coupling MLPs; for MADE fed unmasked to the first hidden layer, so
   every output depends on h, as in IAF's context (Kingma et al., 2016)).
 
-Every conditional layer starts as its unconditional twin does, for every context: the output
+Permutations are the same map for every context; with ``context_dim > 0`` they check the
+context and broadcast against it like every conditioned layer.
+
+Every conditional layer starts as the unconditional one does, for every context: the output
 layer's weights are zero, so theta(h) = b is the unconditional layer's initial value (the
 identity map) whatever h is.
+
+A family writes :meth:`ContextFlow.map_parameters` (what its map needs: from the layer's own
+parameters, or per data point from a context, computed once per ``condition``) and the two
+passes given those, :meth:`ContextFlow.forward_with` and :meth:`ContextFlow.inverse_with`; the
+unconditional passes and the conditional protocol are built on these three.
 """
 
 from __future__ import annotations
@@ -32,11 +45,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pyro.distributions.conditional import ConditionalTransformModule
+from pyro.distributions.conditional import ConditionalTransform, ConditionalTransformModule
 from torch import nn
 
-from pyro_nf.transforms.base import Flow, check_context_dim, check_dim, check_tensor
-from pyro_nf.transforms.nets import MLP, _hidden_tuple
+from pyro_nf.transforms.base import Flow, check_context_dim, check_tensor
+from pyro_nf.transforms.nets import MLP, hidden_widths
 
 Tensor = torch.Tensor
 
@@ -46,21 +59,21 @@ def hyper_hidden(hidden: int | Sequence[int] | None, width: int) -> tuple[int, .
     list gives a linear map of the context (the literature's encoder output layer)."""
     if hidden is not None and not isinstance(hidden, int) and len(hidden) == 0:
         return ()
-    return _hidden_tuple(hidden, width)
+    return hidden_widths(hidden, width)
 
 
 class HyperNet(nn.Module):
     """An MLP of the context h giving named raw flow parameters per data point.
 
-    ``theta(h) = b + W g(h) / sqrt(F)``: the output layer's weight W is zero-initialised and
+    ``theta(h) = b + W g(h) / sqrt(F)``: the output layer's weight W is zero-initialized and
     its bias b holds ``init`` (the unconditional layer's initial raw parameters), so at
-    initialisation every context gets exactly the unconditional layer's initial map. F is the
+    initialization every context gets exactly the unconditional layer's initial map. F is the
     output layer's fan-in (the context size for a linear map). Without the 1 / sqrt(F) an Adam
     step, which moves every weight by about the learning rate, moves each flow parameter by up
-    to F times that: with the encoder's 300 features as context, an amortized planar flow of
-    16 layers trained on a fixed MNIST decoder reached a -ELBO 2.7 nats worse than a diagonal
-    Gaussian after 5 epochs, and 0.7 nats better with the scaling
-    (``docs/notes/mnist_flow_length.md``).
+    to F times that: with the encoder's 300 features as context, an amortized planar flow
+    trained on a fixed MNIST decoder fit markedly worse than a diagonal Gaussian without the
+    scaling and better with it (the numbers are in docs/notes/transform_timings.md and
+    ``docs/notes/mnist_flow_length.md``).
 
     Args:
         context_dim: C.
@@ -90,146 +103,141 @@ class HyperNet(nn.Module):
                 in zip(self.names, self.shapes, flat.split(self.sizes, dim=-1))}
 
 
-class ConditionalFlow(ConditionalTransformModule):
-    """Base class of the conditional layers: ``condition(h)`` gives a :class:`ConditionedFlow`.
+class ContextFlow(Flow, ConditionalTransform):
+    """Base of the flow families that take an optional context (see the module docstring).
 
-    Subclasses implement :meth:`flow_parameters` (what the map needs from the context,
-    computed once per ``condition``; by default the context itself, for layers whose
-    conditioner reads it on every pass), :meth:`forward_and_log_det` and
-    :meth:`inverse_and_log_det` given those parameters.
+    With ``context_dim=0`` the layer is an ordinary :class:`~pyro_nf.transforms.Flow`; with
+    ``context_dim=C > 0`` it is conditional: ``condition(h)`` gives its map at the context h
+    (a :class:`FlowAtContext`), and calling the layer without a context is an error that says
+    so. Subclasses implement :meth:`map_parameters`, :meth:`forward_with` and
+    :meth:`inverse_with`.
 
     Args:
         dim: the event size D.
-        context_dim: the context size C.
+        context_dim: the context size C; 0 (the default) for an unconditional layer.
     """
 
-    #: The registry kind, as for :class:`~pyro_nf.transforms.Flow`.
-    kind: str | None = None
-    volume_preserving = False
-    #: The sign of det J for every context, as for :class:`~pyro_nf.transforms.Flow`.
-    sign = 1
+    #: The family's options that only a conditional layer takes (a hypernetwork's): the
+    #: registry gives them to the layer only when it is built with a context.
+    context_options: tuple[str, ...] = ()
 
-    def __init__(self, dim: int, context_dim: int) -> None:
-        super().__init__()
-        self.dim = check_dim(dim, type(self).__name__)
+    def __init__(self, dim: int, *, context_dim: int = 0) -> None:
+        super().__init__(dim)
         self.context_dim = check_context_dim(context_dim, type(self).__name__)
 
     # -- what subclasses write ---------------------------------------------------------------
-    def flow_parameters(self, context: Tensor) -> Any:
-        """The per-data-point parameters of the map for ``context`` (..., C)."""
+    def map_parameters(self, context: Tensor | None) -> Any:
+        """The parameters of the map: from the layer's own parameters for ``context`` None (an
+        unconditional layer), else per data point from a context of shape (..., C). By default
+        the context itself, for layers whose conditioner reads it on every pass."""
         return context
 
-    def forward_and_log_det(self, x: Tensor, params: Any) -> tuple[Tensor, Tensor]:
-        """``(f(x; h), log|det J|)`` for the parameters of :meth:`flow_parameters`."""
+    def forward_with(self, x: Tensor, params: Any) -> tuple[Tensor, Tensor]:
+        """``(f(x), log|det J_f(x)|)`` for the parameters of :meth:`map_parameters`."""
         raise NotImplementedError
 
-    def inverse_and_log_det(self, y: Tensor, params: Any) -> tuple[Tensor, Tensor]:
-        """``(f^{-1}(y; h), log|det J_f|)`` at the pre-image."""
+    def inverse_with(self, y: Tensor, params: Any) -> tuple[Tensor, Tensor]:
+        """``(f^{-1}(y), log|det J_f|)`` at the pre-image, for the parameters of
+        :meth:`map_parameters`."""
         raise NotImplementedError
 
-    # -- the Pyro protocol -------------------------------------------------------------------
+    # -- the unconditional passes ------------------------------------------------------------
+    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.context_dim:
+            raise self._needs_context()
+        return self.forward_with(x, self.map_parameters(None))
+
+    def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        if self.context_dim:
+            raise self._needs_context()
+        return self.inverse_with(y, self.map_parameters(None))
+
+    def _needs_context(self) -> ValueError:
+        return ValueError(f"{self._name()} is conditional, its map depends on a context: use "
+                          f"layer.condition(context) with a context of shape (..., "
+                          f"{self.context_dim}), or build the layer with context_dim=0")
+
+    # -- the Pyro conditional protocol ---------------------------------------------------------
     def condition(self, context: Tensor) -> Flow:
-        """The map f(. ; h) for a context of shape (..., C), batched over data points.
+        """The map f(. ; h) for a context of shape (..., C), batched over data points; for an
+        unconditional layer (``context_dim=0``) the layer itself, whatever ``context`` is.
 
         The parameters are computed from the context here, once: condition again after the
-        network's weights change (an optimiser step), as Pyro's conditional transforms do.
+        network's weights change (an optimizer step), as Pyro's conditional transforms do.
 
         Raises:
             ValueError: the context's last dimension is not ``context_dim``.
             TypeError: the context is not a tensor, or not of the layer's dtype.
         """
+        if not self.context_dim:
+            return self
         context = self.check_context(context)
-        return ConditionedFlow(self, context, self.flow_parameters(context))
+        return FlowAtContext(self, context, self.map_parameters(context))
 
     def check_context(self, context: Tensor) -> Tensor:
         """Validate a context (a tensor of shape (..., C) of the layer's dtype); returns it."""
         check_tensor(context, self._name(), "the context", self.context_dim, "context_dim",
-                     next((p for p in self.parameters() if p.is_floating_point()), None),
-                     strict_dtype=True)
+                     self._reference_parameter(), strict_dtype=True)
         return context
 
+    @property
+    def inv(self) -> Any:
+        """The inverse map; for a conditional layer a conditional transform whose
+        ``condition(h)`` is the inverse of ``self.condition(h)``, as Pyro's conditional
+        modules have it."""
+        if self.context_dim:
+            return ContextFlowInverse(self)
+        return super().inv
+
     def _name(self) -> str:
-        return f"{type(self).__name__}(dim={self.dim}, context_dim={self.context_dim})"
+        return f"{type(self).__name__}({self.extra_repr_head()})"
+
+    def extra_repr_head(self) -> str:
+        """``dim=D``, with ``, context_dim=C`` for a conditional layer."""
+        shown = f", context_dim={self.context_dim}" if self.context_dim else ""
+        return f"dim={self.dim}{shown}"
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, context_dim={self.context_dim}"
+        return self.extra_repr_head()
 
 
-class HyperResidual(ConditionalFlow):
-    """A residual layer (planar, radial) whose parameters an MLP of the context outputs per
-    data point, started at the unconditional layer's initial values for every context (zero
-    output weights, output bias = :meth:`initial`).
+class ContextFlowInverse(ConditionalTransformModule):
+    """The inverse of a conditional layer: ``condition(h)`` is the inverse of the layer's map
+    at h, and ``inv`` the layer."""
 
-    Args:
-        dim: the event size D.
-        context_dim: the context size C.
-        hidden: hypernetwork hidden widths (default ``clip(4 (D + C), 32, 256)`` twice; ``[]``
-            for a linear map of the context).
-        activation: hypernetwork activation.
-    """
-
-    kind = "residual"
-
-    def __init__(self, dim: int, context_dim: int, hidden: int | Sequence[int] | None = None,
-                 activation: str = "elu") -> None:
-        super().__init__(dim, context_dim)
-        self.hyper = HyperNet(context_dim, self.initial(),
-                              hyper_hidden(hidden, self.dim + context_dim), activation)
-
-    def initial(self) -> dict[str, Tensor]:
-        """The unconditional layer's initial parameters by name (the hypernetwork's outputs)."""
-        raise NotImplementedError
-
-
-class ConditionerFlow(ConditionalFlow):
-    """A layer whose conditioner network reads the context on every pass (coupling,
-    autoregressive): subclasses give :meth:`one_pass`, both directions in one function, a
-    ``transformer`` and, in ``shown``, the name of the attribute their repr shows with it."""
-
-    shown = ""
-
-    def one_pass(self, v: Tensor, context: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        """``(f(v; h), log|det J|)``, or with ``inverse`` ``(f^{-1}(v; h), log|det J_f|)``."""
-        raise NotImplementedError
-
-    def forward_and_log_det(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        return self.one_pass(x, context, inverse=False)
-
-    def inverse_and_log_det(self, y: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        return self.one_pass(y, context, inverse=True)
-
-    def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, {self.shown}={getattr(self, self.shown)!r}, "
-                f"transformer={self.transformer}")
-
-
-class _Wrapper:
-    """A layer that wraps another and takes its kind, volume preservation and sign."""
-
-    def _adopt(self, layer: Any) -> None:
-        self.kind = layer.kind
-        self.volume_preserving = layer.volume_preserving
+    def __init__(self, layer: ContextFlow) -> None:
+        super().__init__()
+        self.layer = layer
 
     @property
-    def sign(self) -> int:
-        return self.layer.sign
+    def inv(self) -> ContextFlow:
+        return self.layer
+
+    def condition(self, context: Tensor) -> Any:
+        return self.layer.condition(context).inv
 
 
-class ConditionedFlow(_Wrapper, Flow):
-    """A conditional layer bound to a context h of shape (..., C): the :class:`Flow`
-    x -> f(x; h), with x of shape (..., D) broadcasting against h's batch dimensions.
+class FlowAtContext(Flow):
+    """A conditional layer at a context h of shape (..., C): the :class:`Flow` x -> f(x; h),
+    with x of shape (..., D) broadcasting against h's batch dimensions. Its kind, volume
+    preservation and sign are the layer's.
 
     The layer is referenced, not registered as a submodule (its parameters belong to the
     conditional layer); the per-data-point parameters computed from h are kept with their
     graph, so gradients reach the layer's networks through every pass.
     """
 
-    def __init__(self, layer: ConditionalFlow, context: Tensor, params: Any) -> None:
+    def __init__(self, layer: ContextFlow, context: Tensor, params: Any) -> None:
         super().__init__(layer.dim)
         object.__setattr__(self, "layer", layer)  # a reference, not a submodule
         self.context = context
         self.params = params
-        self._adopt(layer)
+        self.kind = layer.kind
+        self.volume_preserving = layer.volume_preserving
+
+    @property
+    def sign(self) -> int:
+        return self.layer.sign
 
     def _batch_check(self, v: Tensor) -> None:
         try:
@@ -241,11 +249,11 @@ class ConditionedFlow(_Wrapper, Flow):
 
     def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._batch_check(x)
-        return self.layer.forward_and_log_det(x, self.params)
+        return self.layer.forward_with(x, self.params)
 
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
         self._batch_check(y)
-        return self.layer.inverse_and_log_det(y, self.params)
+        return self.layer.inverse_with(y, self.params)
 
     def _reference_parameter(self) -> Tensor | None:
         return self.context
@@ -258,33 +266,39 @@ class ConditionedFlow(_Wrapper, Flow):
         return f"{self.layer._name()}, context shape {tuple(self.context.shape)}"
 
 
-class ContextFree(_Wrapper, ConditionalFlow):
-    """A layer that does not depend on the context (a permutation) in a conditional stack:
-    ``condition(h)`` checks h and gives the layer's map, broadcast against h's batch
-    dimensions like every conditioned layer.
+class ResidualFlow(ContextFlow):
+    """A residual layer f(z) = z + g(z) (planar, radial, Sylvester), invertible through the
+    constraints its parametrization keeps: the registry kind "residual".
 
-    Args:
-        layer: the unconditional layer.
-        context_dim: C, checked on every ``condition``.
+    Its raw parameters (:meth:`hold_raw`) are the layer's own with ``context_dim=0``; with a
+    context they are, per data point, the outputs of a :class:`HyperNet` of the context whose
+    output bias holds the same initial values, so that the layer starts as the unconditional
+    one does for every context. The hypernetwork's ``hidden`` widths (default
+    ``clip(4 (D + C), 32, 256)`` twice; ``[]`` for a linear map of the context) and
+    ``activation`` are options of a conditional layer only.
     """
 
-    def __init__(self, layer: Flow, context_dim: int) -> None:
-        super().__init__(layer.dim, context_dim)
-        self.layer = layer
-        self._adopt(layer)
+    kind = "residual"
+    context_options = ("hidden", "activation")
 
-    @staticmethod
-    def _broadcast(out: tuple[Tensor, Tensor], context: Tensor) -> tuple[Tensor, Tensor]:
-        v, ladj = out
-        batch = torch.broadcast_shapes(v.shape[:-1], context.shape[:-1])
-        return v.expand(batch + v.shape[-1:]), ladj.expand(batch)
+    def hold_raw(self, init: dict[str, Tensor], hidden: int | Sequence[int] | None,
+                 activation: str) -> None:
+        """Hold the raw parameters ``init`` (by name): as parameters of the layer, or as the
+        initial outputs of a hypernetwork of the context."""
+        self.raw_names = tuple(init)
+        if self.context_dim:
+            self.hyper = HyperNet(self.context_dim, init,
+                                  hyper_hidden(hidden, self.dim + self.context_dim), activation)
+            return
+        if hidden is not None or activation != "elu":
+            raise ValueError(f"{self._name()}: hidden= and activation= shape the hypernetwork "
+                             "of a conditional layer; pass context_dim > 0 or leave them out")
+        for name, value in init.items():
+            setattr(self, name, nn.Parameter(value))
 
-    def forward_and_log_det(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        return self._broadcast(self.layer.forward_and_log_det(x), context)
-
-    def inverse_and_log_det(self, y: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        return self._broadcast(self.layer.inverse_and_log_det(y), context)
-
-    def _name(self) -> str:
-        return (f"{type(self.layer).__name__}(dim={self.dim}) in a conditional stack "
-                f"(context_dim={self.context_dim})")
+    def raw(self, context: Tensor | None) -> dict[str, Tensor]:
+        """The raw parameters by name: the layer's own (``context`` None) or, per data point,
+        the hypernetwork's outputs for ``context``."""
+        if context is None:
+            return {name: getattr(self, name) for name in self.raw_names}
+        return self.hyper(context)

@@ -52,7 +52,7 @@ class ElementwiseAffine(Flow):
 class DiagonalScale(Flow):
     """NICE's final diagonal scaling layer: y = S x with S = diag(exp(log_s)).
 
-    Parametrised in log-space, log|det J| = sum_i log_s_i. Starts at the identity (log_s = 0).
+    Parametrized in log-space, log|det J| = sum_i log_s_i. Starts at the identity (log_s = 0).
     """
 
     kind = "elementwise"

@@ -33,7 +33,7 @@ class Householder(Flow):
 
     Parameter ``vectors`` of shape (K, D) holds v_1..v_K (only their directions matter).
 
-    Starts exactly at the identity: K must be even and the vectors are initialised in equal
+    Starts exactly at the identity: K must be even and the vectors are initialized in equal
     pairs, v_{2j} = v_{2j+1} = a random direction, so H_{2j+1} H_{2j} = H^2 = I. The pairs are
     separate parameters, so gradients are non-zero from the start (moving one vector of a pair
     rotates the input). An odd K cannot start at the identity (det = -1), hence the error.
@@ -60,7 +60,7 @@ class Householder(Flow):
                 f"Householder: reflections must be even, got {reflections}; a product of an "
                 "odd number of reflections has determinant -1, so it can never be the "
                 "identity, and the layer must start at the identity (reflections are "
-                "initialised in equal pairs that cancel)"
+                "initialized in equal pairs that cancel)"
             )
         if reflections < 2:
             raise ValueError(f"Householder: reflections must be a positive even integer, got "

@@ -1,14 +1,14 @@
 """Invertible linear layers: Glow's LU-decomposed 1x1 convolution, written for vectors.
 
 Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions", Sec. 3.2,
-parametrise an invertible matrix by its PLU decomposition
+parametrize an invertible matrix by its PLU decomposition
 
     W = P L (U + diag(s)),
 
 with P a fixed permutation, L unit lower triangular, U strictly upper triangular and s a vector
 with no zero entry. Then det W = det(P) prod_i s_i, so log|det W| = sum_i log|s_i| costs O(D),
 and W^{-1} is applied by two triangular solves. Here s = exp(log_s) is kept positive and
-parametrised in log-space, so log|det W| = sum_i log_s_i exactly and W can never be singular.
+parametrized in log-space, so log|det W| = sum_i log_s_i exactly and W can never be singular.
 """
 
 from __future__ import annotations

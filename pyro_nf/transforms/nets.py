@@ -1,7 +1,7 @@
 """Conditioner networks: a plain MLP for coupling layers and MADE for autoregressive layers.
 
 A conditioner maps the part of the input a layer may look at (and an optional context vector,
-for the conditional twins) to the parameters of a univariate transformer per dimension. The last
+for a conditional layer) to the parameters of a univariate transformer per dimension. The last
 layer starts at zero, so every flow built on a conditioner starts at its transformer's identity.
 The default activation is ELU: smooth conditioners fit the smoothly varying scales of
 hierarchical posteriors (eight schools, Neal's funnel) markedly better than ReLU's kinks in our
@@ -32,7 +32,10 @@ def default_hidden(dim: int, *, factor: int = 4, minimum: int = 32, maximum: int
     return int(min(max(factor * dim, minimum), maximum))
 
 
-def _hidden_tuple(hidden: int | Sequence[int] | None, dim: int, depth: int = 2) -> tuple[int, ...]:
+def hidden_widths(hidden: int | Sequence[int] | None, dim: int,
+                  depth: int = 2) -> tuple[int, ...]:
+    """The hidden widths of a conditioner: ``hidden`` (an int repeated ``depth`` times, or a
+    list), by default :func:`default_hidden` of ``dim`` ``depth`` times."""
     if hidden is None:
         return (default_hidden(dim),) * depth
     if isinstance(hidden, int):
@@ -55,7 +58,7 @@ def _activation(name: str) -> nn.Module:
 class MLP(nn.Module):
     """Fully connected network ``in_dim (+ context_dim) -> hidden... -> out_dim``.
 
-    The output layer is initialised at zero (weights and bias), so the conditioner initially
+    The output layer is initialized at zero (weights and bias), so the conditioner initially
     outputs zeros whatever its input.
     """
 

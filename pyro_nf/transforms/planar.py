@@ -33,27 +33,27 @@ found by the bracketed Newton solver :func:`~pyro_nf.transforms.base.solve_monot
 autograd, and given its implicit gradients (da = -(dg/dtheta) / g'(a), with respect to u, w, b
 and y) by :func:`~pyro_nf.transforms.base.implicit_newton_step`. Then z = y - u_hat tanh(a).
 
-Conditional form (:class:`ConditionalPlanar`, Rezende & Mohamed's Sec. 4: the inference network
-outputs the flow parameters): u(h), w(h), b(h) are outputs of a hypernetwork of the context h,
-and the same constraint, log-det and inverse (the functions below, batched over data points)
-make f(. ; h) invertible for every context.
+With a context (``Planar(D, context_dim=C)``, Rezende & Mohamed's Sec. 4: the inference
+network outputs the flow parameters): u(h), w(h), b(h) are outputs of a hypernetwork of the
+context h, and the same constraint, log-det and inverse (the functions below, batched over data
+points) make f(. ; h) invertible for every context.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torch import nn
 
 from pyro_nf.transforms.base import (
-    ResidualFlow,
     implicit_newton_step,
     sech2,
     softplus_exact,
     softplus_inverse,
     solve_monotone,
 )
-from pyro_nf.transforms.context import HyperResidual
-from pyro_nf.transforms.registry import register, register_conditional
+from pyro_nf.transforms.context import ResidualFlow
+from pyro_nf.transforms.registry import register
 
 Tensor = torch.Tensor
 
@@ -136,36 +136,48 @@ def planar_init(dim: int) -> tuple[Tensor, Tensor, Tensor]:
     return softplus_inverse(1.0) * direction, direction, torch.zeros(())
 
 
+PlanarParams = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
 @register("planar", paper="Rezende & Mohamed (2015), Variational Inference with Normalizing "
           "Flows: planar flow", inverse="numerical", kind="residual")
 class Planar(ResidualFlow):
     """Planar flow f(z) = z + u_hat tanh(w^T z + b) (Rezende & Mohamed, 2015, App. A.1).
 
     Invertible for any raw parameters (w^T u_hat >= -1); the inverse is a one-dimensional
-    bracketed Newton solve with implicit gradients (see the module docstring).
+    bracketed Newton solve with implicit gradients (see the module docstring). With
+    ``context_dim=C > 0``, f(z; h) = z + u_hat(h) tanh(w(h)^T z + b(h)): u, w, b per data point
+    from an MLP of the context (:class:`~pyro_nf.transforms.context.ResidualFlow`), constrained
+    the same way.
 
-    Initialisation: the identity, up to rounding of order 1e-8 relative. w is a random unit
-    vector, b = 0 and u = c w with softplus(c) = 1, which makes w^T u_hat = m(c) = 0 and hence
-    u_hat = 0. (u = 0 would *not* give the identity: m(0) = -1 + log 2, so u_hat would be
-    -0.31 w / ||w||^2.) Because u_hat depends on u and w, and tanh(w^T z + b) != 0, the
-    gradients reach u, w and b from the first step.
+    Initialization: the identity, up to rounding of order 1e-8 relative (for every context). w
+    is a random unit vector, b = 0 and u = c w with softplus(c) = 1, which makes
+    w^T u_hat = m(c) = 0 and hence u_hat = 0. (u = 0 would *not* give the identity:
+    m(0) = -1 + log 2, so u_hat would be -0.31 w / ||w||^2.) Because u_hat depends on u and w,
+    and tanh(w^T z + b) != 0, the gradients reach u, w and b from the first step.
 
     Parameters: one tensor ``params = [u, w, b]`` of length 2D + 1, with ``u``, ``w`` and
-    ``b`` as views of it. One tensor instead of three matters for speed: Pyro's optimisers
-    keep one torch optimiser per parameter tensor, and three tensors per layer cost 13-19% of
-    an SVI step of an eight-layer planar AutoFlow at D = 10-1000 (measured side by side with
-    the one-tensor layout). A state dict of the former layout (separate ``u``, ``w``, ``b``)
-    still loads; to set them, write through the views under ``torch.no_grad()``
-    (``layer.u.copy_(...)``), and read gradients from ``params.grad``.
+    ``b`` as views of it (a conditional layer's hypernetwork outputs the same vector per data
+    point). One tensor instead of three matters for speed: Pyro's optimizers keep one torch
+    optimizer per parameter tensor, and three tensors per layer cost a noticeable share of an
+    SVI step of a planar AutoFlow (measured side by side with the one-tensor layout; the
+    numbers are in docs/notes/transform_timings.md). A state dict of the former layout
+    (separate ``u``, ``w``, ``b``) still loads; to set them, write through the views under
+    ``torch.no_grad()`` (``layer.u.copy_(...)``), and read gradients from ``params.grad``.
 
     Args:
         dim: the event size D.
+        context_dim: the context size C; 0 (default) for an unconditional layer.
+        hidden: hypernetwork hidden widths (conditional layers only; default
+            ``clip(4 (D + C), 32, 256)`` twice, ``[]`` for a linear map of the context).
+        activation: hypernetwork activation (conditional layers only).
     """
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim)
+    def __init__(self, dim: int, *, context_dim: int = 0,
+                 hidden: int | Sequence[int] | None = None, activation: str = "elu") -> None:
+        super().__init__(dim, context_dim=context_dim)
         u, w, b = planar_init(dim)
-        self.params = nn.Parameter(torch.cat([u, w, b.reshape(1)]))
+        self.hold_raw({"params": torch.cat([u, w, b.reshape(1)])}, hidden, activation)
 
     @property
     def u(self) -> Tensor:
@@ -191,49 +203,23 @@ class Planar(ResidualFlow):
 
     def u_hat(self) -> Tensor:
         """The constrained u_hat = u + (m(w^T u) - w^T u) w / ||w||^2, with w^T u_hat >= -1."""
-        return self._map_args()[0]
+        return self.map_parameters(None)[0]
 
     def _constrained(self) -> tuple[Tensor, Tensor]:
         """(u_hat, q) with q = 1 + w^T u_hat = softplus(w^T u) >= 0 (1 where w = 0)."""
-        u_hat, _, _, q = self._map_args()
+        u_hat, _, _, q = self.map_parameters(None)
         return u_hat, q
 
-    def _map_args(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        # (u_hat, w, b, q) for planar_forward / planar_inverse, from one split of ``params``
-        u, w, b = self.params.split([self.dim, self.dim, 1])
+    def map_parameters(self, context: Tensor | None) -> PlanarParams:
+        """(u_hat, w, b, q) for planar_forward / planar_inverse, from one split of the raw
+        ``params`` (the layer's, or per data point the hypernetwork's); q = 1 + w^T u_hat =
+        softplus(w^T u) >= 0."""
+        u, w, b = self.raw(context)["params"].split([self.dim, self.dim, 1], -1)
         u_hat, q = planar_constrain(u, w)
         return u_hat, w, b.squeeze(-1), q
 
-    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return planar_forward(x, *self._map_args())
-
-    def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return planar_inverse(y, *self._map_args(), layer=self._name())
-
-
-PlanarParams = tuple[Tensor, Tensor, Tensor, Tensor]
-
-
-@register_conditional("planar", paper="Rezende & Mohamed (2015), Variational Inference with "
-                      "Normalizing Flows: planar flow, parameters amortized by a network of the "
-                      "context")
-class ConditionalPlanar(HyperResidual):
-    """Planar flow f(z; h) = z + u_hat(h) tanh(w(h)^T z + b(h)): u, w, b per data point from the
-    MLP of the context of :class:`~pyro_nf.transforms.context.HyperResidual` (its arguments),
-    constrained as :class:`Planar`'s; starts at :class:`Planar`'s identity for every context."""
-
-    def initial(self) -> dict[str, Tensor]:
-        u, w, b = planar_init(self.dim)
-        return {"u": u, "w": w, "b": b}
-
-    def flow_parameters(self, context: Tensor) -> PlanarParams:
-        """(u_hat, w, b, q) per data point, q = 1 + w^T u_hat = softplus(w^T u) >= 0."""
-        p = self.hyper(context)
-        u_hat, q = planar_constrain(p["u"], p["w"])
-        return u_hat, p["w"], p["b"], q
-
-    def forward_and_log_det(self, x: Tensor, params: PlanarParams) -> tuple[Tensor, Tensor]:
+    def forward_with(self, x: Tensor, params: PlanarParams) -> tuple[Tensor, Tensor]:
         return planar_forward(x, *params)
 
-    def inverse_and_log_det(self, y: Tensor, params: PlanarParams) -> tuple[Tensor, Tensor]:
+    def inverse_with(self, y: Tensor, params: PlanarParams) -> tuple[Tensor, Tensor]:
         return planar_inverse(y, *params, layer=self._name())

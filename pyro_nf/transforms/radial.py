@@ -3,7 +3,7 @@ Sec. 4.1 and Appendix A.2).
 
     f(z) = z + beta h(alpha, r) (z - z0),   r = ||z - z0||,   h(alpha, r) = 1 / (alpha + r),
 
-with a learnable centre z0 in R^D, alpha = softplus(raw_alpha) > 0 and
+with a learnable center z0 in R^D, alpha = softplus(raw_alpha) > 0 and
 beta = -alpha + softplus(raw_beta) >= -alpha for any raw parameters (Appendix A.2's condition
 for invertibility). Writing s = alpha + beta = softplus(raw_beta) >= 0, the map scales z - z0
 by the positive factor
@@ -32,12 +32,12 @@ with product of roots -alpha r_y <= 0: exactly one non-negative root. It is take
 without cancellation, (-B + sqrt(disc)) / 2 when B <= 0 and 2 alpha r_y / (B + sqrt(disc))
 when B > 0 (disc = B^2 + 4 alpha r_y); then z = z0 + (y - z0) (alpha + r) / (r + s).
 
-At the centre (r = 0) the norm is not differentiable, and sqrt(sum v^2) has a NaN gradient
+At the center (r = 0) the norm is not differentiable, and sqrt(sum v^2) has a NaN gradient
 there (0/0); :func:`safe_norm` gives it the subgradient 0 instead, with which autograd
 reproduces the true Jacobian of f at z0, (1 + beta / alpha) I (f is differentiable there), and
 the inverse is finite at y = z0 in value and gradient.
 
-Conditional form (:class:`ConditionalRadial`, Rezende & Mohamed's Sec. 4): z0(h) and the raw
+With a context (``Radial(D, context_dim=C)``, Rezende & Mohamed's Sec. 4): z0(h) and the raw
 alpha(h), beta(h) are outputs of a hypernetwork of the context h, with the same constraints,
 log-det and exact inverse (the functions below, batched over data points), so f(. ; h) is
 invertible for every context.
@@ -45,14 +45,16 @@ invertible for every context.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from collections.abc import Sequence
 
-from pyro_nf.transforms.base import ResidualFlow, softplus_exact, softplus_inverse
-from pyro_nf.transforms.context import HyperResidual
-from pyro_nf.transforms.registry import register, register_conditional
+import torch
+
+from pyro_nf.transforms.base import softplus_exact, softplus_inverse
+from pyro_nf.transforms.context import ResidualFlow
+from pyro_nf.transforms.registry import register
 
 Tensor = torch.Tensor
+
 
 def safe_norm(v: Tensor) -> Tensor:
     """||v|| over the last dimension, with gradient 0 (not NaN) where v = 0: torch's
@@ -118,69 +120,51 @@ def radial_init(dim: int) -> tuple[Tensor, Tensor, Tensor]:
     return 0.01 * torch.randn(dim), start, start.clone()
 
 
+RadialParams = tuple[Tensor, Tensor, Tensor]
+
+
 @register("radial", paper="Rezende & Mohamed (2015), Variational Inference with Normalizing "
           "Flows: radial flow", inverse="exact", kind="residual")
 class Radial(ResidualFlow):
     """Radial flow f(z) = z + beta / (alpha + ||z - z0||) (z - z0) (Rezende & Mohamed, 2015,
     App. A.2), with alpha > 0 and beta >= -alpha for any raw parameters; exact inverse through
-    the radius quadratic (see the module docstring).
+    the radius quadratic (see the module docstring). With ``context_dim=C > 0``, the center z0
+    and the raw alpha, beta are outputs of an MLP of the context (one set per data point,
+    :class:`~pyro_nf.transforms.context.ResidualFlow`), constrained the same way.
 
     Args:
         dim: the event size D.
+        context_dim: the context size C; 0 (default) for an unconditional layer.
+        hidden: hypernetwork hidden widths (conditional layers only; default
+            ``clip(4 (D + C), 32, 256)`` twice, ``[]`` for a linear map of the context).
+        activation: hypernetwork activation (conditional layers only).
 
-    Initialisation: the identity. alpha = 1 and raw_beta = softplus^-1(alpha), so beta = 0 and
-    the scale factor (r + s) / (alpha + r) is exactly 1; z0 ~ N(0, 0.01^2 I), so that the
-    centre is not degenerate with the origin and gradients reach every parameter.
+    Initialization: the identity (for every context). alpha = 1 and
+    raw_beta = softplus^-1(alpha), so beta = 0 and the scale factor (r + s) / (alpha + r) is
+    exactly 1; z0 ~ N(0, 0.01^2 I), so that the center is not degenerate with the origin and
+    gradients reach every parameter.
     """
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim)
+    def __init__(self, dim: int, *, context_dim: int = 0,
+                 hidden: int | Sequence[int] | None = None, activation: str = "elu") -> None:
+        super().__init__(dim, context_dim=context_dim)
         z0, raw_alpha, raw_beta = radial_init(dim)
-        self.z0 = nn.Parameter(z0)
-        self.raw_alpha = nn.Parameter(raw_alpha)
-        self.raw_beta = nn.Parameter(raw_beta)
-
-    def _alpha_s(self) -> tuple[Tensor, Tensor]:
-        """(alpha, s) with alpha > 0 and s = alpha + beta = softplus(raw_beta) >= 0."""
-        return radial_alpha_s(self.raw_alpha, self.raw_beta)
+        self.hold_raw({"z0": z0, "raw_alpha": raw_alpha, "raw_beta": raw_beta}, hidden,
+                      activation)
 
     def alpha_beta(self) -> tuple[Tensor, Tensor]:
-        """(alpha, beta) with alpha > 0 and beta >= -alpha."""
-        alpha, s = self._alpha_s()
+        """(alpha, beta) with alpha > 0 and beta >= -alpha (an unconditional layer's)."""
+        _, alpha, s = self.map_parameters(None)
         return alpha, s - alpha
 
-    def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return radial_forward(x, self.z0, *self._alpha_s())
-
-    def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return radial_inverse(y, self.z0, *self._alpha_s())
-
-
-RadialParams = tuple[Tensor, Tensor, Tensor]
-
-
-@register_conditional("radial", paper="Rezende & Mohamed (2015), Variational Inference with "
-                      "Normalizing Flows: radial flow, parameters amortized by a network of the "
-                      "context")
-class ConditionalRadial(HyperResidual):
-    """Radial flow whose centre z0 and raw alpha, beta are outputs of an MLP of the context
-    (one set per data point), constrained as :class:`Radial`'s (alpha > 0, beta >= -alpha).
-
-    Initialisation: :class:`Radial`'s identity map (beta = 0) for every context. Arguments:
-    :class:`~pyro_nf.transforms.context.HyperResidual`'s.
-    """
-
-    def initial(self) -> dict[str, Tensor]:
-        z0, raw_alpha, raw_beta = radial_init(self.dim)
-        return {"z0": z0, "raw_alpha": raw_alpha, "raw_beta": raw_beta}
-
-    def flow_parameters(self, context: Tensor) -> RadialParams:
-        """(z0, alpha, s) per data point, alpha > 0 and s = alpha + beta >= 0."""
-        p = self.hyper(context)
+    def map_parameters(self, context: Tensor | None) -> RadialParams:
+        """(z0, alpha, s) with alpha > 0 and s = alpha + beta = softplus(raw_beta) >= 0 (the
+        layer's, or per data point from the hypernetwork)."""
+        p = self.raw(context)
         return (p["z0"], *radial_alpha_s(p["raw_alpha"], p["raw_beta"]))
 
-    def forward_and_log_det(self, x: Tensor, params: RadialParams) -> tuple[Tensor, Tensor]:
+    def forward_with(self, x: Tensor, params: RadialParams) -> tuple[Tensor, Tensor]:
         return radial_forward(x, *params)
 
-    def inverse_and_log_det(self, y: Tensor, params: RadialParams) -> tuple[Tensor, Tensor]:
+    def inverse_with(self, y: Tensor, params: RadialParams) -> tuple[Tensor, Tensor]:
         return radial_inverse(y, *params)

@@ -17,7 +17,7 @@ Tensor = torch.Tensor
 
 
 class Transformer:
-    """Interface: an increasing bijection of R parametrised by ``num_params`` raw numbers.
+    """Interface: an increasing bijection of R parametrized by ``num_params`` raw numbers.
 
     ``params`` has shape ``x.shape[:-1] + (P, D)`` (parameter-major, so each parameter's slice
     ``params[..., p, :]`` is contiguous).
@@ -52,13 +52,14 @@ class Additive(Transformer):
 class Affine(Transformer):
     """y = t + exp(log_s) x with log_s = clamp(raw, min_log_scale, max_log_scale).
 
-    Log-space parametrisation (RealNVP, Dinh et al., 2017; IAF, Kingma et al., 2016):
+    Log-space parametrization (RealNVP, Dinh et al., 2017; IAF, Kingma et al., 2016):
     log|dy/dx| = log_s exactly, no log of a small number. The clamp bounds each layer's
     scale; the gradient is zero beyond it. The default [e^-5, e^3] is Pyro's (coupling layers
-    and the conditional twins keep it); the unconditional IAF/MAF layers default to
-    [e^-5, e^6], because an AutoFlow started at scale 0.1 on a wide posterior needs its layers
-    to expand by more than e^3: on Neal's funnel the raw log-scales sat beyond 3 after 5000
-    steps and the funnel's mouth came out too narrow. Raw zero gives the identity.
+    and the conditional autoregressive layers keep it); the unconditional IAF/MAF layers
+    default to [e^-5, e^6], because an AutoFlow started at scale 0.1 on a wide posterior needs
+    its layers to expand by more than e^3: on Neal's funnel the raw log-scales sat beyond 3
+    and the funnel's mouth came out too narrow (the run is in
+    docs/notes/transform_timings.md). Raw zero gives the identity.
     """
 
     num_params = 2

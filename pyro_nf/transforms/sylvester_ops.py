@@ -1,6 +1,7 @@
 """The numerics of Sylvester flows (van den Berg, Hasenclever, Tomczak & Welling, 2018,
 "Sylvester Normalizing Flows for Variational Inference", Sec. 3), shared by the layers of
-:mod:`pyro_nf.transforms.sylvester` and their conditional forms (batched over data points).
+:mod:`pyro_nf.transforms.sylvester`, with their own parameters or per data point from a
+context (batched over data points).
 
     f(z) = z + Q R h(R~ Q^T z + b),   h = tanh,
 
@@ -17,7 +18,7 @@ R_ii = tanh(a_i) and R~_ii = (1 - delta) tanh(c_i), delta = 1e-4, so R_ii R~_ii 
 rounds to 1). k_i = 1 + R_ii R~_ii is computed without cancellation (:func:`_diagonals`) and
 each factor as tanh^2(r_i) + sech^2(r_i) k_i, a sum of non-negative terms (also the inverse's
 derivative); where R_ii R~_ii >= 0 the log-det term is log1p(h'(r_i) R_ii R~_ii), exactly 0 at
-initialisation.
+initialization.
 
 Inverse (numerical). f changes z only inside span(Q): with v = Q^T z and t = Q^T y,
 t = F(v) := v + R h(R~ v + b), where F_i depends only on v_{>=i} and dF_i/dv_i > 0.
@@ -82,7 +83,7 @@ def _factor(pre: Tensor, k: Tensor) -> Tensor:
 
 def _log_factor(pre: Tensor, prod: Tensor, k: Tensor) -> Tensor:
     """log(1 + h'(pre) prod) with prod = R_ii R~_ii and k = 1 + prod: log1p where prod >= 0
-    (exactly 0 for prod = 0, as at initialisation), the cancellation-free sum of
+    (exactly 0 for prod = 0, as at initialization), the cancellation-free sum of
     :func:`_factor` where prod < 0."""
     return torch.where(prod >= 0, torch.log1p(sech2(pre) * prod), torch.log(_factor(pre, k)))
 
@@ -221,9 +222,9 @@ def bjorck(raw: Tensor, *, max_iter: int, polish_steps: int, layer: str,
             return q
         q = q @ (1.5 * eye - 0.5 * gram)
     raise RuntimeError(
-        f"{layer}: Björck orthogonalisation of Q did not converge in {max_iter} iterations "
+        f"{layer}: Björck orthogonalization of Q did not converge in {max_iter} iterations "
         f"(||Q^T Q - I||_F = {err:.3g}, tolerance {tol:.2g}); the raw matrix {raw_name} is "
-        "numerically rank-deficient or not finite. Re-initialise it with orthonormal columns "
+        "numerically rank-deficient or not finite. Re-initialize it with orthonormal columns "
         "(e.g. torch.linalg.qr) or raise max_iter")
 
 
