@@ -9,15 +9,15 @@
 Every guide gets the same budget on every posterior: ``pyro_nf.fit(model, guide, seed=0)``
 with fit's own defaults (no num_steps: the step-size pilot, 8 particles, the self-stopping
 schedule, and for guides over the packed latent the importance check that stops once the guide
-is provably within 0.1 sd), float32, every guide started by its own default initialisation.
+is provably within 0.1 sd), float32, every guide started by its own default initialization.
 With ``--steps N`` every guide gets N steps instead (lr 0.005 decayed to 0.0005, 8 particles).
 The Laplace variant (``--guides``) first finds the MAP (1000 Adam steps, lr 0.05; counted in
 its time) and starts AutoFlow's base there with the Laplace covariance
-(``AutoFlow.from_guide``). Particles are vectorised where the model vectorises. Then 4000
-draws from the guide give PSIS k-hat (``pyro_nf.diagnose``) and, against the reference draws
-(10 chains x 1000 long-run NUTS draws, flattened to named scalars): the worst standardized
-mean error |mean - mean_ref| / sd_ref, the worst sd ratio (farthest from 1 in log terms), the
-lowest 90% central-interval coverage, and the energy distance of
+(``AutoFlow(model, start=FromGuide(laplace))``). Particles are vectorized where the model
+vectorizes. Then 4000 draws from the guide give PSIS k-hat (``pyro_nf.diagnose``) and, against
+the reference draws (10 chains x 1000 long-run NUTS draws, flattened to named scalars): the
+worst standardized mean error |mean - mean_ref| / sd_ref, the worst sd ratio (farthest from 1
+in log terms), the lowest 90% central-interval coverage, and the energy distance of
 ``pyro_nf.compare_posteriors`` on reference-standardized draws.
 
 A posterior *passes* for a guide when k-hat < 0.7, every standardized mean error < 0.1 and
@@ -50,6 +50,7 @@ from benchmarks.common import (
     reference_draws,
     script_parser,
 )
+from pyro_nf.guides import FromGuide
 
 MAP_STEPS = 1000
 
@@ -59,7 +60,7 @@ def laplace_warm_start(model):
     ``MAP_STEPS`` Adam steps at lr 0.05): the flow then only corrects the Gaussian."""
     laplace = AutoLaplaceApproximation(model)
     pyro_nf.fit(model, laplace, num_steps=MAP_STEPS, lr=0.05, seed=0, progress=False)
-    return pyro_nf.AutoFlow.from_guide(model, laplace)
+    return pyro_nf.AutoFlow(model, start=FromGuide(laplace))
 
 
 GUIDES = {
@@ -67,7 +68,7 @@ GUIDES = {
     "AutoFlow planar*8": lambda m: pyro_nf.AutoFlow(m, flow="planar*8"),
     "AutoFlow spline_coupling*4": lambda m: pyro_nf.AutoFlow(m, flow="spline_coupling*4"),
     "AutoFlow (default) from Laplace": laplace_warm_start,
-    "AutoFlow (modes='auto')": lambda m: pyro_nf.AutoFlow(m, modes="auto"),
+    "AutoFlow (modes='auto')": lambda m: pyro_nf.AutoFlowMixture(m),
 }
 QUICK = ["kidiq-kidscore_momiq", "eight_schools-eight_schools_centered"]
 
@@ -81,14 +82,14 @@ DEFAULT_GUIDES = list(BASELINE_GUIDES)
 
 def _fit(model, guide, steps: int, seed: int, lr: float = LR, lr_decay: float = LR_DECAY,
          defaults: bool = False):
-    if defaults:  # the fit notices a model that does not vectorise by itself
+    if defaults:  # the fit notices a model that does not vectorize by itself
         return pyro_nf.fit(model, guide, seed=seed, progress=False), True
     kwargs = dict(num_steps=steps, lr=lr, lr_decay=lr_decay, num_particles=8, seed=seed,
                   progress=False)
     try:
         return pyro_nf.fit(model, guide, vectorize_particles=True, **kwargs), True
     except (ValueError, RuntimeError, NotImplementedError):
-        # models whose Python control flow does not vectorise (time series loops)
+        # models whose Python control flow does not vectorize (time series loops)
         pyro.clear_param_store()
         return pyro_nf.fit(model, guide, vectorize_particles=False, **kwargs), False
 
@@ -102,7 +103,7 @@ def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000
     model = post.model
     t0 = time.perf_counter()  # a warm start's own fit counts
     guide = GUIDES[guide_name](model)
-    result, vectorised = _fit(model, guide, steps, seed, lr, lr_decay,
+    result, vectorized = _fit(model, guide, steps, seed, lr, lr_decay,
                               defaults=auto)
     seconds = time.perf_counter() - t0
     idata = pyro_nf.to_inference_data(model, guide, num_samples=draws, fit_result=result)
@@ -110,7 +111,7 @@ def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000
         "posterior": post.name, "guide": guide_name, "dim": post.dim, "steps": result.steps,
         "stage": result.stage, "recommendation": result.recommendation,
         "anchor": getattr(guide, "anchor_info", {}).get("method"),
-        "seconds": seconds, "vectorised_particles": vectorised,
+        "seconds": seconds, "vectorised_particles": vectorized,
         "final_elbo": (result.elbo_estimate if result.elbo_estimate is not None
                        else float(-np.mean(result.losses[-100:]))),
         **accuracy_row(idata, reference_draws(post)),
@@ -136,9 +137,10 @@ def markdown(results: list[dict], steps: int, notes: dict[str, str], lr: float =
              (f"Budget per fit: {steps} steps, Adam lr {lr} decayed to {lr * lr_decay:g}, "
               "8 particles" if steps else "Budget per fit: `pyro_nf.fit(model, guide, "
               "seed=0)` with fit's own defaults (pilot, 8 particles, self-stopping schedule, "
-              "importance check)") + ", seed 0, float32, each guide's default initialisation "
+              "importance check)") + ", seed 0, float32, each guide's default initialization "
              "(the Laplace variant: MAP by 1000 Adam steps at lr 0.05, then "
-             f"AutoFlow.from_guide). Pass: {CRITERION}. Cells: pass/FAIL, k-hat, worst "
+             f"AutoFlow(model, start=FromGuide(laplace))). Pass: {CRITERION}. Cells: "
+             "pass/FAIL, k-hat, worst "
              "|mean error| in sds, worst sd ratio.",
              "",
              "## Passes per guide", "",

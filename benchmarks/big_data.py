@@ -11,7 +11,7 @@ Posteriors (data simulated with a fixed seed, float32):
   b ~ N(0, 1), a ~ N(0, 5), at N = 10^6 rows;
 * ``hier_logistic``: hierarchical logistic regression, N = 10^5 rows in 10^4 groups of 10,
   D = 3 features, group intercepts a_j ~ N(mu, tau), mu ~ N(0, 5), tau ~ HalfNormal(1). NumPyro
-  samples the 10^4 intercepts (non-centred); the Pyro model integrates each out by
+  samples the 10^4 intercepts (non-centered); the Pyro model integrates each out by
   Gauss-Hermite quadrature (24 nodes), so AutoFlow fits the five globals, a minibatch is
   ``--batch`` / 10 groups, and the criterion and the ESS are over the globals;
 * ``student_t`` (in the code, not in the table: NumPyro's reference run at 10^6 rows took more

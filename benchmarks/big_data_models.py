@@ -6,7 +6,7 @@ minibatched plate) and in NumPyro (reading every row). Not a script.
 * ``poisson``: Poisson regression with a log link, D = 5 features and an intercept;
 * ``student_t``: robust regression, y ~ StudentT(nu, a + x b, sigma);
 * ``hier_logistic``: hierarchical logistic regression, 10 rows in each of N / 10 groups, D = 3
-  features, group intercepts a_j ~ N(mu, tau). NumPyro samples the intercepts (non-centred);
+  features, group intercepts a_j ~ N(mu, tau). NumPyro samples the intercepts (non-centered);
   the Pyro model integrates each out by Gauss-Hermite quadrature, so AutoFlow fits the five
   globals and a minibatch is a set of groups. Both have the same posterior of the globals,
   up to the quadrature's error: 10^-4 nats over all 10^4 groups at the simulated tau = 0.8
@@ -151,7 +151,7 @@ def numpyro_model(name: str):
         nu = numpyro.sample("nu", nd.Gamma(2.0, 0.1))
         numpyro.sample("y", nd.StudentT(nu, x @ b + a, sigma), obs=y)
 
-    def hier_logistic(x, y):  # the intercepts as latents, non-centred
+    def hier_logistic(x, y):  # the intercepts as latents, non-centered
         mu = numpyro.sample("mu", nd.Normal(0.0, 5.0))
         tau = numpyro.sample("tau", nd.HalfNormal(1.0))
         b = numpyro.sample("b", nd.Normal(0.0, 1.0).expand([HIER_D]).to_event(1))

@@ -1,16 +1,16 @@
 """The KL table of Rezende & Mohamed's (2015) 2-D energies: how close planar flows of K = 2, 8,
-32 layers, radial flows of K = 32, the default AutoFlow and AutoFlow(modes="auto") come to
+32 layers, radial flows of K = 32, the default AutoFlow and AutoFlowMixture come to
 U1-U4, and Figure 3 redrawn from the same fits.
 
     python -m benchmarks.energies --out benchmarks/results/energies.md
     python -m benchmarks.energies --quick       # a few steps, no figure (the tests' smoke run)
 
-Each flow minimises the reverse KL E_q[log q + U] with the example's loop (``fit`` in
+Each flow minimizes the reverse KL E_q[log q + U] with the example's loop (``fit`` in
 ``examples/energy_2d.py``: Adam, batch 256, learning rate 5e-3 decayed tenfold, gradient norm
-clipped at 10; ``--steps`` steps); the default AutoFlow and ``AutoFlow(modes="auto")`` are
+clipped at 10; ``--steps`` steps); the default AutoFlow and ``AutoFlowMixture(model)`` are
 fitted by ``pyro_nf.fit`` with its defaults on the model ``z ~ flat, factor(-U(z))``. Then
 KL(q || p) = log Z + E_q[log q + U] from ``--draws`` fresh draws, with its Monte Carlo standard
-error, and log Z by quadrature (:func:`pyro_nf.datasets.energies.log_normaliser`). U2-U4 are
+error, and log Z by quadrature (:func:`pyro_nf.datasets.energies.log_normalizer`). U2-U4 are
 flat along z1 and get the Gaussian factor z1 ~ N(0, 2^2) that makes them proper
 (:mod:`pyro_nf.datasets.energies`); U1 is fitted as it is.
 
@@ -35,25 +35,26 @@ from pyro.distributions import constraints
 
 import pyro_nf
 from benchmarks.common import load_example
-from pyro_nf.datasets.energies import NAMES, energy, log_normaliser
+from pyro_nf.datasets.energies import NAMES, energy, log_normalizer
 
 #: The reverse-KL fit and the flows of the figure, from ``examples/energy_2d.py``.
 EXAMPLE = load_example("energy_2d")
 FLOWS = EXAMPLE.FLOWS
 AUTOFLOW = "AutoFlow (default fit)"
-MODES = "AutoFlow(modes='auto')"
+MODES = "AutoFlowMixture"
 
 
-def fit_autoflow(u, seed: int = 0, quick: bool = False, modes: Any = 1) -> Any:
-    """AutoFlow (one flow, or with ``modes="auto"`` one per mode the search finds, weighted by
-    its mass) fitted by ``pyro_nf.fit`` with its defaults (self-stopping) to exp(-U)."""
+def fit_autoflow(u, seed: int = 0, quick: bool = False, mixture: bool = False) -> Any:
+    """AutoFlow (one flow, or with ``mixture`` an AutoFlowMixture: one per mode the search
+    finds, weighted by its mass) fitted by ``pyro_nf.fit`` with its defaults (self-stopping)
+    to exp(-U)."""
 
     def model() -> None:
         z = pyro.sample("z", dist.ImproperUniform(constraints.real, (), (2,)))
         pyro.factor("energy", -u(z))
 
     pyro.clear_param_store()
-    guide = pyro_nf.AutoFlow(model, modes=modes)
+    guide = (pyro_nf.AutoFlowMixture if mixture else pyro_nf.AutoFlow)(model)
     pyro_nf.fit(model, guide, seed=seed, progress=False, **({"num_steps": 5} if quick else {}))
     return guide.get_posterior()
 
@@ -70,11 +71,11 @@ def kl(q, u, log_z: float, draws: int, seed: int = 1) -> tuple[float, float]:
 def run(steps: int, draws: int, quick: bool) -> tuple[list[dict], dict]:
     rows, fits = [], {}
     for name in NAMES:
-        u, log_z = energy(name), log_normaliser(name)
+        u, log_z = energy(name), log_normalizer(name)
         makers = {label: (lambda u=u, spec=spec: EXAMPLE.fit(u, spec, steps)[0])
                   for label, spec in FLOWS.items()}
         makers[AUTOFLOW] = lambda u=u: fit_autoflow(u, quick=quick)
-        makers[MODES] = lambda u=u: fit_autoflow(u, quick=quick, modes="auto")
+        makers[MODES] = lambda u=u: fit_autoflow(u, quick=quick, mixture=True)
         for label, make in makers.items():
             start = time.perf_counter()
             q = make()

@@ -65,7 +65,7 @@ def modes(data: dict) -> str:
     worst = max(m["max_error"] for m in mixtures)
     missed = sum(m["missed"] > 0 for m in mixtures)
     reported = sum(m["missed"] > 0 and m["reported"] >= m["missed"] for m in mixtures)
-    return (f"Several modes: AutoFlow(modes='auto') mass error at most {worst:.3f} on "
+    return (f"Several modes: AutoFlowMixture mass error at most {worst:.3f} on "
             f"{len(mixtures)} mixtures; the default guide's missed modes reported in "
             f"{reported} of {missed} runs that missed one (`modes.md`).")
 

@@ -1,4 +1,4 @@
-"""Posteriors with several modes: the default AutoFlow against ``AutoFlow(modes="auto")``, the
+"""Posteriors with several modes: the default AutoFlow against ``AutoFlowMixture(model)``, the
 missed-mode check, and what the mode search costs on the 15 unimodal posteriordb posteriors.
 
     python -m benchmarks.modes --out benchmarks/results/modes.md
@@ -7,7 +7,7 @@ missed-mode check, and what the mode search costs on the 15 unimodal posteriordb
 Part 1, mixtures with known masses (2-D 0.3/0.7 and 0.1/0.9, a 10-D two-mode mixture with
 correlated components, a 2-D mixture of four), seeds 0-2: each guide fitted by
 ``pyro_nf.fit(model, guide, seed=seed)`` with fit's defaults; the mass a guide puts on each
-mode is the share of 8000 of its draws nearest that mode's centre. A mode is *missed* by a
+mode is the share of 8000 of its draws nearest that mode's center. A mode is *missed* by a
 guide that holds under 2% of it while it holds at least 5% of the posterior; *reported* when
 ``diagnose(model, guide, modes=find_modes(model))`` lists it.
 
@@ -15,7 +15,7 @@ Part 2, label switching: a three-component mixture with unordered means, the sea
 
 Part 3, the 15 posteriordb posteriors (all unimodal): the default AutoFlow (pass or fail as in
 ``benchmarks.accuracy``, its seconds, the modes the search finds and whether the check fires on it)
-and ``AutoFlow(modes="auto")`` (components, pass, seconds including the search).
+and ``AutoFlowMixture(model)`` (components, pass, seconds including the search).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def run_mixture(name: str, seed: int) -> dict:
     row["reported"] = len(report.missed_modes)
     row["default_verdict"] = report.verdict
     mixture, row["mixture_seconds"], guide = fit_case(
-        model, lambda m: pyro_nf.AutoFlow(m, modes="auto"), locs, seed)
+        model, lambda m: pyro_nf.AutoFlowMixture(m), locs, seed)
     row["mixture_shares"] = mixture
     row["components"] = len(guide.components)
     row["max_error"] = max(abs(s - w) for s, w in zip(mixture, weights))
@@ -140,7 +140,7 @@ def markdown(mixtures: list[dict], labels: dict | None, pdb: list[dict],
     lines = ["# Posteriors with several modes", "", "    python -m benchmarks.modes --out "
              "benchmarks/results/modes.md", "", machine_line(info), "",
              "## Mixtures with known masses", "",
-             "Mass per mode (share of 8000 draws nearest each centre), seeds 0-2; *missed*: "
+             "Mass per mode (share of 8000 draws nearest each center), seeds 0-2; *missed*: "
              "modes with >= 5% of the posterior and < 2% of the guide; *reported*: modes "
              "`diagnose(..., modes=find_modes(model))` lists.", "",
              "| case | seed | truth | default AutoFlow | missed / reported | modes='auto' | "

@@ -10,9 +10,9 @@ median over blocks, one torch thread):
 * the model: Pyro's ``potential_fn`` from ``initialize_model`` and its gradient in the
   unconstrained space, eager and with ``jit_compile=True`` (what NUTS pays per gradient);
 * one step of ``fit`` (its guard, clipping and restore point included; ``guarded_step`` with the
-  loss and optimiser ``fit`` builds) for: the default AutoFlow on the fast path (the compiled
+  loss and optimizer ``fit`` builds) for: the default AutoFlow on the fast path (the compiled
   ELBO, ``JointAdam``) and on the eager path (``elbo="trace"``, ``pyro.optim.Adam``),
-  AutoNormal and Pyro's AutoIAFNormal on the fast path, and AutoFlow with 16 vectorised
+  AutoNormal and Pyro's AutoIAFNormal on the fast path, and AutoFlow with 16 vectorized
   particles;
 * the same architecture in pyro-nf and zuko (4 affine autoregressive layers in IAF direction,
   MADE [H, H], H = max(64, D)), both through ``fit``'s fast path (zuko through

@@ -14,7 +14,7 @@ own defaults (no num_steps: it tunes its step size and stops by itself), checked
 pass criterion of ``benchmarks.common`` (k-hat < 0.7, every standardized mean error < 0.1, every sd
 ratio in [0.9, 1.1], from 2000 draws); the time to accuracy is the time of that fit, the
 guide's set-up (its Gaussian anchor) included, the check excluded. With ``--budgets`` it fits
-fixed budgets in turn instead (lr 0.005 decayed tenfold, 8 vectorised particles), the time
+fixed budgets in turn instead (lr 0.005 decayed tenfold, 8 vectorized particles), the time
 being that of the smallest budget that passes.
 
 NUTS (Pyro, float64, ``jit_compile=True``, one chain): warm-up, then draws; the time to a bulk
@@ -109,7 +109,7 @@ def autoflow_time(model, ref: dict, budgets: tuple[int, ...] | None, seed: int =
     """``budgets=None``: one fit with ``pyro_nf.fit``'s own defaults (no num_steps: it tunes
     and stops itself), its time including the guide's set-up (the Gaussian anchor). Else fit
     from scratch with each budget in turn (lr 0.005 decayed to 0.0005 over the budget, 8
-    vectorised particles) until one passes."""
+    vectorized particles) until one passes."""
     checking, last = 0.0, {}
     for steps in budgets or (None,):
         pyro.clear_param_store()

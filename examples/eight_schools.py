@@ -5,7 +5,7 @@ posteriordb reference draws, with diagnostics, a comparison table and figures.
     python examples/eight_schools.py --quick         # a smoke run (used by the tests)
     python examples/eight_schools.py --out out/eight_schools
 
-The centered parametrisation has a funnel between tau and theta: mean-field guides collapse
+The centered parametrization has a funnel between tau and theta: mean-field guides collapse
 tau, a flow guide follows the funnel, and PSIS k-hat tells which fit to trust. The workflow is
 the one ``pyro-nf demo --posterior schools`` runs (:func:`pyro_nf.demo.run_demo`), with a
 larger NUTS budget.

@@ -1,4 +1,4 @@
-"""Rezende & Mohamed (2015), Figure 3: the four 2-D unnormalised densities U1-U4 of their
+"""Rezende & Mohamed (2015), Figure 3: the four 2-D unnormalized densities U1-U4 of their
 Table 1, each fitted by reverse KL with planar flows of K = 2, 8, 32 layers and, for
 comparison, radial flows of K = 32; true density beside each fit, and each fit's
 KL(q || p) = log Z + E_q[log q + U] with log Z by quadrature (U2-U4 made proper by a wide
@@ -19,7 +19,7 @@ from pathlib import Path
 import pyro.distributions as dist
 import torch
 
-from pyro_nf.datasets.energies import NAMES, energy, log_normaliser
+from pyro_nf.datasets.energies import NAMES, energy, log_normalizer
 from pyro_nf.transforms import build_flow
 
 FLOWS = {"planar K=2": "planar*2", "planar K=8": "planar*8", "planar K=32": "planar*32",
@@ -27,7 +27,7 @@ FLOWS = {"planar K=2": "planar*2", "planar K=8": "planar*8", "planar K=32": "pla
 
 
 def fit(energy, spec: str, steps: int, seed: int = 0, batch: int = 256):
-    """Minimise KL(q || p) = E_q[log q(z) + U(z)] + log Z with Adam; returns (q, bound)."""
+    """Minimize KL(q || p) = E_q[log q(z) + U(z)] + log Z with Adam; returns (q, bound)."""
     torch.manual_seed(seed)
     flow = build_flow(spec, 2)
     base = dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1)
@@ -90,7 +90,7 @@ def main(argv=None) -> dict[str, float]:
     steps = 20 if args.quick else args.steps
     results, fits = {}, {}
     for ename in NAMES:
-        log_z = log_normaliser(ename)
+        log_z = log_normalizer(ename)
         for fname, spec in FLOWS.items():
             q, bound = fit(energy(ename), spec, steps)
             results[f"{ename} {fname}"] = log_z + bound

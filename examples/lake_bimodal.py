@@ -1,7 +1,7 @@
 """Going round a lake: a posterior with two modes of unequal mass.
 
 A path from (-3, 0) to (3, 0) passes through one waypoint z in the plane. Short paths are
-preferred, and a lake (a disc of radius 1.5 centred a little north of the straight line, at
+preferred, and a lake (a disc of radius 1.5 centered a little north of the straight line, at
 (0, 0.1)) is nearly impassable, so the waypoint's posterior has two modes: round the lake on
 the south side (shorter, so heavier) or on the north side:
 
@@ -11,7 +11,7 @@ the south side (shorter, so heavier) or on the north side:
 The true share of each side comes from the density on a grid. Reverse KL is mode-seeking: a
 guide fitted by the ELBO, Gaussian or flow, keeps one side, and PSIS k-hat cannot see the other
 (no draw of the guide goes there). The script fits, each with ``fit``'s defaults, AutoNormal,
-the default ``AutoFlow(model)`` and ``AutoFlow(model, modes="auto")`` (a mixture of flows, one
+the default ``AutoFlow(model)`` and ``AutoFlowMixture(model)`` (a mixture of flows, one
 per mode that ``find_modes`` finds, weighted by the mass it covers), prints each one's share
 north of the lake beside the truth, its k-hat and what ``diagnose(..., modes=search)`` says,
 and draws the true density beside each guide's draws. Results: docs/guides.md.
@@ -32,12 +32,12 @@ from pyro.infer.autoguide import AutoNormal
 
 import pyro_nf
 
-START, GOAL, RADIUS, CENTRE = (-3.0, 0.0), (3.0, 0.0), 1.5, (0.0, 0.1)
+START, GOAL, RADIUS, CENTER = (-3.0, 0.0), (3.0, 0.0), 1.5, (0.0, 0.1)
 
 
-def _distance_to_centre(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Distance from the lake's centre to the segment p -> q."""
-    c = p.new_tensor(CENTRE)
+def _distance_to_center(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Distance from the lake's center to the segment p -> q."""
+    c = p.new_tensor(CENTER)
     p, q = p - c, q - c
     d = q - p
     t = (-(p * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-12)).clamp(0, 1)
@@ -45,11 +45,11 @@ def _distance_to_centre(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def log_plan(z: torch.Tensor) -> torch.Tensor:
-    """The unnormalised log-likelihood of waypoint z: the path a -> z -> b should be short and
+    """The unnormalized log-likelihood of waypoint z: the path a -> z -> b should be short and
     both of its legs should keep out of the lake."""
     a, b = z.new_tensor(START).expand_as(z), z.new_tensor(GOAL).expand_as(z)
     length = (z - a).norm(dim=-1) + (b - z).norm(dim=-1)
-    wet = sum(torch.sigmoid((RADIUS - _distance_to_centre(p, q)) / 0.1)
+    wet = sum(torch.sigmoid((RADIUS - _distance_to_center(p, q)) / 0.1)
               for p, q in ((a, z), (z, b)))
     return -2.0 * length - 25.0 * wet
 
@@ -68,9 +68,9 @@ def true_density(n: int = 200, lim: float = 4.0):
 
 
 def north_share(n: int = 400, lim: float = 8.0) -> float:
-    """The true posterior mass north of the lake's centre (a grid over [-8, 8]^2)."""
+    """The true posterior mass north of the lake's center (a grid over [-8, 8]^2)."""
     xs, p = true_density(n, lim)
-    return float(p[xs > CENTRE[1], :].sum())
+    return float(p[xs > CENTER[1], :].sum())
 
 
 def fit_all(quick: bool, seed: int, draws: int = 4000) -> dict:
@@ -78,7 +78,7 @@ def fit_all(quick: bool, seed: int, draws: int = 4000) -> dict:
     guides = {
         "AutoNormal": lambda: AutoNormal(model),
         "AutoFlow (default)": lambda: pyro_nf.AutoFlow(model),
-        "AutoFlow(modes='auto')": lambda: pyro_nf.AutoFlow(model, modes="auto", search=search),
+        "AutoFlowMixture": lambda: pyro_nf.AutoFlowMixture(model, search=search),
     }
     options = {"num_steps": 20} if quick else {}
     out = {}
@@ -89,7 +89,7 @@ def fit_all(quick: bool, seed: int, draws: int = 4000) -> dict:
         with torch.no_grad():
             z = pyro.infer.Predictive(model, guide=guide, num_samples=draws)()["z"].reshape(-1, 2)
         report = pyro_nf.diagnose(model, guide, num_samples=draws, modes=search)
-        out[name] = {"draws": z, "north": float((z[:, 1] > CENTRE[1]).float().mean()),
+        out[name] = {"draws": z, "north": float((z[:, 1] > CENTER[1]).float().mean()),
                      "khat": report.khat, "verdict": report.verdict,
                      "missed": [str(m) for m in report.missed_modes]}
     return out, search
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ax.hist2d(d[:, 0], d[:, 1], bins=80, range=[[-4, 4], [-4, 4]], cmap="Blues")
         ax.set_title(f"{name}\nnorth {r['north']:.2f}, k-hat {r['khat']:.2f}", fontsize=9)
     for ax in axes:
-        ax.add_patch(plt.Circle(CENTRE, RADIUS, fill=False, color="tab:red", lw=1))
+        ax.add_patch(plt.Circle(CENTER, RADIUS, fill=False, color="tab:red", lw=1))
         ax.plot(*zip(START, GOAL), "k.", ms=6)
         ax.set_xlim(-4, 4)
         ax.set_ylim(-4, 4)

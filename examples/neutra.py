@@ -1,4 +1,4 @@
-"""NeuTra HMC (Hoffman et al., 2019): a fitted AutoFlow reparametrises NUTS on Neal's funnel,
+"""NeuTra HMC (Hoffman et al., 2019): a fitted AutoFlow reparametrizes NUTS on Neal's funnel,
 so NUTS samples the flow's nearly Gaussian base space instead of the funnel. Reports the bulk
 effective sample size of v per second for plain NUTS and NeuTra NUTS.
 

@@ -19,7 +19,7 @@ At the end: the test -ELBO and the importance-sampled test -log p(x) with S samp
 
 Flows: none, planar, radial, sylvester (orthogonal), iaf, spline (spline autoregressive).
 
-Amortisation (``--amortize``) of the hypernetwork flows (planar, radial, Sylvester): ``linear``
+Amortization (``--amortize``) of the hypernetwork flows (planar, radial, Sylvester): ``linear``
 (the default, as in Rezende & Mohamed 2015) makes every flow parameter a linear map of the
 encoder's last hidden layer; ``mlp`` puts a two-layer MLP per flow layer in between.
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = make_model(decoder, args.latent, frozen=bool(args.freeze_decoder))
     guide, scaled_guide = make_guide(model, FLOWS[args.flow], args.layers, encoder.to(device),
                                      features, args.amortize)
-    guide(train[:2], 1.0)  # set up the guide's networks before the optimiser sees them
+    guide(train[:2], 1.0)  # set up the guide's networks before the optimizer sees them
     optim = ClippedAdam({"lr": args.lr, "clip_norm": 10.0})
     svi = SVI(model, scaled_guide, optim, Trace_ELBO())
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         decoder.load_state_dict(state["decoder"])
         guide.load_state_dict(state["guide"])
         # load_state_dict copies in place into the tensors Pyro's param store already holds,
-        # so the optimiser keeps stepping the very tensors the networks use
+        # so the optimizer keeps stepping the very tensors the networks use
         optim.set_state(state["optim"])
         start, history = state["epoch"], state["history"]
         torch.set_rng_state(state["rng"])

@@ -1,7 +1,7 @@
 """pyro-nf: normalizing-flow variational posteriors for any Pyro model.
 
 - :mod:`pyro_nf.transforms`: the flow layers and their registry (``available``,
-  ``build_flow``, ``register`` and their conditional forms);
+  ``build_flow``, ``register``; every layer family takes an optional ``context_dim``);
 - :class:`AutoFlow`: a flow autoguide over a model's global latents;
 - :class:`AmortizedFlow`: an amortized (encoder + conditional flow) guide for local latents;
 - :func:`fit`: the SVI loop; :class:`STLTrace_ELBO`: the sticking-the-landing gradient;
@@ -16,8 +16,22 @@ from importlib.metadata import PackageNotFoundError, version
 
 from pyro_nf import transforms
 from pyro_nf.approximations import AutoPathfinder, PathfinderResult, find_modes, pathfinder
-from pyro_nf.guides import DEFAULT_AMORTIZED_FLOW, DEFAULT_FLOW, AmortizedFlow, AutoFlow
-from pyro_nf.training import FitResult, NonFiniteLossError, STLTrace_ELBO, fit
+from pyro_nf.guides import (
+    DEFAULT_AMORTIZED_FLOW,
+    DEFAULT_FLOW,
+    AmortizedFlow,
+    AutoFlow,
+    AutoFlowMixture,
+)
+from pyro_nf.training import (
+    Engine,
+    FitResult,
+    FixedSchedule,
+    NonFiniteLossError,
+    SelfTuningSchedule,
+    STLTrace_ELBO,
+    fit,
+)
 
 try:  # the one version string is pyproject.toml's
     __version__ = version("pyro-nf")
@@ -31,19 +45,7 @@ _LAZY = {name: "pyro_nf.diagnostics" for name in
           "from_posteriordb", "to_inference_data")}
 
 
-#: Registry functions live in :mod:`pyro_nf.transforms`; the top-level names stay one release
-#: as deprecated aliases.
-_MOVED = ("available", "build_flow", "register", "available_conditional",
-          "build_conditional_flow")
-
-
 def __getattr__(name: str):
-    if name in _MOVED:
-        import warnings
-
-        warnings.warn(f"pyro_nf.{name} is deprecated and will be removed in the next release; "
-                      f"use pyro_nf.transforms.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(transforms, name)
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
@@ -52,9 +54,10 @@ def __getattr__(name: str):
         return import_module("pyro_nf.diagnostics")
     raise AttributeError(f"module 'pyro_nf' has no attribute {name!r}")
 
-__all__ = ["transforms", "AutoFlow", "DEFAULT_FLOW",
+__all__ = ["transforms", "AutoFlow", "AutoFlowMixture", "DEFAULT_FLOW",
            "AmortizedFlow", "DEFAULT_AMORTIZED_FLOW",
-           "fit", "FitResult", "NonFiniteLossError", "STLTrace_ELBO", "pathfinder",
+           "fit", "FitResult", "Engine", "FixedSchedule", "SelfTuningSchedule",
+           "NonFiniteLossError", "STLTrace_ELBO", "pathfinder",
            "PathfinderResult", "AutoPathfinder", "find_modes", "to_inference_data",
            "from_mcmc", "from_posteriordb", "diagnose", "compare_posteriors",
            "format_comparison", "__version__"]

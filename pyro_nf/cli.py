@@ -98,21 +98,27 @@ def cmd_fit(args) -> int:
     import pyro
 
     from pyro_nf.diagnostics import diagnose, to_inference_data
-    from pyro_nf.guides import AutoFlow
+    from pyro_nf.guides import AutoFlow, AutoFlowMixture
     from pyro_nf.training import fit
     from pyro_nf.utils import arviz_compat
 
     model = _load_model(args.target)
     data = _load_data(args.data, model)
     try:
-        guide = AutoFlow(model, flow=args.flow, modes=_modes(args.modes))
+        modes = _modes(args.modes)
+        guide = (AutoFlow(model, flow=args.flow) if modes == 1 else
+                 AutoFlowMixture(model, flow=args.flow, modes=modes))
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     pyro.clear_param_store()
     try:
         particles = args.particles or (16 if args.steps is not None else None)
-        result = fit(model, guide, num_steps=args.steps, num_particles=particles,
-                     lr=args.lr, seed=args.seed, progress=not args.quiet, **data)
+        schedule = {} if args.steps is None else {"num_steps": args.steps,
+                                                  "lr": args.lr or 5e-3}
+        if args.steps is None and args.lr is not None:
+            raise CLIError("--lr needs --steps (without it the fit tunes its own step size)")
+        result = fit(model, guide, num_particles=particles, seed=args.seed,
+                     progress=not args.quiet, model_kwargs=data, **schedule)
     except TypeError as exc:
         raise CLIError(f"the data do not match {model.__name__}'s arguments: {exc}") from exc
     idata = to_inference_data(model, guide, num_samples=args.samples, fit_result=result,
@@ -201,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SVI steps (default: the fit tunes its step size and stops by itself)")
     p.add_argument("--particles", type=int, default=None,
                    help="particles per step (default: 8; 16 with --steps)")
-    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate with --steps (default 5e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=4000, help="posterior draws to save")
     p.add_argument("--out", default="run.nc", help="InferenceData netCDF to write")

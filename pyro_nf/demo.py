@@ -36,7 +36,7 @@ from pyro_nf.models import EIGHT_SCHOOLS_Y, eight_schools, neals_funnel
 from pyro_nf.training import fit
 from pyro_nf.utils import arviz_compat
 
-REFERENCE = "eight_schools-eight_schools_noncentered"  # the same posterior, reparametrised
+REFERENCE = "eight_schools-eight_schools_noncentered"  # the same posterior, reparametrized
 FUNNEL_DIM = 10
 
 

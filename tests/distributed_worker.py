@@ -60,14 +60,14 @@ def hierarchical_guide(model) -> AutoGuideList:
     guide = AutoGuideList(model, create_plates=lambda y, batch=None: pyro.plate(
         "groups", len(y), subsample_size=batch))
     guide.append(pyro_nf.AutoFlow(poutine.block(model, hide=["theta"]), flow="iaf",
-                                  anchor=None))
+                                  start=None))
     guide.append(pyro_nf.AmortizedFlow(poutine.block(model, expose=["theta", "y", "groups"]),
                                        flow="planar*2", hidden=(16,)))
     return guide
 
 
 CASES = {
-    "logistic": (logistic, lambda model: pyro_nf.AutoFlow(model, flow="iaf", anchor=None),
+    "logistic": (logistic, lambda model: pyro_nf.AutoFlow(model, flow="iaf", start=None),
                  logistic_data),
     "hierarchical": (hierarchical, hierarchical_guide, hierarchical_data),
 }
@@ -94,7 +94,7 @@ def main(case: str, out: str) -> None:
         if case == "die" and rank == 1 and step == 10:
             os._exit(3)  # a rank that dies without a word
 
-    options = {"checkpoint": f"{out}.ckpt", "checkpoint_every": 5, "_step_hook": hook}
+    options = {"checkpoint": f"{out}.ckpt", "checkpoint_every": 5, "callback": hook}
     # "disagree": rank 1 takes minibatches of another size (a model that differs per rank)
     batch = BATCH // 2 if case == "disagree" and rank == 1 else BATCH
     try:

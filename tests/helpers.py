@@ -84,7 +84,7 @@ def make_layer(name: str, dim: int, dtype=None, *, context_dim: int = 0, seed: i
     """Build registered layer ``name`` (conditional for a ``context_dim`` above 0),
     in float64 by default, and perturb every parameter away from its initial value (hypernetwork
     and conditioner output layers included, so a conditional layer depends on the context). A
-    plain layer is first warmed up with one inverse pass, so that data-dependent initialisation
+    plain layer is first warmed up with one inverse pass, so that data-dependent initialization
     (ActNorm's) happens before the perturbation."""
     import torch
 

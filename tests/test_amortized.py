@@ -80,7 +80,7 @@ GUIDE_DRAWS = 2000
 @pytest.mark.parametrize("flow", [None, "planar*2"])
 def test_guide_list_with_subsampling_matches_nuts(flow, nuts_draws):
     """The guide's mean and sd of mu, tau and each theta against one NUTS chain (600 draws),
-    over NUTS_FIT_SEEDS. Tolerance from Monte Carlo error, per coordinate: the standardised
+    over NUTS_FIT_SEEDS. Tolerance from Monte Carlo error, per coordinate: the standardized
     mean difference has standard error sqrt(1 / ESS + 1 / 2000) (the chain's ESS of the mean,
     the guide's 2000 independent draws; about 0.06 at ESS 300), the log sd ratio
     sqrt(1 / (2 ESS_sd) + 1 / 4000) (about 0.045); each may be FIT_ALLOWANCE (sds, or

@@ -16,6 +16,7 @@ from test_pathfinder import correlated_gaussian, gaussian_model
 
 from pyro_nf import AutoFlow, fit
 from pyro_nf.approximations.pathfinder import normal_of
+from pyro_nf.guides import FromGuide, GaussianAnchor, InitPoint
 
 X = torch.linspace(-2, 2, 40)
 Y = (torch.sigmoid(0.5 + 1.5 * X) > torch.rand(40, generator=torch.Generator().manual_seed(0))
@@ -62,7 +63,7 @@ def test_with_the_centering_the_guide_is_the_anchor_pushed_through_it():
     guide = AutoFlow(schools)
     guide()
     assert guide.centering_weights() and guide.anchor_transform() is not None
-    centering = guide._centering_transform((), {}, detach=True)
+    centering = guide.centering.transform((), {}, detach=True)
     with torch.no_grad():
         eta = normal_of(guide.anchor_transform()).sample((8,))
         theta = centering(eta)
@@ -90,16 +91,28 @@ def test_exact_gaussian_d100_default_guide_matches_mean_and_covariance():
     assert float((corr - exact).abs().max()) < 0.1
 
 
-def test_anchor_none_and_from_guide_start_as_before():
-    guide = AutoFlow(logistic, anchor=None, init_scale=0.05)
+def test_init_point_and_warm_starts_have_no_anchor():
+    guide = AutoFlow(logistic, start=None, init_scale=0.05)
+    assert guide.start == InitPoint()
     guide()
     assert guide.anchor_transform() is None and not guide.anchor_info
     assert torch.allclose(guide.scale, torch.full((2,), 0.05))
     normal = AutoNormal(logistic)
     fit(logistic, normal, num_steps=10, progress=False)
-    warm = AutoFlow.from_guide(logistic, normal)
+    warm = AutoFlow(logistic, start=FromGuide(normal))
     warm()
     assert warm.anchor_transform() is None
+    with pytest.raises(ValueError, match="no Gaussian anchor"):
+        warm.anchor_posterior()
+
+
+def test_start_shorthands_are_the_strategies():
+    assert AutoFlow(logistic).start == GaussianAnchor("auto")
+    assert AutoFlow(logistic, start="laplace").start == GaussianAnchor("laplace")
+    pyro.clear_param_store()
+    guide = AutoFlow(logistic, start=GaussianAnchor("laplace", num_paths=1))
+    guide()
+    assert guide.anchor_info["method"] == "laplace"
 
 
 def test_float64_models_get_a_float64_anchor():
@@ -130,9 +143,13 @@ def test_a_blocked_member_of_a_guide_list_gets_no_anchor_and_still_fits():
     assert any("no Gaussian anchor" in note for note in flow.setup_notes)
 
 
-def test_bad_anchor_is_a_clear_error():
-    with pytest.raises(ValueError, match="anchor must be one of"):
-        AutoFlow(logistic, anchor="best")
+def test_bad_start_is_a_clear_error():
+    with pytest.raises(ValueError, match="start must be"):
+        AutoFlow(logistic, start="best")
+    with pytest.raises(ValueError, match="method must be one of"):
+        GaussianAnchor("best")
+    with pytest.raises(ValueError, match="num_paths"):
+        GaussianAnchor(num_paths=0)
 
 
 def test_reset_to_anchor_after_a_fit_with_the_centering_and_a_low_rank_base():

@@ -24,6 +24,7 @@ from pyro.infer.reparam import NeuTraReparam
 
 import pyro_nf
 from pyro_nf import AutoFlow, fit
+from pyro_nf.guides import FromGuide
 from pyro_nf.models import EIGHT_SCHOOLS_Y, eight_schools
 
 Y = EIGHT_SCHOOLS_Y
@@ -42,8 +43,8 @@ pytestmark = pytest.mark.usefixtures("fresh_store")
 def test_initial_samples_have_init_location_and_scale():
     init = {"mu": torch.tensor(2.0), "tau": torch.tensor(3.0), "theta": torch.arange(8.0)}
     guide = AutoFlow(schools, init_loc_fn=init_to_value(values=init), init_scale=0.2,
-                     centering="model",  # "learn" re-centres theta: the spread is eta's
-                     anchor=None)  # with an anchor the guide starts at the anchor instead
+                     centering="model",  # "learn" re-centers theta: the spread is eta's
+                     start=None)  # with an anchor the guide starts at the anchor instead
     guide(Y)
     z = guide.sample_latent_batch(20000)
     expected = torch.cat([torch.tensor([2.0, math.log(3.0)]), torch.arange(8.0)])
@@ -103,14 +104,14 @@ def test_autoguidelist_and_neutra():
 def test_median_and_quantiles_are_consistent_and_deterministic():
     init = {"z": torch.tensor([1.0, -1.0, 0.5]), "s": torch.tensor(2.0)}
     guide = AutoFlow(correlated, init_loc_fn=init_to_value(values=init), init_scale=0.3,
-                     num_quantile_samples=20000, anchor=None)
+                     num_quantile_samples=20000, start=None)
     guide()
     med = guide.median()
     torch.testing.assert_close(med["z"], init["z"], atol=0.02, rtol=0)
     torch.testing.assert_close(med["s"], init["s"], atol=0.02, rtol=0)
     q = guide.quantiles([0.05, 0.5, 0.95])
     assert q["z"].shape == (3, 3) and q["s"].shape == (3,)
-    # at initialisation the flow is the identity: z ~ N(init, 0.3^2) elementwise
+    # at initialization the flow is the identity: z ~ N(init, 0.3^2) elementwise
     torch.testing.assert_close(q["z"][2] - q["z"][0], torch.full((3,), 2 * 1.6449 * 0.3),
                                atol=0.02, rtol=0)
     # s = exp(N(log 2, 0.3^2)): its quantiles are exp of the normal ones
@@ -156,14 +157,17 @@ WARM = {
 }
 
 
+# tiers marked here: tests/slow_tests.txt and fit_accuracy_tests.txt list the former names
+@pytest.mark.slow
+@pytest.mark.fit_accuracy
 @pytest.mark.parametrize("kind", sorted(WARM))
-def test_from_guide_starts_at_the_fitted_gaussian(kind):
+def test_warm_start_is_the_fitted_gaussian(kind):
     fitted = WARM[kind](correlated)
     svi = SVI(correlated, fitted, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
     for _ in range(300):
         svi.step()
     gaussian = fitted.laplace_approximation() if kind == "AutoLaplaceApproximation" else fitted
-    flow_guide = AutoFlow.from_guide(correlated, fitted, flow="iaf*2")
+    flow_guide = AutoFlow(correlated, "iaf*2", start=FromGuide(fitted))
     flow_guide()
     ours = flow_guide.sample_latent_batch(40000)
     if kind == "AutoNormal":
@@ -179,8 +183,9 @@ def test_from_guide_starts_at_the_fitted_gaussian(kind):
     torch.testing.assert_close(torch.cov(ours.T), cov.detach(), atol=0.04, rtol=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(WARM))
-def test_from_guide_first_call_inside_a_vectorised_elbo(kind):
+def test_warm_start_first_call_inside_a_vectorized_elbo(kind):
     """The warm start's moments are computed at the guide's first call, which fit makes inside
     the ELBO's trace and particle plate (a regression: the Laplace Hessian's model runs leaked
     into that trace, 'Multiple sample sites')."""
@@ -188,12 +193,12 @@ def test_from_guide_first_call_inside_a_vectorised_elbo(kind):
     svi = SVI(correlated, fitted, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
     for _ in range(50):
         svi.step()
-    flow_guide = AutoFlow.from_guide(correlated, fitted, flow="iaf*2")
+    flow_guide = AutoFlow(correlated, "iaf*2", start=FromGuide(fitted))
     result = fit(correlated, flow_guide, num_steps=3, num_particles=4, progress=False)
     assert all(math.isfinite(v) for v in result.losses)
 
 
-def test_from_guide_laplace_without_a_curvature_is_a_clear_error_every_time():
+def test_warm_start_laplace_without_a_curvature_is_a_clear_error_every_time():
     """At a minimum of the density the Laplace covariance is not positive definite: a
     ValueError saying so, and the same error again on the next call (not a half-built guide)."""
     def model():
@@ -203,16 +208,18 @@ def test_from_guide_laplace_without_a_curvature_is_a_clear_error_every_time():
     laplace = AutoLaplaceApproximation(model, init_loc_fn=init_to_value(values={
         "x": torch.tensor(0.0)}))
     laplace()
-    guide = AutoFlow.from_guide(model, laplace)
+    guide = AutoFlow(model, start=FromGuide(laplace))
     for _ in range(2):
         with pytest.raises(ValueError, match="not positive definite.*degenerate"):
             guide()
 
 
-def test_from_guide_errors():
+def test_warm_start_errors():
     with pytest.raises(TypeError, match="AutoNormal"):
-        AutoFlow.from_guide(correlated, object())
-    guide = AutoFlow.from_guide(correlated, AutoMultivariateNormal(correlated))
+        FromGuide(object())
+    with pytest.raises(ValueError, match=r"start=FromGuide\(guide\)"):
+        AutoFlow(correlated, start=AutoNormal(correlated))
+    guide = AutoFlow(correlated, start=FromGuide(AutoMultivariateNormal(correlated)))
     with pytest.raises(ValueError, match="has not been run"):
         guide()
 
@@ -248,20 +255,22 @@ def test_bad_arguments(kwargs, match):
         AutoFlow(schools, **kwargs)
 
 
-def test_from_guide_with_random_permutations_keeps_correlations():
+@pytest.mark.slow
+@pytest.mark.fit_accuracy
+def test_warm_start_with_random_permutations_keeps_correlations():
     fitted = AutoMultivariateNormal(correlated)
     svi = SVI(correlated, fitted, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
     for _ in range(300):
         svi.step()
     cov = fitted.get_posterior().covariance_matrix.detach()
     # coupling layers: permutation layers move the data, undone by the output map
-    flow_guide = AutoFlow.from_guide(correlated, fitted, flow="realnvp*3", permutation="random")
+    flow_guide = AutoFlow(correlated, "realnvp*3", start=FromGuide(fitted), permutation="random")
     flow_guide()
     assert flow_guide.output_order is not None  # a non-trivial net permutation
     ours = flow_guide.sample_latent_batch(40000)
     torch.testing.assert_close(torch.cov(ours.T), cov, atol=0.04, rtol=0.05)
     # autoregressive layers: the MADEs' orders vary instead, nothing is moved
-    flow_guide = AutoFlow.from_guide(correlated, fitted, flow="iaf*3", permutation="random")
+    flow_guide = AutoFlow(correlated, "iaf*3", start=FromGuide(fitted), permutation="random")
     flow_guide()
     assert flow_guide.output_order is None
     assert not torch.equal(flow_guide.flow.parts[1].made.order,
@@ -279,9 +288,9 @@ def test_guide_follows_double_after_set_up():
     assert guide.get_posterior().log_prob(z).dtype == torch.float64
 
 
-def test_from_guide_rank_mismatch_is_an_error():
+def test_warm_start_rank_mismatch_is_an_error():
     fitted = AutoLowRankMultivariateNormal(correlated, rank=2)
     fitted()
-    guide = AutoFlow.from_guide(correlated, fitted, rank=3)
+    guide = AutoFlow(correlated, start=FromGuide(fitted), rank=3)
     with pytest.raises(ValueError, match="rank=3.*rank 2"):
         guide()

@@ -159,16 +159,16 @@ def test_density_integrates_to_one(name, dim, dtype):
 
 
 # ----------------------------------------------------------------------------- gradients
-PARAMETRISED = [n for n in NAMES if any(True for _ in build_layer(n, _smallest_dim(n, 5))
+PARAMETRIZED = [n for n in NAMES if any(True for _ in build_layer(n, _smallest_dim(n, 5))
                                         .parameters())]
 
 
 def test_only_permutations_have_no_parameters():
-    for name in set(NAMES) - set(PARAMETRISED):
+    for name in set(NAMES) - set(PARAMETRIZED):
         assert info(name).kind == "permutation", name
 
 
-@pytest.mark.parametrize("name", PARAMETRISED)
+@pytest.mark.parametrize("name", PARAMETRIZED)
 def test_gradients_reach_every_parameter(name):
     dim = _smallest_dim(name, 5)
     layer = make_layer(name, dim, torch.float64)
@@ -198,7 +198,7 @@ def test_starts_near_identity(name, dim, dtype):
 
 
 # ----------------------------------------------------------------------------- invertibility
-@pytest.mark.parametrize("name", PARAMETRISED)
+@pytest.mark.parametrize("name", PARAMETRIZED)
 def test_invertible_for_arbitrary_raw_parameters(name):
     dim = _smallest_dim(name, 3)
     layer = build_layer(name, dim).double()
@@ -273,7 +273,7 @@ def test_float64_parity_and_dtype_errors(name):
     assert y64.dtype == torch.float64 and ladj64.dtype == torch.float64
     torch.testing.assert_close(y64.float(), y32, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ladj64.float(), ladj32, atol=1e-3, rtol=1e-4)
-    if name in PARAMETRISED:
+    if name in PARAMETRIZED:
         with pytest.raises(TypeError, match="float64"):
             layer32(x)
 

@@ -3,7 +3,7 @@
 The generic properties (round trips, log-det vs autograd, densities, gradients, dtypes) are in
 the registry battery; these tests check what is particular to this layer: the stated identity
 bound at construction, unboundedness with g bounded by the last layer's row L1 norm, the
-block-triangular weight-normalised weights, the log-space diagonal Jacobian, the coordinate-wise
+block-triangular weight-normalized weights, the log-space diagonal Jacobian, the coordinate-wise
 inverse and its implicit gradients.
 """
 
@@ -87,7 +87,7 @@ def test_pyros_bnaf_is_bounded_which_is_why_this_one_has_the_affine_skip():
 
 
 # ----------------------------------------------------------------------------- weights
-def test_weights_are_weight_normalised_lower_block_triangular_with_positive_diagonal():
+def test_weights_are_weight_normalized_lower_block_triangular_with_positive_diagonal():
     layer = _layer(dim=3, hidden_factor=2, scale=3.0)
     for block in layer.blocks:
         w, log_diag = block.weights()

@@ -113,7 +113,7 @@ def test_inference_data_groups_dims_attrs_and_netcdf_round_trip(tmp_path):
     stats = idata.sample_stats
     assert np.allclose(stats["log_weight"], stats["log_p"] - stats["log_q"])
     assert post.attrs["guide"] == "AutoFlow" and post.attrs["flow"] == "iaf"
-    assert post.attrs["steps"] == 50 and post.attrs["vectorised"] == 1
+    assert post.attrs["steps"] == 50 and post.attrs["vectorized"] == 1
     path = tmp_path / "run.nc"
     idata.to_netcdf(str(path))  # as a user would: the declared h5netcdf engine is found
     back = az.from_netcdf(str(path))
@@ -123,7 +123,7 @@ def test_inference_data_groups_dims_attrs_and_netcdf_round_trip(tmp_path):
     assert np.isfinite(arviz_compat.loo(back)[0])
 
 
-def test_pyro_autoguides_and_a_model_that_does_not_vectorise():
+def test_pyro_autoguides_and_a_model_that_does_not_vectorize():
     for guide in (AutoNormal(conjugate), AutoMultivariateNormal(conjugate)):
         pyro_nf.fit(conjugate, guide, num_steps=20, progress=False)
         idata = to_inference_data(conjugate, guide, num_samples=100)
@@ -139,7 +139,7 @@ def test_pyro_autoguides_and_a_model_that_does_not_vectorise():
     guide = AutoNormal(branchy)
     guide()
     idata = to_inference_data(branchy, guide, num_samples=20)
-    assert idata.posterior.attrs["vectorised"] == 0 and idata.posterior["mu"].shape == (1, 20)
+    assert idata.posterior.attrs["vectorized"] == 0 and idata.posterior["mu"].shape == (1, 20)
 
 
 def test_compare_known_distances():

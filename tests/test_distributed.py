@@ -171,8 +171,8 @@ def test_a_job_without_a_subsampled_plate_or_num_steps_is_refused(monkeypatch, f
     monkeypatch.setattr(distributed, "launched", lambda: True)
     torch.set_default_dtype(torch.float64)
     x, y = worker.logistic_data()
-    guide = pyro_nf.AutoFlow(worker.logistic, anchor=None)
-    with pytest.raises(ValueError, match="needs num_steps"):
+    guide = pyro_nf.AutoFlow(worker.logistic, start=None)
+    with pytest.raises(ValueError, match="distributed is not supported by SelfTuningSchedule"):
         pyro_nf.fit(worker.logistic, guide, x, y, None, distributed=True, progress=False)
     monkeypatch.setattr(distributed, "World", lambda device=None: _OneRank())
     with pytest.raises(distributed.DistributedError, match="nothing to share out"):

@@ -1,4 +1,4 @@
-"""The 2-D energies of Rezende & Mohamed (2015) and their normalising constants."""
+"""The 2-D energies of Rezende & Mohamed (2015) and their normalizing constants."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pyro_nf.datasets.energies import NAMES, Z1_SCALE, energy, log_normaliser
+from pyro_nf.datasets.energies import NAMES, Z1_SCALE, energy, log_normalizer
 
 # U2-U4 are Gaussian in z2 given z1 (U3, U4: a sum of two), times the factor N(0, 2^2) on z1,
 # so their integrals are closed-form: sqrt(2 pi) Z1_SCALE * sqrt(2 pi) * (sum of the sds).
@@ -15,12 +15,12 @@ CLOSED_FORM = {"U2": (0.4,), "U3": (0.35, 0.35), "U4": (0.4, 0.35)}
 
 
 @pytest.mark.parametrize("name", sorted(CLOSED_FORM))
-def test_log_normaliser_equals_the_closed_form(name):
+def test_log_normalizer_equals_the_closed_form(name):
     exact = math.log(2 * math.pi * Z1_SCALE * sum(CLOSED_FORM[name]))
-    assert log_normaliser(name) == pytest.approx(exact, abs=1e-9)
+    assert log_normalizer(name) == pytest.approx(exact, abs=1e-9)
 
 
-def test_log_normaliser_of_u1_agrees_with_importance_sampling():
+def test_log_normalizer_of_u1_agrees_with_importance_sampling():
     """U1 has no closed form: an importance-sampling estimate from a wide Gaussian, whose
     standard error is about 0.005 here, must agree within four of them."""
     torch.manual_seed(0)
@@ -28,8 +28,8 @@ def test_log_normaliser_of_u1_agrees_with_importance_sampling():
     z = proposal.sample((400_000,))
     log_w = -energy("U1")(z) - proposal.log_prob(z).sum(-1)
     estimate = float(torch.logsumexp(log_w, 0)) - math.log(len(z))
-    assert log_normaliser("U1") == pytest.approx(estimate, abs=0.02)
-    assert log_normaliser("U1", step=0.02) == pytest.approx(log_normaliser("U1"), abs=1e-9)
+    assert log_normalizer("U1") == pytest.approx(estimate, abs=0.02)
+    assert log_normalizer("U1", step=0.02) == pytest.approx(log_normalizer("U1"), abs=1e-9)
 
 
 def test_proper_energies_add_the_z1_factor_and_the_paper_ones_are_flat_in_z1():

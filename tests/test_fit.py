@@ -1,4 +1,4 @@
-"""fit(): reproducibility, checkpoints, the non-finite guard, schedules, ELBOs, optimisers,
+"""fit(): reproducibility, checkpoints, the non-finite guard, schedules, ELBOs, optimizers,
 and the sticking-the-landing estimator."""
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ def test_elbo_variants_run(elbo):
 @pytest.mark.parametrize("optim", [pyro.optim.ClippedAdam({"lr": 0.01}),
                                    pyro.optim.SGD({"lr": 1e-3}),
                                    pyro.optim.RMSprop({"lr": 1e-3})])
-def test_pyro_optimisers(optim):
+def test_pyro_optimizers(optim):
     result = fit(conjugate, AutoFlow(conjugate, flow="realnvp"), num_steps=10, optim=optim,
                  progress=False)
     assert result.steps == 10

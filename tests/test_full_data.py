@@ -148,7 +148,8 @@ def test_fit_on_minibatches_reaches_the_exact_posterior():
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         guide = pyro_nf.AutoFlow(linear)
-        result = pyro_nf.fit(linear, guide, x, y, batch=50, seed=seed, progress=False)
+        result = pyro_nf.fit(linear, guide, x, y, model_kwargs={"batch": 50}, seed=seed,
+                             progress=False)
         assert result.khat < 0.5, (seed, result.khat)
         draws = guide.get_posterior(x, y, batch=50).sample((4000,)).double()
         error = (draws.mean(0) - mean).abs()
@@ -180,9 +181,9 @@ def test_fast_minibatches_are_uniform_distinct_rows():
 def test_max_steps_caps_the_self_tuning_fit():
     x, y = data(400)
     pyro.clear_param_store()
-    guide = pyro_nf.AutoFlow(logistic, anchor=None)
-    result = pyro_nf.fit(logistic, guide, x, y, batch=40, seed=0, max_steps=300,
-                         progress=False)
+    guide = pyro_nf.AutoFlow(logistic, start=None)
+    result = pyro_nf.fit(logistic, guide, x, y, model_kwargs={"batch": 40}, seed=0,
+                         max_steps=300, progress=False)
     assert result.steps <= 300 and "cap of 300 steps" in result.stop_reason
-    with pytest.raises(ValueError, match="max_steps caps the self-tuning fit"):
+    with pytest.raises(ValueError, match="max_steps is an option of SelfTuningSchedule"):
         pyro_nf.fit(logistic, guide, x, y, num_steps=5, max_steps=5, progress=False)

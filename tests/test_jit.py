@@ -130,7 +130,7 @@ def test_sign_is_the_sign_of_the_jacobian_determinant(name):
     torch.manual_seed(0)
     layer = build_layer(name, 5).double()
     with torch.no_grad():
-        layer.inv(torch.randn(16, 5, dtype=torch.float64))  # data-dependent initialisation
+        layer.inv(torch.randn(16, 5, dtype=torch.float64))  # data-dependent initialization
         for p in layer.parameters():
             p.add_(0.3 * torch.randn_like(p))
     for x in torch.randn(3, 5, dtype=torch.float64):

@@ -1,5 +1,5 @@
 """A float32 model of many rows: the full-data density summed to float64 precision cheaply, an
-L-BFGS path that stops at the density's float resolution, a Laplace anchor centred on the
+L-BFGS path that stops at the density's float resolution, a Laplace anchor centered on the
 mode, candidates compared on common draws, and the fit's ELBO read over all the data
 (pyro_nf.densities.logdensity.sum64, quasi_newton.resolution, guides.anchor)."""
 
@@ -171,7 +171,7 @@ def test_an_iterate_clearly_below_the_best_is_scored_on_its_probe_draws_only():
     assert calls[0] == 50 + gaussian.PROBE_DRAWS and abs(again) < 1e-9  # not below: all
 
 
-def test_laplace_from_a_point_off_the_mode_is_centred_on_the_mode():
+def test_laplace_from_a_point_off_the_mode_is_centered_on_the_mode():
     """One Newton step with the exact Hessian: on a Gaussian posterior it lands on the mode."""
     x, y = (t.double() for t in rows(1000))
     mean, cov, _ = exact(x, y)

@@ -136,10 +136,10 @@ def _data(shape, dim=4, dtype=F64, seed=0):
 
 
 @pytest.mark.parametrize("shape", [(500,), (20, 25)])
-def test_actnorm_data_init_standardises_the_inverse_outputs(shape):
+def test_actnorm_data_init_standardizes_the_inverse_outputs(shape):
     layer = ActNorm(4).double()
     y = _data(shape)
-    with torch.no_grad():  # initialisation also happens outside autograd
+    with torch.no_grad():  # initialization also happens outside autograd
         x = layer.inv(y)
     assert bool(layer.initialized)
     flat = x.reshape(-1, 4)
@@ -153,18 +153,18 @@ def test_actnorm_data_init_standardises_the_inverse_outputs(shape):
     torch.testing.assert_close(layer.loc.detach(), yf.mean(0))
     torch.testing.assert_close(layer.log_scale.detach(),
                                torch.log(yf.std(0, correction=0) + layer.eps))
-    # the forward map is the inverse of what standardised the data
+    # the forward map is the inverse of what standardized the data
     torch.testing.assert_close(layer(x.clone()), y, atol=1e-10, rtol=1e-12)
     # log|det J| of the forward map = sum log_scale, checked against autograd
     jac = _jacobian(lambda v: layer.forward_and_log_det(v)[0], flat[0])
     torch.testing.assert_close(torch.linalg.slogdet(jac)[1], layer.log_scale.sum().detach())
-    # a second, different batch does not re-initialise
+    # a second, different batch does not re-initialize
     before = [p.detach().clone() for p in layer.parameters()]
     layer.inv(_data((50,), seed=1) * 10)
     assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
 
 
-def test_actnorm_is_exactly_the_identity_before_init_and_forward_never_initialises():
+def test_actnorm_is_exactly_the_identity_before_init_and_forward_never_initializes():
     layer = ActNorm(4).double()
     y = _data((30,))
     out, ladj = layer.forward_and_log_det(y)
@@ -185,7 +185,7 @@ def test_actnorm_init_survives_state_dict_reload():
     target = ActNorm(4).double()
     target.load_state_dict(state)
     other = _data((64,), seed=3) * 2 - 5
-    x_target = target.inv(other)  # must not re-initialise on this different batch
+    x_target = target.inv(other)  # must not re-initialize on this different batch
     assert torch.equal(target.loc, source.loc) and torch.equal(target.log_scale,
                                                                source.log_scale)
     assert torch.equal(x_target, source.inv(other.clone()))
@@ -349,13 +349,13 @@ def test_householder_large_inputs_are_finite_and_norm_preserving():
     torch.testing.assert_close(back, x, rtol=1e-4, atol=1e-2)
 
 
-def test_actnorm_initialises_through_log_prob_of_data_not_through_sampling():
+def test_actnorm_initializes_through_log_prob_of_data_not_through_sampling():
     import pyro.distributions as dist
 
     base = dist.Normal(torch.zeros(4, dtype=F64), torch.ones(4, dtype=F64)).to_event(1)
     layer = ActNorm(4).double()
     flow = dist.TransformedDistribution(base, [layer])
-    flow.rsample((100,))  # base -> data: the forward map, no initialisation
+    flow.rsample((100,))  # base -> data: the forward map, no initialization
     assert not bool(layer.initialized)
     y = _data((300,))
     flow.log_prob(y)  # data arrive through the inverse

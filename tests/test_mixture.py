@@ -1,4 +1,4 @@
-"""The mixture of flows (AutoFlow(model, modes=...)) against mixtures with known masses."""
+"""The mixture of flows (AutoFlowMixture(model, modes=...)) against mixtures with known masses."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from helpers import LONG_SEEDS, mean_tolerance
 from test_modes import mixture_model
 
 import pyro_nf
-from pyro_nf.guides.mixture import AutoFlowMixture, MixtureOfFlows
+from pyro_nf.guides import FromGuide, GaussianAnchor
+from pyro_nf.guides.mixture import MixtureOfFlows
 
 TWO = ([[-2.0, 0.0], [2.0, 0.0]], (0.3, 0.7), 0.25 * torch.eye(2))
 FOUR = ([[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0]], (0.1, 0.2, 0.3, 0.4),
@@ -50,14 +51,17 @@ def test_mixture_of_flows_density_and_draws_are_the_mixtures():
     assert mixture.sample((4, 5)).shape == (4, 5, 2)
 
 
-def test_modes_argument_picks_the_guide():
+def test_the_mixture_is_its_own_class_and_checks_its_arguments():
     model = mixture_model(*TWO)
     assert type(pyro_nf.AutoFlow(model)) is pyro_nf.AutoFlow
-    assert type(pyro_nf.AutoFlow(model, modes=1)) is pyro_nf.AutoFlow
-    assert isinstance(pyro_nf.AutoFlow(model, modes="auto"), AutoFlowMixture)
+    assert type(pyro_nf.AutoFlowMixture(model)) is pyro_nf.AutoFlowMixture
+    with pytest.raises(TypeError, match="modes"):
+        pyro_nf.AutoFlow(model, **{"modes": 2})  # a mixture is AutoFlowMixture
     for bad in (0, -1, "all", 1.5):
         with pytest.raises(ValueError, match="modes must be"):
-            pyro_nf.AutoFlow(model, modes=bad)
+            pyro_nf.AutoFlowMixture(model, modes=bad)
+    with pytest.raises(ValueError, match="cannot start every component"):
+        pyro_nf.AutoFlowMixture(model, start=FromGuide(pyro.infer.autoguide.AutoNormal(model)))
 
 
 def test_integer_modes_keeps_the_heaviest_and_starts_each_at_its_mode():
@@ -68,9 +72,11 @@ def test_integer_modes_keeps_the_heaviest_and_starts_each_at_its_mode():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)  # the anchor draws: the same whatever tests ran before
     model = mixture_model(*FOUR)
-    guide = pyro_nf.AutoFlow(model, modes=2)
+    guide = pyro_nf.AutoFlowMixture(model, modes=2)
     guide()
     assert len(guide.components) == 2
+    # each component's anchor from one L-BFGS path that starts at its mode
+    assert all(c.start == GaussianAnchor(num_paths=1) for c in guide.components)
     assert guide.weights.tolist() == pytest.approx([4 / 7, 3 / 7], abs=0.02)
     tol = mean_tolerance(0.5, 2000)
     for component, loc in zip(guide.components, ([2.0, 2.0], [2.0, -2.0])):
@@ -89,7 +95,7 @@ def test_auto_modes_fit_puts_each_modes_mass_where_it_belongs():
     for seed in LONG_SEEDS:
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
-        guide = pyro_nf.AutoFlow(model, modes="auto", search=pyro_nf.find_modes(model, seed=seed))
+        guide = pyro_nf.AutoFlowMixture(model, search=pyro_nf.find_modes(model, seed=seed))
         result = pyro_nf.fit(model, guide, seed=seed, progress=False)
         assert len(result.components) == 2 and result.stage == "mixture", (seed, result)
         assert result.khat < 0.5, (seed, result.khat)
@@ -112,7 +118,7 @@ def test_one_mode_gives_one_component():
         pyro.sample("x", dist.MultivariateNormal(mean, torch.tensor([[1.0, 0.8], [0.8, 1.0]])))
 
     pyro.clear_param_store()
-    guide = pyro_nf.AutoFlow(model, modes="auto")
+    guide = pyro_nf.AutoFlowMixture(model)
     guide()
     assert len(guide.components) == 1 and guide.weights.tolist() == [1.0]
     with pytest.raises(NotImplementedError, match="NeuTraReparam"):
@@ -123,19 +129,19 @@ def test_one_mode_gives_one_component():
 @pytest.mark.parametrize("case", ["two_19", "four"])
 def test_auto_modes_on_harder_mixtures(case):
     """A 0.1 mode beside a 0.9 one, and four modes of 0.1 to 0.4, over LONG_SEEDS (the mode
-    search's seed too): each mode's share of 8000 draws (those nearest its centre) within the
+    search's seed too): each mode's share of 8000 draws (those nearest its center) within the
     fit's allowance plus 4 binomial standard errors, 0.02 + 4 sqrt(w (1 - w) / 8000): 0.033
     for w = 0.1 or 0.9, up to 0.042 for w = 0.4."""
     locs, weights, cov = FOUR if case == "four" else (TWO[0], (0.1, 0.9), TWO[2])
     model = mixture_model(locs, weights, cov)
-    centres = torch.tensor(locs, dtype=torch.float64)
+    centers = torch.tensor(locs, dtype=torch.float64)
     tols = [share_tolerance(w, 8000) for w in weights]
     for seed in LONG_SEEDS:
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
-        guide = pyro_nf.AutoFlow(model, modes="auto", search=pyro_nf.find_modes(model, seed=seed))
+        guide = pyro_nf.AutoFlowMixture(model, search=pyro_nf.find_modes(model, seed=seed))
         pyro_nf.fit(model, guide, seed=seed, progress=False)
         z = guide.sample_posterior(8000)["z"].double()
-        nearest = (z[:, None, :] - centres).norm(dim=-1).argmin(-1)
+        nearest = (z[:, None, :] - centers).norm(dim=-1).argmin(-1)
         shares = (torch.bincount(nearest, minlength=len(locs)) / len(z)).tolist()
         assert all(abs(s - w) < t for s, w, t in zip(shares, weights, tols)), (seed, shares)

@@ -125,14 +125,14 @@ def test_funnel_mode_is_at_its_neck():
 
 
 def test_unbounded_density_has_no_mode_and_says_so():
-    """Eight schools, centred: as tau -> 0 with every theta at mu the density grows without
+    """Eight schools, centered: as tau -> 0 with every theta at mu the density grows without
     bound, so no path converges to a maximum."""
     search = find_modes(schools, num_starts=3, max_iters=100)
     assert search.modes == []
     assert "no local mode" in str(search)
 
 
-#: Starts of the label-switching search: the six relabellings have basins of equal size (the
+#: Starts of the label-switching search: the six relabelings have basins of equal size (the
 #: density and the starts' box are symmetric under permuting mu), so n starts that each end in
 #: one of them miss one with probability about 6 (5/6)^n: 2.5% for 30 starts (per seed), 2.8e-6
 #: for 80 (1.4e-5 over SEEDS). 80 starts take about 3 s a seed on 2 cores, 30 about 1 s.
@@ -141,7 +141,7 @@ LABEL_SWITCHING_STARTS = 80
 
 @pytest.mark.slow
 def test_label_switching_is_reported_as_relabellings():
-    """All 3! relabellings found, each with mass 1/6, over SEEDS (the search's starts and the
+    """All 3! relabelings found, each with mass 1/6, over SEEDS (the search's starts and the
     held-out draws)."""
     model = label_switching_model()
     for seed in SEEDS:
@@ -152,7 +152,7 @@ def test_label_switching_is_reported_as_relabellings():
         masses = [m.mass for m in search.modes]
         assert masses == pytest.approx([1 / 6] * 6, abs=0.02), (seed, masses)
         assert "label switching" in str(search)
-        # draws from one copy miss the other five, each marked as a relabelling
+        # draws from one copy miss the other five, each marked as a relabeling
         held = {"mu": search.sites(0)["mu"] + 0.05 * torch.randn(500, 3)}
         missed = missed_modes(search, held)
         assert len(missed) == 5 and all(m.relabelling for m in missed), (seed, missed)

@@ -16,7 +16,7 @@ SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
 
 
 def schools():
-    """Eight schools, centred: a funnel between tau and theta."""
+    """Eight schools, centered: a funnel between tau and theta."""
     mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
     tau = pyro.sample("tau", dist.HalfCauchy(5.0))
     with pyro.plate("j", J):
@@ -30,12 +30,12 @@ def _params() -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("anchor", [None, "auto"])
 def test_a_seeded_fit_matches_pyros_per_tensor_adam(anchor):
-    """The default optimiser (one foreach Adam step) and pyro.optim.Adam (one torch Adam per
+    """The default optimizer (one foreach Adam step) and pyro.optim.Adam (one torch Adam per
     tensor) give the same parameters after 100 steps of the same seeded fit."""
     results = []
     for optim in (None, pyro.optim.Adam({"lr": 0.01})):
         pyro.clear_param_store()
-        guide = AutoFlow(schools, anchor=anchor)
+        guide = AutoFlow(schools, start=anchor)
         fit(schools, guide, num_steps=100, lr=0.01, num_particles=4, seed=3, optim=optim,
             progress=False)
         results.append(_params())

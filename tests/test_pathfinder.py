@@ -19,7 +19,7 @@ from pyro_nf.densities.logdensity import LogDensity
 
 
 def correlated_gaussian(dim: int, rho: float = 0.95, seed: int = 0):
-    """N(m, S) with correlation rho between neighbours' noise (AR(1)) and sds from 0.1 to 10."""
+    """N(m, S) with correlation rho between neighbors' noise (AR(1)) and sds from 0.1 to 10."""
     g = torch.Generator().manual_seed(seed)
     sd = torch.logspace(-1, 1, dim, dtype=torch.float64)
     idx = torch.arange(dim, dtype=torch.float64)
@@ -78,7 +78,7 @@ def test_log_density_batches_a_model_whose_observed_plate_is_outermost():
     ld = LogDensity(model)
     theta = torch.randn(6, ld.dim, generator=torch.Generator().manual_seed(0))
     values = ld(theta)
-    assert ld._vectorised is True  # one batched run, not a loop over the draws
+    assert ld._vectorized is True  # one batched run, not a loop over the draws
     expected = torch.stack([
         dist.Normal(0.0, 5.0).log_prob(t[0]) + dist.Normal(t[0], 1.0).log_prob(t[1:]).sum()
         + dist.Normal(t[1:], 2.0).log_prob(y).sum() for t in theta])
@@ -106,7 +106,7 @@ def test_low_rank_sqrt_is_exact():
 def draws_mean_se(result, mean, cov):
     """Per coordinate, the Monte Carlo standard error of the mean of Pathfinder's n draws of
     N(mean, cov). Where its importance weights' k-hat is below 0.7 they are n draws resampled
-    from n draws x of the approximation q with weights w = p / q (self-normalised): variance
+    from n draws x of the approximation q with weights w = p / q (self-normalized): variance
     sum_i w_i^2 (x_i - mean)^2 (estimated on n fresh draws of q; the Pareto smoothing of the
     weights only lowers it) plus sd^2 / n (the multinomial resampling). Otherwise they are q's
     own draws: sd_q / sqrt(n)."""
@@ -124,7 +124,7 @@ def draws_mean_se(result, mean, cov):
 # D = 10 loops over SEEDS (over a second), D = 100 is listed in tests/slow_tests.txt
 @pytest.mark.parametrize("dim", [pytest.param(10, marks=pytest.mark.slow), 100])
 def test_exact_gaussian_mean_within_monte_carlo_error(dim):
-    """Correlation 0.95 between neighbours, sds from 0.1 to 10: one path finds the mean
+    """Correlation 0.95 between neighbors, sds from 0.1 to 10: one path finds the mean
     within Monte Carlo error in at most 1000 gradient evaluations; the covariance is as
     good as rank 2 * history plus a diagonal allows (the KL printed is reported in
     benchmarks/results/pathfinder.md). D = 10 over SEEDS (the path's start and the draws),

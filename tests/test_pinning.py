@@ -17,6 +17,7 @@ from pyro_nf import AutoFlow, fit
 from pyro_nf.approximations.pathfinder import pathfinder
 from pyro_nf.densities.logdensity import LogDensity
 from pyro_nf.densities.pinning import Pins
+from pyro_nf.guides import FromGuide
 
 NOISE = 0.3
 
@@ -116,7 +117,7 @@ def test_a_fitted_gaussian_guide_warm_starts_an_obs_mask_model(fresh_store):
     x, y, mask = data()
     normal = AutoNormal(known_noise)
     fit(known_noise, normal, x, y, mask, num_steps=50, seed=0, progress=False)
-    guide = AutoFlow.from_guide(known_noise, normal)
+    guide = AutoFlow(known_noise, start=FromGuide(normal))
     guide(x, y, mask)
     start = guide.sample_posterior(2, x, y, mask)
     assert start["y_unobserved"].shape == (2, len(x))

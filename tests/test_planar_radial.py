@@ -273,7 +273,7 @@ def test_radial_beta_at_least_minus_alpha_for_extreme_raw_parameters(dtype):
             layer = _radial(raw_alpha=raw_alpha, raw_beta=raw_beta, dtype=dtype)
             alpha, beta = (t.detach() for t in layer.alpha_beta())
             assert float(alpha) > 0 and float(beta) >= -float(alpha), (raw_alpha, raw_beta)
-            points = torch.cat([z, layer.z0.detach()[None]])  # includes the centre
+            points = torch.cat([z, layer.z0.detach()[None]])  # includes the center
             y, ladj = layer.forward_and_log_det(points)
             x_back, ladj_back = layer.inverse_and_log_det(y)
             for t in (y, ladj, x_back, ladj_back):
@@ -283,11 +283,11 @@ def test_radial_beta_at_least_minus_alpha_for_extreme_raw_parameters(dtype):
 @pytest.mark.parametrize("raw_alpha, raw_beta", [(0.3, -0.4), (1.0, -3.0), (-2.0, 5.0),
                                                  (3.0, 3.0)])
 def test_radial_inverse_is_exact(raw_alpha, raw_beta):
-    """Round trips at 1e-12 in float64, at the centre, next to it, and 1e3 away. (Contraction
+    """Round trips at 1e-12 in float64, at the center, next to it, and 1e3 away. (Contraction
     factors far from 1 lose digits to conditioning, not to the inverse: see the test below.)"""
     layer = _radial(raw_alpha=raw_alpha, raw_beta=raw_beta)
     z0 = layer.z0.detach()
-    x = torch.cat([torch.randn(50, 3, dtype=F64), z0[None],  # the centre itself
+    x = torch.cat([torch.randn(50, 3, dtype=F64), z0[None],  # the center itself
                    z0 + 1e-6 * torch.randn(3, 3, dtype=F64),  # next to it
                    1e3 * torch.randn(5, 3, dtype=F64)])  # far away
     y, ladj = layer.forward_and_log_det(x)
@@ -296,7 +296,7 @@ def test_radial_inverse_is_exact(raw_alpha, raw_beta):
     assert torch.all((x_back - x).abs() <= 1e-12 * scale), (x_back - x).abs().max()
     assert torch.equal(x_back[50], z0)
     torch.testing.assert_close(ladj_back, ladj, rtol=1e-12, atol=1e-12)
-    # and y -> x -> y, on fresh points, the centre included
+    # and y -> x -> y, on fresh points, the center included
     y0 = torch.cat([torch.randn(50, 3, dtype=F64) * 3, 1e3 * torch.randn(5, 3, dtype=F64),
                     z0[None]])
     y_back = layer(layer.inv(y0).clone())
@@ -323,7 +323,7 @@ def test_radial_radius_root_has_no_cancellation():
     assert float(((r_naive - x.norm(dim=-1)) / x.norm(dim=-1)).abs().max()) > 1e-10
 
 
-def test_radial_at_the_centre_jacobian_and_gradients():
+def test_radial_at_the_center_jacobian_and_gradients():
     """f is differentiable at z0 with J = (1 + beta / alpha) I; no NaN gradients there, in
     either direction."""
     layer = _radial(dim=3)

@@ -114,7 +114,7 @@ def one_particle(y=Y, group=GROUP):
         pyro.sample("y", dist.Normal(theta[group], 0.5), obs=y)
 
 
-def vectorised(y=Y, group=GROUP):
+def vectorized(y=Y, group=GROUP):
     mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
     with pyro.plate("groups", 3):
         theta = pyro.sample("theta", dist.Normal(mu, 1.0))
@@ -123,7 +123,7 @@ def vectorised(y=Y, group=GROUP):
 
 
 def test_particle_check_tells_the_two_models_apart():
-    for model, broadcasts in ((one_particle, False), (vectorised, True)):
+    for model, broadcasts in ((one_particle, False), (vectorized, True)):
         pyro.clear_param_store()
         guide = AutoFlow(model, flow="iaf", centering="model")
         problem = particle_problem(model, guide, (), {}, max_plate_nesting=1)
@@ -131,7 +131,7 @@ def test_particle_check_tells_the_two_models_apart():
 
 
 def exact_theta(y=Y, group=GROUP):
-    """The exact posterior mean and sd of theta in ``vectorised`` (a linear Gaussian model)."""
+    """The exact posterior mean and sd of theta in ``vectorized`` (a linear Gaussian model)."""
     # (mu, theta) ~ N(0, prior); y = A (mu, theta) + N(0, 0.25 I)
     prior = torch.zeros(4, 4, dtype=torch.float64)
     prior[0, 0], prior[0, 1:], prior[1:, 0] = 25.0, 25.0, 25.0
@@ -149,7 +149,7 @@ def test_a_model_written_for_one_particle_fits_with_sequential_particles():
     of the exact conjugate posterior's (mean_tolerance of 3000 draws)."""
     mean, sd = exact_theta()
     for seed in LONG_SEEDS:
-        for model in (one_particle, vectorised):
+        for model in (one_particle, vectorized):
             pyro.clear_param_store()
             pyro.set_rng_seed(seed)
             guide = AutoFlow(model, flow="iaf", centering="model")
@@ -169,12 +169,12 @@ def test_the_check_does_not_move_the_fits_random_stream():
     losses = []
     for _ in range(2):
         pyro.clear_param_store()
-        guide = AutoFlow(vectorised, flow="iaf", centering="model")
-        losses.append(fit(vectorised, guide, num_steps=5, num_particles=4, seed=3,
+        guide = AutoFlow(vectorized, flow="iaf", centering="model")
+        losses.append(fit(vectorized, guide, num_steps=5, num_particles=4, seed=3,
                           progress=False).losses)
     pyro.clear_param_store()
-    guide = AutoFlow(vectorised, flow="iaf", centering="model")
-    plain = fit(vectorised, guide, num_steps=5, num_particles=4, seed=3, progress=False,
+    guide = AutoFlow(vectorized, flow="iaf", centering="model")
+    plain = fit(vectorized, guide, num_steps=5, num_particles=4, seed=3, progress=False,
                 vectorize_particles=True)
     assert losses[0] == losses[1] == plain.losses
 
@@ -205,7 +205,7 @@ def test_float32_numerics_say_how_to_switch_to_float64():
     y = torch.sin(6 * x)
     pyro.clear_param_store()
     with pytest.raises(NonFiniteLossError, match="float64"):
-        fit(gp, AutoFlow(gp, flow="iaf", anchor=None), x, y, num_steps=20, progress=False)
+        fit(gp, AutoFlow(gp, flow="iaf", start=None), x, y, num_steps=20, progress=False)
     pyro.clear_param_store()
     with pytest.raises(NonFiniteLossError, match="float64"):  # the defaults: fails at set-up
         fit(gp, AutoFlow(gp), x, y)
@@ -213,7 +213,7 @@ def test_float32_numerics_say_how_to_switch_to_float64():
     torch.set_default_dtype(torch.float64)  # the documented switch
     try:
         pyro.clear_param_store()
-        guide = AutoFlow(gp, flow="iaf", anchor=None)
+        guide = AutoFlow(gp, flow="iaf", start=None)
         result = fit(gp, guide, x.double(), y.double(), num_steps=20, progress=False)
         assert len(result.losses) == 20 and guide.loc.dtype == torch.float64
     finally:

@@ -1,6 +1,6 @@
 """Sylvester flows against van den Berg, Hasenclever, Tomczak & Welling (2018).
 
-The generic properties (round trips on every batch shape, density normalisation, state dicts,
+The generic properties (round trips on every batch shape, density normalization, state dicts,
 ...) are the battery's; here: the paper's formulas, the three ways of building Q, the
 invertibility margin, the triangular back-substitution inverse and its implicit gradients, and
 the error messages.

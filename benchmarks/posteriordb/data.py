@@ -31,8 +31,8 @@ class Flat(dist.ImproperUniform):
     """``ImproperUniform``: log density 0 on ``support`` (a flat, improper prior).
 
     Pyro's ``ImproperUniform.sample`` raises, which breaks tracing the model and the default
-    initialisation of NUTS and autoguides. This subclass returns, for tracing and
-    initialisation only, a point drawn uniformly from (-2, 2) in the unconstrained space of
+    initialization of NUTS and autoguides. This subclass returns, for tracing and
+    initialization only, a point drawn uniformly from (-2, 2) in the unconstrained space of
     ``support`` (what ``init_to_uniform`` does), of dtype ``self.dtype``. It is not a prior
     draw."""
 
@@ -60,7 +60,7 @@ def flat(support: Any, *event_shape: int, dtype: torch.dtype = torch.float64) ->
 
 def linear(x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """``x @ beta`` for a coefficient vector ``beta`` of shape (K,), or with leading batch
-    dims (..., 1, K) (vectorised particles beside an observation plate) -> (..., N)."""
+    dims (..., 1, K) (vectorized particles beside an observation plate) -> (..., N)."""
     return x @ beta if beta.dim() == 1 else (x * beta).sum(-1)
 
 

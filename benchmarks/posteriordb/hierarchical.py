@@ -1,4 +1,4 @@
-"""Hierarchical and latent-Gaussian models: eight schools (centred and noncentred) and
+"""Hierarchical and latent-Gaussian models: eight schools (centered and noncentered) and
 gp_pois_regr. Per-unit latents live in the observation plate (dim -1), so
 ``vectorize_particles=True`` works."""
 
@@ -55,7 +55,7 @@ def eight_schools_centered(data: dict[str, Any], dtype: torch.dtype) -> Built:
             theta = pyro.sample("theta", dist.Normal(mu, tau))
             pyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
-    return Built(model, "funnel in tau; reference from the noncentred form")
+    return Built(model, "funnel in tau; reference from the noncentered form")
 
 
 def _gp_cholesky(x: torch.Tensor, rho: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

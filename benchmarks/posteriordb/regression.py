@@ -85,7 +85,7 @@ def earnings(data: dict[str, Any], dtype: torch.dtype) -> Built:
     male = np.asarray(data["male"], float)
     x = _design(z, male, z * male, dtype=dtype)
     y = tensor(np.log(np.asarray(data["earn"], float)), dtype)
-    return Built(_flat_regression(x, y, dtype), "flat priors; height standardised (sd N-1)")
+    return Built(_flat_regression(x, y, dtype), "flat priors; height standardized (sd N-1)")
 
 
 def sblrc(data: dict[str, Any], dtype: torch.dtype) -> Built:
@@ -104,7 +104,7 @@ def sblrc(data: dict[str, Any], dtype: torch.dtype) -> Built:
 
 
 def diamonds(data: dict[str, Any], dtype: torch.dtype) -> Built:
-    """diamonds: Xc = columns 2..K of X centred (24); b ~ N(0, 1) (24), Intercept ~
+    """diamonds: Xc = columns 2..K of X centered (24); b ~ N(0, 1) (24), Intercept ~
     StudentT(3, 8, 10), sigma ~ HalfStudentT(3, 10); Y ~ N(Intercept + Xc b, sigma)."""
     xfull = np.asarray(data["X"], float)[:, 1:]
     xc = tensor(xfull - xfull.mean(0), dtype)
@@ -119,12 +119,12 @@ def diamonds(data: dict[str, Any], dtype: torch.dtype) -> Built:
             dist.StudentT(3 * one, 0 * one, 10 * one)))
         _observe("Y", y, intercept + linear(xc, b), sigma)
 
-    return Built(model, "N=5000, 26 strongly correlated dims; centred predictors")
+    return Built(model, "N=5000, 26 strongly correlated dims; centered predictors")
 
 
 def kilpisjarvi(data: dict[str, Any], dtype: torch.dtype) -> Built:
     """kilpisjarvi: alpha ~ N(pmualpha, psalpha), beta ~ N(pmubeta, psbeta), sigma flat on
-    (0, inf); y_n ~ N(alpha + beta x_n, sigma), x uncentred years."""
+    (0, inf); y_n ~ N(alpha + beta x_n, sigma), x uncentered years."""
     x = tensor(data["x"], dtype)
     y = tensor(data["y"], dtype)
     prior = {k: torch.tensor(float(data[k]), dtype=dtype)
@@ -136,4 +136,4 @@ def kilpisjarvi(data: dict[str, Any], dtype: torch.dtype) -> Built:
         sigma = pyro.sample("sigma", flat(constraints.positive, dtype=dtype))
         _observe("y", y, alpha + beta * x, sigma)
 
-    return Built(model, "alpha, beta almost perfectly correlated (uncentred x); flat sigma")
+    return Built(model, "alpha, beta almost perfectly correlated (uncentered x); flat sigma")

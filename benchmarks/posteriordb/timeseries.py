@@ -34,7 +34,7 @@ def ark(data: dict[str, Any], dtype: torch.dtype) -> Built:
         loc = alpha[..., None] + (lagged * beta[..., None, :]).sum(-1)
         pyro.sample("y", dist.Normal(loc, sigma[..., None]).to_event(1), obs=target)
 
-    return Built(model, "conditional likelihood (first K observations not modelled)")
+    return Built(model, "conditional likelihood (first K observations not modeled)")
 
 
 def arma(data: dict[str, Any], dtype: torch.dtype) -> Built:
@@ -80,7 +80,7 @@ def garch(data: dict[str, Any], dtype: torch.dtype) -> Built:
     (0, 1 - alpha1); s_1 = sigma1, s_t^2 = alpha0 + alpha1 (y_{t-1} - mu)^2 + beta1 s_{t-1}^2;
     y_t ~ N(mu, s_t).
 
-    Pyro fixes each site's unconstraining transform at initialisation, so a support that
+    Pyro fixes each site's unconstraining transform at initialization, so a support that
     depends on alpha1 cannot be a sample site. beta1 is deterministic: beta1 = (1 - alpha1) u
     with latent u flat on (0, 1); the Jacobian d beta1 / du = 1 - alpha1 enters through
     ``pyro.factor``, which keeps beta1 flat on (0, 1 - alpha1)."""

@@ -1,8 +1,8 @@
 """The four 2-D test energies of Rezende & Mohamed (2015, "Variational Inference with
-Normalizing Flows", Table 1), with their log normalising constants by quadrature, so that a
+Normalizing Flows", Table 1), with their log normalizing constants by quadrature, so that a
 fit's KL(q || p) = log Z + E_q[log q + U] can be measured, not only its bound.
 
-U1 is normalisable on R^2. U2-U4 depend on z1 only through the waves w_i(z1) and are flat
+U1 is normalizable on R^2. U2-U4 depend on z1 only through the waves w_i(z1) and are flat
 along z1: exp(-U) has no finite integral on R^2, and a reverse-KL fit can lower its bound
 without limit by spreading along z1. :func:`energy` therefore makes them proper with a wide
 Gaussian factor on z1, ``U(z) + z1^2 / (2 * Z1_SCALE^2)``: z1 ~ N(0, 2^2) before the energy,
@@ -70,7 +70,7 @@ def energy(name: str, proper: bool = True) -> Callable[[Tensor], Tensor]:
     return lambda z: u(z) + 0.5 * (z[..., 0] / Z1_SCALE) ** 2
 
 
-def log_normaliser(name: str, step: float = 0.01) -> float:
+def log_normalizer(name: str, step: float = 0.01) -> float:
     """log Z = log of the integral of exp(-U) over R^2 for the proper energy ``name``: a sum
     over a grid of spacing ``step`` in float64, on a box where exp(-U) falls below e^-30 of its
     peak at the edges (|z1| <= 8 Z1_SCALE, |z2| <= 8), so the sum is the trapezoid rule; with

@@ -6,7 +6,7 @@ slow: in the posterior's own scale (sd ~ 1 / sqrt(N)) the gradient's noise grows
 sqrt(N / B), so the steps must shrink as N grows. The fix of Bardenet, Doucet & Holmes (2017,
 "On Markov chain Monte Carlo methods for tall data") and Baker et al. (2019, "Control variates
 for stochastic gradient MCMC") is a first-order Taylor expansion of every l_i about one point
-z0 near the posterior's centre: the estimate
+z0 near the posterior's center: the estimate
 
     (N / B) sum_{i in b} [l_i(z) - l_i(z0) - g_i(z0) . (z - z0)]  +  L(z0) + G(z0) . (z - z0)
 
@@ -18,7 +18,7 @@ the step's minibatch (and its gradient); L and G cost one pass over the data, in
 
 ``fit`` without ``num_steps`` attaches it to its ELBO for a guide over the packed latent
 (``AutoContinuous``: AutoFlow) of a model with one subsampled plate, z0 being the mean of the
-guide's draws where the optimisation starts (AutoFlow: its Gaussian anchor).
+guide's draws where the optimization starts (AutoFlow: its Gaussian anchor).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class ControlVariate:
         return value.detach(), grad.detach()
 
     def __call__(self, model_trace: Any, guide_trace: Any) -> torch.Tensor | None:
-        """h summed over the particles of one (possibly vectorised) trace pair, or None where
+        """h summed over the particles of one (possibly vectorized) trace pair, or None where
         the traces lack the packed latent or the plate's subsample."""
         site = guide_trace.nodes.get(self.latent)
         indices = getattr(model_trace, "pyro_nf_indices", None)

@@ -5,7 +5,7 @@ sampled: ``dist.ImproperUniform`` (Stan's flat priors on the real line, the posi
 an interval) and latent sites whose density is supplied only by ``pyro.factor``. For those,
 :func:`init_to_median_or_uniform` falls back to Stan's rule: each unconstrained coordinate
 uniform on (-2, 2), mapped into the support (Carpenter et al., 2017, "Stan: A Probabilistic
-Programming Language", section on initialisation).
+Programming Language", section on initialization).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from pyro.infer.autoguide.initialization import init_to_median
 from torch.distributions import biject_to
 
-#: Stan's initialisation radius in unconstrained space.
+#: Stan's initialization radius in unconstrained space.
 STAN_RADIUS = 2.0
 
 

@@ -96,7 +96,7 @@ class LogDensity:
         self.sites = {name: site for name, site in
                       self.guide.prototype_trace.iter_stochastic_nodes()}
         self.evaluations = 0
-        self._vectorised: bool | None = None
+        self._vectorized: bool | None = None
         # the model at its initial values, observed sites included (the prototype trace hides
         # them, and their plates may reach further left than any latent site's)
         model_trace, _ = self._run(self.init)
@@ -111,10 +111,10 @@ class LogDensity:
     def batched(self) -> bool:
         """Whether a batch of points runs as one batched model run (else one run per point);
         decided at the first batch, by a batch of two at the initial point if need be."""
-        if self._vectorised is None:
+        if self._vectorized is None:
             with torch.no_grad():
                 self(self.init.expand(2, self.dim))
-        return bool(self._vectorised)
+        return bool(self._vectorized)
 
     def __call__(self, theta: torch.Tensor) -> torch.Tensor:
         """log density at ``theta`` of shape (..., D); differentiable in theta."""
@@ -128,23 +128,23 @@ class LogDensity:
         self.evaluations += n
         if not batch:
             return self._one(flat[0]).to(out_dtype)
-        if self._vectorised is not False and n > 1:
+        if self._vectorized is not False and n > 1:
             try:
                 values = self._batched(flat)
-                if self._vectorised is None:  # check one draw against a one-draw run, once
+                if self._vectorized is None:  # check one draw against a one-draw run, once
                     one = self._one(flat[0].detach())
                     if not torch.allclose(values[0].detach(), one, rtol=1e-4, atol=1e-3):
                         raise ValueError("batched and single log densities differ")
-                    self._vectorised = True
+                    self._vectorized = True
                 return values.reshape(batch).to(out_dtype)
             except Exception:  # noqa: BLE001 - a model that does not broadcast: loop
-                self._vectorised = False
+                self._vectorized = False
         values = torch.stack([self._one(row) for row in flat])
         return values.reshape(batch).to(out_dtype)
 
     def _run(self, point: torch.Tensor, indices: dict | None = None) -> tuple[Any, Any]:
         self.guide.point = point
-        # without validation an invalid parameter (a scale of 0 where an optimiser overshot)
+        # without validation an invalid parameter (a scale of 0 where an optimizer overshot)
         # gives a non-finite density, which the callers treat as such, instead of an error
         with poutine.block(), pyro.validation_enabled(False), plate_indices(indices or {}):
             guide_trace = poutine.trace(self.guide).get_trace(*self.args, **self.kwargs)

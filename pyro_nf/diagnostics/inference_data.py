@@ -213,7 +213,7 @@ def to_inference_data(
     Dimensions are named after the plates (``dims``/``coords`` override); ``attrs`` record the
     guide class, flow spec, and the final ELBO, steps and seconds of ``fit_result``.
     Draws are made in vectorized batches of at most ``batch_size`` (bounded memory) where the
-    model vectorizes, one by one otherwise (``attrs["vectorised"]``, the stored key, says
+    model vectorizes, one by one otherwise (``attrs["vectorized"]``, the stored key, says
     which).
     """
     if not isinstance(num_samples, int) or num_samples < 1:
@@ -266,7 +266,7 @@ def _posterior_predictive(model, args, kwargs, posterior: dict[str, np.ndarray],
 def _attrs(guide, num_samples: int, vectorized: bool, fit_result: Any) -> dict[str, Any]:
     """The attributes of every group: the guide, its flow, the versions and the fit."""
     attrs = {"inference": "variational", "guide": type(guide).__name__,
-             "num_samples": num_samples, "vectorised": int(vectorized),
+             "num_samples": num_samples, "vectorized": int(vectorized),
              "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
              **_versions()}
     if hasattr(guide, "flow_spec"):

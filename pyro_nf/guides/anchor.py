@@ -4,7 +4,7 @@ The flow of :class:`~pyro_nf.AutoFlow` acts on whitened coordinates of this Gaus
 z = mu + L (loc + scale * flow(b)), with loc = 0, scale = 1 and the flow at the identity at
 the start, so the guide starts as exactly the anchor N(mu, L L^T). Whitening removes what a
 flow of a few layers learns slowly or not at all from a standard normal start: scales that
-span orders of magnitude, strong correlations, intercepts far from the prior's centre.
+span orders of magnitude, strong correlations, intercepts far from the prior's center.
 
 Two candidates, and the one with the higher ELBO (Monte Carlo, on common draws) wins:
 
@@ -21,25 +21,27 @@ drawn from their priors) is anchored with fixed random numbers where the draws o
 constant to it; where they change its shape (a hidden assignment that a likelihood reads) the
 guide has no anchor, starts from ``init_loc_fn``, and ``guide.anchor_reason`` says why. Both
 are the usual cases of composed guides, so neither warns.
+
+This module is the search (:func:`find_anchor`); the start strategy that runs it at the
+guide's set-up is :class:`~pyro_nf.guides.start.GaussianAnchor`, AutoFlow's default
+``start="auto"``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
-from pyro import poutine
 
 from pyro_nf.approximations.gaussian import log_weights, standard_normal
 from pyro_nf.approximations.pathfinder import F64, LowRankSqrt, resolution, run_paths
 from pyro_nf.densities.logdensity import LogDensity
 
-ANCHORS = ("auto", "pathfinder", "laplace", None)
+#: The anchor's methods: Pathfinder, Laplace, or the one of the two with the higher ELBO.
+ANCHOR_METHODS = ("auto", "pathfinder", "laplace")
 #: Laplace needs a dense Hessian: D autograd passes and a D x D factor.
 LAPLACE_MAX_DIM = 1000
 #: Monte Carlo draws of each candidate's ELBO, at most; drawn in rounds of ``ELBO_ROUND``, the
@@ -130,7 +132,7 @@ def _density_problem(target: _Target, point: torch.Tensor) -> tuple[str | None, 
 
 
 def _laplace(target: _Target, mode: torch.Tensor) -> LowRankSqrt | None:
-    """N(mode, (-Hessian)^-1), centred by one Newton step: on a subsampled float32 model's
+    """N(mode, (-Hessian)^-1), centered by one Newton step: on a subsampled float32 model's
     full data, L-BFGS stops where the density's changes fall below its float resolution,
     which can leave the point a fair fraction of a posterior sd from the mode (the sd shrinks
     as 1/sqrt(N)). The step is kept where it does not lower the density by more than that
@@ -228,86 +230,3 @@ def _settled(lw: dict[str, torch.Tensor]) -> bool:
         if 3 * float(diff.std()) / math.sqrt(n) - float(diff.mean()) > ELBO_TOLERANCE:
             return False
     return True
-
-
-class AnchorMixin:
-    """AutoFlow's anchor methods: finding it at set-up, and the anchor as a map and as a
-    distribution. Kept here with the anchor's search; AutoFlow inherits them."""
-
-    def _set_anchor(self, init_loc: torch.Tensor, args: tuple, kwargs: dict) -> bool:
-        """Find the Gaussian anchor (:mod:`pyro_nf.guides.anchor`) and keep it as buffers;
-        False where the model allows none."""
-        centering = self._centering_transform(args, kwargs, detach=True) if self._slots \
-            else None
-        devices = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-        try:
-            # its own seed: the anchor is a function of the model, and the caller's random
-            # stream (the fit's draws) is the same with or without it
-            # blocked and with gradients: the set-up may run inside an ELBO's trace or under
-            # no_grad, and the anchor's own model runs must reach neither
-            with torch.random.fork_rng(devices=devices), poutine.block(), \
-                    torch.enable_grad():
-                torch.manual_seed(0)
-                anchor = find_anchor(self._centering_model, args, kwargs, init_loc,
-                                     self._anchor_method, centering,
-                                     num_paths=getattr(self, "_anchor_paths", 2))
-        except Exception as error:  # noqa: BLE001 - any failure: the flow starts as before
-            warnings.warn(f"AutoFlow: no Gaussian anchor ({type(error).__name__}: "
-                          f"{next(iter(str(error).splitlines()), '')}); the flow starts from "
-                          "init_loc_fn", UserWarning, stacklevel=5)
-            return False
-        if not isinstance(anchor, Anchor):
-            # a composed guide's usual case (module docstring): quiet, and said here
-            self.anchor_reason = anchor or "no Gaussian candidate had a finite ELBO"
-            self.setup_notes.append(f"no Gaussian anchor: {self.anchor_reason}")
-            return False
-        for name, value in zip(LowRankSqrt.PARTS, anchor.sqrt.to(init_loc.dtype).parts()):
-            self.register_buffer(f"anchor_{name.lstrip('_')}", value.to(init_loc.device))
-        if self._slots:  # the anchor lives in the eta coordinates of the initial lambda
-            # (the buffer keeps its first spelling: it is a key of saved state and checkpoints)
-            self.register_buffer("anchor_centring_logit",
-                                 self.centering_logit.detach().clone())
-        self.anchor_info = {"method": anchor.method, "elbos": anchor.elbos,
-                            "gradient_evaluations": anchor.gradient_evaluations}
-        return True
-
-    def anchor_posterior(self, *args: Any, **kwargs: Any) -> dist.TransformedDistribution:
-        """The anchor alone as a distribution over the packed latent z (through the centering
-        layer where there is one): what the guide was before its first step."""
-        parts = [self.anchor_transform()]
-        if parts[0] is None:
-            raise ValueError("AutoFlow.anchor_posterior: this guide has no Gaussian anchor "
-                             "(anchor=None, from_guide, or a model that allows none)")
-        if self._slots:
-            parts.append(self._centering_transform(args, kwargs, detach=True,
-                                                   logit=self.anchor_centring_logit))
-        zeros = parts[0].loc.new_zeros(self.latent_dim)
-        return dist.TransformedDistribution(dist.Normal(zeros, 1.0).to_event(1), parts)
-
-    @torch.no_grad()
-    def reset_to_anchor(self) -> None:
-        """Put the flow back at the identity, loc and scale at 0 and 1, the base at N(0, I) and
-        the centering's lambda where it started: the guide is its anchor again (what
-        :func:`~pyro_nf.fit`'s last check recommends when the fitted flow's k-hat or ELBO is
-        worse than the anchor's)."""
-        if self.anchor_transform() is None:
-            raise ValueError("AutoFlow.reset_to_anchor: this guide has no Gaussian anchor")
-        self.flow.load_state_dict(self._flow_at_start)
-        self.loc.zero_()
-        self.scale = torch.ones_like(self.scale)
-        if self._slots:
-            self.centering_logit.copy_(self.anchor_centring_logit)
-        if self._base_kind == "lowrank":
-            self.cov_factor.zero_()
-            self.cov_diag = torch.ones_like(self.cov_diag)
-        elif self._base_kind == "full":
-            self.scale_tril = torch.eye(self.latent_dim, dtype=self.loc.dtype,
-                                        device=self.loc.device)
-
-    def anchor_transform(self) -> LowRankSqrt | None:
-        """The anchor's map v -> mu + L v, or None for a guide without an anchor."""
-        if not self.anchor_info:
-            return None
-        return LowRankSqrt.from_parts(*(getattr(self, f"anchor_{name.lstrip('_')}")
-                                        for name in LowRankSqrt.PARTS), cache_size=1)
-

@@ -1,16 +1,16 @@
 """Learned non-centering of a model's hierarchical Normal sites, on the guide's side.
 
 A site ``theta ~ N(m, s)`` whose location m or scale s depends on other latent sites (a
-hierarchical "centred" parametrisation) gives a funnel: as s shrinks, theta concentrates on m,
+hierarchical "centered" parametrization) gives a funnel: as s shrinks, theta concentrates on m,
 and a flow over (..., log s, theta) must learn a scale exponential in another coordinate.
-Written as ``theta = m + s * eta`` (non-centred) the funnel disappears, but where the data are
-informative the centred form is the better geometry. Gorinova, Moore & Hoffman (2020),
-*Automatic Reparameterisation of Probabilistic Programs*, interpolate between the two with a
+Written as ``theta = m + s * eta`` (non-centered) the funnel disappears, but where the data are
+informative the centered form is the better geometry. Gorinova, Moore & Hoffman (2020),
+*Automatic Reparameterization of Probabilistic Programs*, interpolate between the two with a
 centering lambda in [0, 1] learned with the variational parameters (VIP):
 
     theta = m + s^(1 - lambda) (eta - lambda m),        log|d theta / d eta| = (1 - lambda) log s,
 
-lambda = 1 is the model's own (centred) parametrisation and lambda = 0 the non-centred one.
+lambda = 1 is the model's own (centered) parametrization and lambda = 0 the non-centered one.
 Each element's lambda starts at the share of the likelihood in theta's conditional precision at
 the initial values (:func:`initial_centering`: near 0 where the data are weak, near 1 where they
 pin theta) and is learned with the flow, on a logit scale stretched by :data:`CENTERING_RATE`.
@@ -22,12 +22,17 @@ from the values already given to the sites before it. The model stops as soon as
 site has its value (nothing after it, likelihood included, is evaluated), and nothing it does is
 recorded (``poutine.block``). Pyro's model-side equivalent is ``LocScaleReparam(centered=None)``;
 this guide-side form leaves the model untouched, so every site keeps its name and meaning.
+
+AutoFlow holds this as one component, ``guide.centering``, a :class:`LearnedCentering`: the
+layout that :func:`find_centering` finds at set-up (which sites, where they sit in the packed
+vector) and the learned lambda, from which it makes the :class:`Centering` layer at each call.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import pickle
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +41,9 @@ from typing import Any
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.nn import PyroModule
 from pyro.poutine.messenger import Messenger
+from torch import nn
 from torch.distributions import biject_to, constraints
 
 from pyro_nf.densities.pinning import fill
@@ -44,7 +51,7 @@ from pyro_nf.densities.pinning import fill
 CENTERINGS = ("model", "learn")
 #: lambda's starting values are kept within [CENTERING_BOUND, 1 - CENTERING_BOUND]
 CENTERING_BOUND = 0.01
-#: lambda = sigmoid(CENTERING_RATE * r) for the learned parameter r: the optimiser's steps in r
+#: lambda = sigmoid(CENTERING_RATE * r) for the learned parameter r: the optimizer's steps in r
 #: move lambda's logit this many times faster (its gradient is weak and noisy)
 CENTERING_RATE = 10.0
 
@@ -174,17 +181,17 @@ def hierarchical_normal_sites(model: Callable, args: tuple, kwargs: dict, trace:
     if random:
         note = (f"centering: the prior location or scale of {random} changes from run to run "
                 "with the same latent values (a latent site the guide does not see, e.g. one "
-                "hidden with poutine.block), so these sites keep the model's parametrisation")
+                "hidden with poutine.block), so these sites keep the model's parametrization")
         if notes is None:
-            warnings.warn(f"AutoFlow: {note}", UserWarning, stacklevel=6)
+            warnings.warn(f"AutoFlow: {note}", UserWarning, stacklevel=7)
         else:
             notes.append(note)
     return [name for name in found if name not in random]
 
 
-def vectorisation_problem(layer: Centering, x0: torch.Tensor) -> str | None:
+def vectorization_problem(layer: Centering, x0: torch.Tensor) -> str | None:
     """Check that the model broadcasts over a leading batch dimension, as the centering layer
-    (like Pyro's vectorised particles) needs: a batch of n points around ``x0`` (n equal to
+    (like Pyro's vectorized particles) needs: a batch of n points around ``x0`` (n equal to
     no site dimension, so that a missing plate cannot broadcast silently) must map as the
     points do one by one. Returns what went wrong, or None."""
     dims = {d for slot in layer.slots.values() for d in slot.shape}
@@ -214,8 +221,8 @@ def initial_centering(model: Callable, args: tuple, kwargs: dict, trace: Any,
     For theta ~ N(m, s), y ~ N(theta, sigma) this is s^2 / (s^2 + sigma^2): theta's
     conditional sd given (m, s) is sqrt(v), v = 1 / (1/s^2 + 1/sigma^2), whose slope in log s
     is sigma^2 / (s^2 + sigma^2) = 1 - lambda, so eta's conditional sd, sqrt(v) / s^(1 -
-    lambda), is locally free of s: near 0 (non-centred) where the data are weak, near 1
-    (centred) where they pin theta.
+    lambda), is locally free of s: near 0 (non-centered) where the data are weak, near 1
+    (centered) where they pin theta.
 
     Also returns the model's plate nesting, counted over every sample site of that run,
     observed ones included (the prototype trace holds only the latent sites).
@@ -251,7 +258,7 @@ def initial_centering(model: Callable, args: tuple, kwargs: dict, trace: Any,
 
 class Centering(torch.distributions.Transform):
     """eta -> theta (event_dim 1): the packed flow output to the packed latent, with each
-    hierarchical Normal site re-centred by its learned lambda (module docstring).
+    hierarchical Normal site re-centered by its learned lambda (module docstring).
 
     Built per call, like AutoFlow's other light transforms; the model runs once per direction
     (``_call``/``_inverse``), and the log-det of that run is kept with the pair of tensors it
@@ -283,7 +290,7 @@ class Centering(torch.distributions.Transform):
             slot = self.slots[name]
             shape = (n,) + (1,) * slot.pad + slot.shape
             u = flat[:, slot.pos:slot.pos + slot.size]
-            if slot.centering is None:  # (a masked site, pinned or not, is never re-centred)
+            if slot.centering is None:  # (a masked site, pinned or not, is never re-centered)
                 pieces[name] = u
                 if slot.pinned is not None:
                     u = fill(u, *slot.pinned)
@@ -329,18 +336,146 @@ class Centering(torch.distributions.Transform):
         return self._run(x, inverse=False)[1]
 
 
-#: Names before the spelling was made one (``centering``, as in the guides' argument); kept
-#: for one release.
-_DEPRECATED = {"initial_centring": "initial_centering", "CENTRING_RATE": "CENTERING_RATE",
-               "CENTRING_BOUND": "CENTERING_BOUND"}
+@dataclass
+class CenteringLayout:
+    """What the set-up finds for a learned centering: where each latent site sits in the packed
+    vector (``slots``), each site's support, every re-centered element's starting lambda
+    (packed) and the initial location in the flow's (eta) coordinates."""
+
+    slots: dict[str, SiteSlot]
+    supports: dict[str, Any]
+    lam: torch.Tensor
+    eta: torch.Tensor
 
 
-def __getattr__(name: str) -> Any:
-    if name in _DEPRECATED:
-        import warnings
+def site_slots(trace: Any, shapes: dict, pins: Any, hierarchical: list[str], nesting: int
+               ) -> dict[str, SiteSlot]:
+    """Each latent site's :class:`SiteSlot`, in the packed order (``shapes``: the guide's
+    unconstrained shapes; ``pins``: its pinned coordinates, or None)."""
+    slots, pos, count = {}, 0, 0
+    for name, site in trace.iter_stochastic_nodes():
+        shape = tuple(shapes[name])
+        pinned = None if pins is None else pins.site(name)
+        size = math.prod(shape) if pinned is None else len(pinned[0])
+        event_dim = site["fn"].event_dim + len(shape) - site["value"].dim()
+        centering = None
+        if name in hierarchical:
+            centering = slice(count, count + size)
+            count += size
+        slots[name] = SiteSlot(name, pos, size, shape, nesting - (len(shape) - event_dim),
+                               centering, pinned)
+        pos += size
+    return slots
 
-        new = _DEPRECATED[name]
-        warnings.warn(f"pyro_nf.guides.centering.{name} is deprecated; use {new}",
-                      DeprecationWarning, stacklevel=2)
-        return globals()[new]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def find_centering(guide: Any, model: Callable, args: tuple, kwargs: dict,
+                   init_loc: torch.Tensor, notes: list[str]) -> CenteringLayout | None:
+    """The layout of a learned centering for an ``AutoContinuous`` ``guide`` just after its
+    prototype run (its ``prototype_trace``, ``_unconstrained_shapes``, ``pins`` and ``model``,
+    the one its set-up runs), with ``model`` the user's model (the :class:`Centering` layer
+    runs it). None where the guide keeps the model's parametrization: no hierarchical site,
+    a model that does not broadcast over a batch, or a site the centering cannot handle (the
+    last two with a warning)."""
+    try:
+        return _layout(guide, model, args, kwargs, init_loc, notes)
+    except Exception as error:  # noqa: BLE001 - any site the centering cannot handle
+        first = next(iter(str(error).splitlines()), "")
+        warnings.warn("AutoFlow(centering='learn') could not set up the centering of "
+                      f"this model's hierarchical sites ({type(error).__name__}: "
+                      f"{first}); the guide keeps the model's parametrization "
+                      "(centering='model').", UserWarning, stacklevel=5)
+        return None
+
+
+def _layout(guide: Any, model: Callable, args: tuple, kwargs: dict, init_loc: torch.Tensor,
+            notes: list[str]) -> CenteringLayout | None:
+    """:func:`find_centering` without its guard: find the hierarchical Normal sites, lay out
+    the packed vector for the prior runs, start lambda from the curvature at the initial
+    values (:func:`initial_centering`) and map the initial location to eta."""
+    trace = guide.prototype_trace
+    hierarchical = hierarchical_normal_sites(guide.model, args, kwargs, trace, notes=notes)
+    if not hierarchical:  # nothing to re-center: the guide is AutoFlow(centering="model")
+        return None
+    start, nesting = initial_centering(guide.model, args, kwargs, trace, hierarchical)
+    slots = site_slots(trace, guide._unconstrained_shapes, guide.pins, hierarchical, nesting)
+    supports = {name: site["fn"].support for name, site in trace.iter_stochastic_nodes()}
+    lam = torch.cat([start[name].reshape(-1) for name in slots if name in start])
+    lam = lam.to(init_loc)
+    probe = Centering(model, args, kwargs, slots, supports, lam)
+    with torch.no_grad():
+        eta = probe.inv(init_loc)
+    problem = vectorization_problem(probe, eta)
+    if problem is not None:
+        warnings.warn("AutoFlow(centering='learn') runs the model's prior on a batch of "
+                      "draws, so it needs a model that broadcasts over a leading batch "
+                      f"dimension (as Pyro's vectorized particles do); this one does not "
+                      f"({problem}). The guide keeps the model's parametrization "
+                      "(centering='model'); declare the model's batch dimensions with "
+                      "pyro.plate to use the centering.", UserWarning, stacklevel=6)
+        return None
+    return CenteringLayout(slots, supports, lam, eta)
+
+
+class LearnedCentering(PyroModule):
+    """AutoFlow's centering component (module docstring; Gorinova, Moore & Hoffman, 2020): the
+    learned lambda of every re-centered element and the :class:`Centering` layer made from it
+    at each guide call.
+
+    The guide holds it as ``guide.centering`` (None with ``centering="model"`` or without
+    hierarchical sites). lambda = sigmoid(CENTERING_RATE * ``logit``), packed; ``logit`` is
+    created by :meth:`initialize` once the component is the guide's submodule, so that Pyro's
+    param store names it after the guide (``"AutoFlow.centering.logit"``). The model is kept
+    as a plain attribute (a ``PyroModule`` model must not become a submodule), and pickled with
+    the guide where it pickles by reference; otherwise :meth:`attach_model` gives it back.
+    """
+
+    def __init__(self, model: Callable, layout: CenteringLayout) -> None:
+        super().__init__()
+        object.__setattr__(self, "model", model)
+        self.slots, self.supports = layout.slots, layout.supports
+
+    def initialize(self, lam: torch.Tensor) -> None:
+        """Create the parameter, at lambda = ``lam`` (packed, in (0, 1))."""
+        self.logit = nn.Parameter(torch.logit(lam) / CENTERING_RATE)
+
+    @property
+    def lam(self) -> torch.Tensor:
+        """lambda = sigmoid(CENTERING_RATE * logit), every re-centered element packed."""
+        return torch.sigmoid(CENTERING_RATE * self.logit)
+
+    def set(self, lam: torch.Tensor) -> None:
+        """Set every re-centered element's lambda (packed, in (0, 1))."""
+        with torch.no_grad():
+            self.logit.copy_(torch.logit(torch.as_tensor(lam).to(self.logit)) / CENTERING_RATE)
+
+    def transform(self, args: tuple, kwargs: dict, detach: bool = False,
+                  logit: torch.Tensor | None = None) -> Centering:
+        """The centering layer eta -> theta for the model's ``args``; ``detach``: with lambda
+        cut from the autograd graph; ``logit``: at another logit (the anchor's)."""
+        if self.model is None:
+            raise RuntimeError("AutoFlow(centering='learn') runs the model's prior at every "
+                               "call, but this guide was unpickled without its model (it "
+                               "could not be pickled): call guide.attach_model(model) first")
+        lam = self.lam if logit is None else torch.sigmoid(CENTERING_RATE * logit)
+        return Centering(self.model, args, kwargs, self.slots, self.supports,
+                         lam.detach() if detach else lam)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Each re-centered site's lambda (1: the model's centered form, 0: non-centered),
+        shaped like the site."""
+        lam = self.lam.detach()
+        return {name: lam[slot.centering].reshape(slot.shape)
+                for name, slot in self.slots.items() if slot.centering is not None}
+
+    def attach_model(self, model: Callable) -> None:
+        """Give the component its model back (after unpickling a guide whose model could not
+        be pickled)."""
+        object.__setattr__(self, "model", model)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        try:
+            pickle.dumps(self.model)
+        except Exception:  # noqa: BLE001 - a lambda, a closure: attach_model after unpickling
+            state["model"] = None
+        return state

@@ -1,4 +1,4 @@
-"""A mixture of flows, one per mode: ``AutoFlow(model, modes="auto")``.
+"""A mixture of flows, one per mode: ``AutoFlowMixture(model, modes="auto")``.
 
 Reverse KL is mode-seeking: one flow fitted to a posterior with separated modes keeps one of
 them, whatever its family. This guide keeps them all:
@@ -9,7 +9,8 @@ them, whatever its family. This guide keeps them all:
    integer K keeps the K heaviest.
 2. **Components.** One :class:`~pyro_nf.guides.AutoFlow` per kept mode, its Gaussian anchor
    found from that mode alone (one L-BFGS path that starts there), so each component starts
-   as the Laplace/Pathfinder Gaussian of its own mode.
+   as the Laplace/Pathfinder Gaussian of its own mode (with ``start=None``: at the mode, with
+   spread ``init_scale``).
 3. **Training.** :func:`~pyro_nf.fit` fits each component on its own with its usual pipeline:
    started in a mode's basin, reverse KL keeps it there (the mode-seeking that loses modes
    for one flow is what keeps the components apart), so no component collapses onto another.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +43,7 @@ from pyro.infer.autoguide import AutoContinuous, init_to_value
 from pyro_nf.densities.initialization import init_to_median_or_uniform
 from pyro_nf.densities.pinning import PinnedPacking
 from pyro_nf.guides.autoflow import DEFAULT_FLOW, AutoFlow
+from pyro_nf.guides.start import FromGuide, GaussianAnchor, as_start
 from pyro_nf.guides.summaries import SummariesMixin
 
 #: ``modes="auto"``: at most this many components, each holding at least MIN_MASS.
@@ -53,7 +56,7 @@ WEIGHT_DRAWS = 1000
 class MixtureOfFlows(dist.TorchDistribution):
     """sum_k w_k q_k(z) over a packed latent of D coordinates; ``components`` are
     distributions with event shape (D,). Sampling picks a component per draw (no
-    reparametrised gradient: the mixture is trained component by component)."""
+    reparametrized gradient: the mixture is trained component by component)."""
 
     arg_constraints: dict = {}
     support = constraints.real_vector
@@ -84,19 +87,40 @@ class MixtureOfFlows(dist.TorchDistribution):
 
 
 class AutoFlowMixture(SummariesMixin, PinnedPacking, AutoContinuous):
-    """A mixture of AutoFlows, one per separated mode (module docstring).
-    ``AutoFlow(model, modes=...)`` builds one; arguments other than ``modes``, ``max_modes``,
-    ``min_mass`` and ``search`` (a :class:`~pyro_nf.approximations.modes.ModeSearch` already run on
-    this model) go to every component."""
+    """A mixture of AutoFlows, one per separated mode (module docstring), for posteriors with
+    several modes: ``AutoFlowMixture(model)`` where one would write ``AutoFlow(model)``.
+
+    Args:
+        model: a Pyro model, as for :class:`~pyro_nf.guides.AutoFlow`.
+        flow: every component's flow spec.
+        modes: ``"auto"`` (default): every mode :func:`~pyro_nf.find_modes` finds with at
+            least ``min_mass`` of the posterior, at most ``max_modes`` of them; an integer K:
+            the K heaviest.
+        max_modes: the most components of ``modes="auto"``.
+        min_mass: the smallest mass of a mode that gets a component under ``modes="auto"``.
+        search: a :class:`~pyro_nf.approximations.modes.ModeSearch` already run on this model
+            (default: one is run at set-up).
+        options: every component's other AutoFlow options (``start``, ``base``,
+            ``centering``, ...). ``start`` is a Gaussian anchor (default) or the initial point
+            (``None``); with several modes each component's anchor starts from its own mode.
+            A fitted guide (``FromGuide``) cannot start every component.
+    """
 
     def __init__(self, model: Callable, flow: Any = DEFAULT_FLOW, *, modes: int | str = "auto",
                  max_modes: int = MAX_MODES, min_mass: float = MIN_MASS, search: Any = None,
                  **options: Any) -> None:
         if modes != "auto" and not (isinstance(modes, int) and modes >= 1):
-            raise ValueError(f"AutoFlow: modes must be a positive integer or 'auto', got "
+            raise ValueError(f"AutoFlowMixture: modes must be a positive integer or 'auto', got "
                              f"{modes!r}")
         if not (isinstance(max_modes, int) and max_modes >= 1):
-            raise ValueError(f"AutoFlow: max_modes must be a positive integer, got {max_modes!r}")
+            raise ValueError(f"AutoFlowMixture: max_modes must be a positive integer, got "
+                             f"{max_modes!r}")
+        start = as_start(options.get("start", "auto"))
+        if isinstance(start, FromGuide):
+            raise ValueError("AutoFlowMixture: a fitted guide cannot start every component "
+                             "(each starts at its own mode); use AutoFlow(model, "
+                             "start=FromGuide(fitted)), or start=None or a GaussianAnchor here")
+        options["start"] = start
         self._modes, self._max_modes, self._min_mass = modes, max_modes, float(min_mass)
         self._flow, self._options = flow, options
         self.search = search
@@ -120,14 +144,15 @@ class AutoFlowMixture(SummariesMixin, PinnedPacking, AutoContinuous):
         else:
             starts = [init_to_value(values=self.search.sites(k)) for k in kept]
         components = []
-        for start in starts:
+        for init in starts:
             options = dict(self._options)
-            if start is not None:
-                options["init_loc_fn"] = start
+            if init is not None:
+                options["init_loc_fn"] = init
+            if len(starts) > 1 and isinstance(options["start"], GaussianAnchor):
+                # its anchor from its own mode only
+                options["start"] = dataclasses.replace(options["start"], num_paths=1)
             component = AutoFlow(self._raw_model, self._flow, **options)
             component._pyro_name = f"{self._pyro_name}_{len(components)}"
-            if len(starts) > 1:
-                component._anchor_paths = 1  # its anchor from its own mode only
             components.append(component)  # set up on first use: inside fit, after its seed
         object.__setattr__(self, "components", components)
         masses = torch.tensor([self.search.modes[k].mass for k in kept] or [1.0])
@@ -141,9 +166,7 @@ class AutoFlowMixture(SummariesMixin, PinnedPacking, AutoContinuous):
             floor = self._min_mass if self.search.masses_reliable else -1.0
             return [k for k in order if self.search.modes[k].mass >= floor][:self._max_modes]
         if len(order) < self._modes:
-            import warnings
-
-            warnings.warn(f"AutoFlow(modes={self._modes}): the mode search found "
+            warnings.warn(f"AutoFlowMixture(modes={self._modes}): the mode search found "
                           f"{len(order)} mode(s); the mixture has that many components",
                           UserWarning, stacklevel=5)
         return order[:self._modes]
@@ -163,7 +186,7 @@ class AutoFlowMixture(SummariesMixin, PinnedPacking, AutoContinuous):
                                             for c in self.components])
 
     def get_base_dist(self) -> dist.TorchDistribution:
-        raise NotImplementedError("AutoFlow(modes=...): a mixture has no single base "
+        raise NotImplementedError("AutoFlowMixture: a mixture has no single base "
                                   "distribution and transform (NeuTraReparam needs one flow)")
 
     get_transform = get_base_dist

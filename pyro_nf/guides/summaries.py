@@ -26,7 +26,7 @@ class SummariesMixin:
     def sample_posterior(self, num_samples: int, *args: Any, **kwargs: Any
                          ) -> dict[str, torch.Tensor]:
         """``num_samples`` joint draws of every latent site, in constrained space, stacked on a
-        leading sample dimension (one vectorised pass; the model runs only for the centering
+        leading sample dimension (one vectorized pass; the model runs only for the centering
         layer, up to its last latent site)."""
         latent = self.sample_latent_batch(num_samples, *args, **kwargs)
         return self.unpack_batch(latent)

@@ -2,7 +2,8 @@
 
 The covariance Sigma is split into marginal scales sigma = sqrt(diag Sigma), which go to the
 affine map, and a correlation part for the base: ``diag(1/sigma) L`` for a full Cholesky factor,
-``(W / sigma, d / sigma^2)`` for a low-rank one.
+``(W / sigma, d / sigma^2)`` for a low-rank one. The start strategy that uses it is
+:class:`~pyro_nf.guides.start.FromGuide` (``AutoFlow(model, start=FromGuide(fitted))``).
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ def infer_base(fitted: Any) -> str:
         return "lowrank"
     if isinstance(fitted, (AutoNormal, AutoDiagonalNormal)):
         return "diagonal"
-    raise TypeError(f"AutoFlow.from_guide supports {', '.join(SUPPORTED)}; got "
+    raise TypeError(f"FromGuide supports {', '.join(SUPPORTED)}; got "
                     f"{type(fitted).__name__}")
 
 
 def _check_fitted(fitted: Any) -> None:
     if getattr(fitted, "prototype_trace", None) is None:
-        raise ValueError(f"AutoFlow.from_guide: the {type(fitted).__name__} has not been run "
+        raise ValueError(f"FromGuide: the {type(fitted).__name__} has not been run "
                          "yet; fit it (or call it once with the model's arguments) first")
 
 
@@ -52,7 +53,7 @@ def _same_sites(fitted: Any, guide: Any) -> None:
     theirs = list(fitted._unconstrained_shapes.items())
     ours = list(guide._unconstrained_shapes.items())
     if theirs != ours:
-        raise ValueError("AutoFlow.from_guide: the fitted guide's latent sites "
+        raise ValueError("FromGuide: the fitted guide's latent sites "
                          f"{[k for k, _ in theirs]} differ from this model's "
                          f"{[k for k, _ in ours]}")
 
@@ -61,14 +62,15 @@ def _moments(fitted: Any, guide: Any, args: tuple, kwargs: dict):
     """(mean, kind, payload): kind 'diag' (scales), 'tril' (L) or 'lowrank' ((W, d))."""
     _check_fitted(fitted)
     if isinstance(fitted, AutoLaplaceApproximation):  # needs autograd for its Hessian
-        # the first guide call may run inside an ELBO's trace (and a vectorised-particle
-        # plate): the Laplace fit's own model runs must not reach those handlers
-        with poutine.block():
+        # the first guide call may run inside an ELBO's trace (and a vectorized-particle
+        # plate), or under no_grad: the Laplace fit's own model runs must not reach those
+        # handlers, and its Hessian needs gradients
+        with poutine.block(), torch.enable_grad():
             try:
                 gaussian = fitted.laplace_approximation(*args, **kwargs)
             except torch.linalg.LinAlgError as err:
                 raise ValueError(
-                    "AutoFlow.from_guide: the Laplace approximation's covariance (the inverse "
+                    "FromGuide: the Laplace approximation's covariance (the inverse "
                     "Hessian at the fitted MAP) is not positive definite, so it cannot start "
                     "the flow: the MAP is degenerate (e.g. a funnel's scale going to 0) or not "
                     "converged. Fit the AutoLaplaceApproximation longer, or warm-start from "
@@ -82,7 +84,7 @@ def _moments(fitted: Any, guide: Any, args: tuple, kwargs: dict):
                     locs.append(_deep_getattr(fitted.locs, name).reshape(-1))
                     scales.append(_deep_getattr(fitted.scales, name).reshape(-1))
                 except AttributeError:
-                    raise ValueError(f"AutoFlow.from_guide: the fitted AutoNormal has no "
+                    raise ValueError(f"FromGuide: the fitted AutoNormal has no "
                                      f"site {name!r}; was it fitted on this model?") from None
             return torch.cat(locs), "diag", torch.cat(scales)
         _same_sites(fitted, guide)
@@ -117,7 +119,7 @@ def gaussian_of(fitted: Any, guide: Any, base: str, args: tuple, kwargs: dict):
     to = {"dtype": ref.dtype, "device": ref.device}
     mean = mean.detach().to(**to)
     if mean.shape != ref.shape:
-        raise ValueError(f"AutoFlow.from_guide: the fitted guide has {mean.numel()} latent "
+        raise ValueError(f"FromGuide: the fitted guide has {mean.numel()} latent "
                          f"dimensions, this model {ref.numel()}")
     if kind == "diag":
         return mean, payload.detach().to(**to), {}

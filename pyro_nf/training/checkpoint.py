@@ -1,4 +1,4 @@
-"""Checkpoints of :func:`pyro_nf.fit`: parameters, the guide's buffers, optimiser state, RNG
+"""Checkpoints of :func:`pyro_nf.fit`: parameters, the guide's buffers, optimizer state, RNG
 states and losses, written atomically and read back with ``torch.load(weights_only=True)`` so
 that a checkpoint from someone else cannot run code while it loads."""
 

@@ -52,7 +52,7 @@ CHECK_KHAT = 0.5
 @dataclass(frozen=True)
 class ImportanceCheck:
     """Importance weights p(z | x) / q(z) of a guide's draws: their PSIS k-hat and the
-    chi-square divergence chi^2(p || q) = E_q[w^2] - 1 of the self-normalised weights, with its
+    chi-square divergence chi^2(p || q) = E_q[w^2] - 1 of the self-normalized weights, with its
     Monte Carlo standard error (``inf`` when a draw's weight is not finite)."""
 
     khat: float
@@ -82,7 +82,7 @@ def fixed_draw_elbo(model: Callable, guide: Callable, args: tuple, kwargs: dict,
                     num: int = SCORE_PARTICLES, seed: int = 0, vectorize: Any = None
                     ) -> tuple[float, float]:
     """The ELBO and its standard error from ``num`` draws under a fixed seed (the caller's
-    random stream is left as it was); ``vectorize``: a vectorised ELBO of the fit whose
+    random stream is left as it was); ``vectorize``: a vectorized ELBO of the fit whose
     ``max_plate_nesting`` the particles may use (the draws then run as batches)."""
     batched = bool(getattr(vectorize, "vectorize_particles", False))
     elbo = Trace_ELBO(num_particles=max(1, num // 8), vectorize_particles=batched,

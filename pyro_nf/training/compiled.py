@@ -136,7 +136,7 @@ def compiled_elbo(loss_fn: ELBO, model: Callable, guide: Callable, args: tuple,
 
 def plate_nesting(loss_fn: ELBO) -> float:
     """The model's plate nesting as an ELBO's constructor takes it (the ELBO holds one more
-    when it vectorises its particles: theirs is the leftmost plate)."""
+    when it vectorizes its particles: theirs is the leftmost plate)."""
     extra = loss_fn.vectorize_particles and loss_fn.num_particles > 1
     return loss_fn.max_plate_nesting - (1 if extra else 0)
 

@@ -1,6 +1,6 @@
 """The "sticking the landing" gradient estimator (Roeder, Wu & Duvenaud, 2017).
 
-The reparametrised ELBO gradient of E_q[log p(z) - log q_phi(z)], z = T_phi(eps), contains
+The reparametrized ELBO gradient of E_q[log p(z) - log q_phi(z)], z = T_phi(eps), contains
 the score term E_q[d/dphi log q_phi(z)] at fixed z, whose expectation is zero but whose variance
 is not. Dropping it leaves the path derivative (d/dz [log p(z) - log q(z)]) dz/dphi, which
 vanishes exactly when q = p: its variance goes to zero at the optimum. The ELBO value is
@@ -34,7 +34,7 @@ class STLTrace_ELBO(Trace_ELBO):
     Usable with :class:`~pyro_nf.AutoFlow` (alone or in an ``AutoGuideList``); other guides'
     sites keep Trace_ELBO's estimator. Costs one extra log-density evaluation of the fresh
     sample per step (for IAF layers, whose inverse takes D passes, this is D extra passes:
-    prefer MAF-direction or coupling layers with STL). Vectorised particles are supported.
+    prefer MAF-direction or coupling layers with STL). Vectorized particles are supported.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

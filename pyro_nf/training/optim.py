@@ -1,6 +1,6 @@
-"""One optimiser step over all of a fit's parameters at once.
+"""One optimizer step over all of a fit's parameters at once.
 
-``pyro.optim.Adam`` keeps one torch optimiser per parameter tensor and steps them one by one;
+``pyro.optim.Adam`` keeps one torch optimizer per parameter tensor and steps them one by one;
 a flow guide has a few dozen tensors, so a step of :func:`~pyro_nf.fit` spent about as long in
 that Python loop (and in its own per-tensor guards) as in the flow itself. Here the same
 arithmetic runs as a handful of ``torch._foreach_*`` kernels over the list of tensors:
@@ -34,7 +34,7 @@ class JointAdam(pyro.optim.PyroOptim):
         optim_args: ``{"lr": ..., "betas": ..., "eps": ..., "weight_decay": ...}`` as for
             ``pyro.optim.Adam`` (missing keys: torch's defaults).
 
-    A parameter is stepped only when it has a gradient, as Pyro's per-tensor optimisers do.
+    A parameter is stepped only when it has a gradient, as Pyro's per-tensor optimizers do.
     ``lr_factor`` multiplies the learning rate (``fit``'s schedule and guard set it).
     """
 
@@ -101,7 +101,7 @@ class JointAdam(pyro.optim.PyroOptim):
         """Load a :meth:`get_state` (or ``pyro.optim.Adam``'s): each parameter's state is
         taken up when the parameter is next seen."""
         self.state.clear()
-        # copies: a torch optimiser's state dict holds its live tensors
+        # copies: a torch optimizer's state dict holds its live tensors
         self._state_waiting_to_be_consumed.update(
             {name: {"state": {k: {key: v.clone() if torch.is_tensor(v) else v
                                   for key, v in inner.items()}
@@ -114,7 +114,7 @@ def _from_torch_state(saved: dict[str, Any], p: torch.Tensor) -> dict[str, torch
     inner = saved["state"].get(0) or saved["state"].get("0") or {}
     # a float32 step on the parameter's device, as torch's fused Adam keeps it
     step = torch.as_tensor(inner.get("step", 0.0), dtype=torch.float32).to(p.device).clone()
-    if not inner:  # none saved, or a torch optimiser that had not stepped yet
+    if not inner:  # none saved, or a torch optimizer that had not stepped yet
         return {"step": step, "exp_avg": torch.zeros_like(p.detach()),
                 "exp_avg_sq": torch.zeros_like(p.detach())}
     return {"step": step,

@@ -1,4 +1,4 @@
-"""Does a model broadcast over Pyro's vectorised particles?
+"""Does a model broadcast over Pyro's vectorized particles?
 
 Pyro's ELBOs with ``vectorize_particles=True`` run the model once inside an extra plate on the
 left of every batch dimension. A model written for one draw (one that indexes a latent vector,
@@ -41,7 +41,7 @@ def _log_joint(trace: Any, n: int | None = None, pdim: int = 0) -> torch.Tensor:
 
 def particle_problem(model: Callable, guide: Callable, args: tuple, kwargs: dict,
                      max_plate_nesting: int) -> str | None:
-    """Run ``model`` on n guide draws inside Pyro's vectorised particle plate and on each draw
+    """Run ``model`` on n guide draws inside Pyro's vectorized particle plate and on each draw
     alone; return what went wrong (an error, or log joints that differ), or None when the
     model broadcasts. n is the smallest number of particles equal to no dimension of any site,
     so that a missing plate cannot broadcast by coincidence."""

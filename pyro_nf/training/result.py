@@ -51,7 +51,7 @@ class FitResult:
     chi2: float | None = None
     anchor_khat: float | None = None
     recommendation: str | None = None
-    #: for a mixture of flows (``AutoFlow(model, modes=...)``): each component's own result
+    #: for a mixture of flows (``AutoFlowMixture(model, modes=...)``): each component's own result
     #: (the mixture's ``khat`` is that of the weighted mixture, ``steps`` and ``losses``
     #: the components' together)
     components: list | None = None

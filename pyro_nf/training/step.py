@@ -1,6 +1,6 @@
 """One guarded SVI step of :func:`~pyro_nf.fit`: the loss and gradients, the non-finite guard
 (a step whose loss, gradients or update is not finite is undone), per-tensor clipping, the
-restore point and the optimiser's step, on the lists of :mod:`pyro_nf.training.optim`."""
+restore point and the optimizer's step, on the lists of :mod:`pyro_nf.training.optim`."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def _optimizers(optim: pyro.optim.PyroOptim):
 
 
 def _ensure_optimizers(optim: pyro.optim.PyroOptim, params: list[torch.Tensor]) -> None:
-    """Create the per-parameter optimisers of new parameters without stepping them (torch
-    optimisers skip a parameter whose grad is None), so their learning rate can be set
+    """Create the per-parameter optimizers of new parameters without stepping them (torch
+    optimizers skip a parameter whose grad is None), so their learning rate can be set
     before their first step (JointAdam has one learning rate for all: nothing to do)."""
     if isinstance(optim, JointAdam):
         return
@@ -64,7 +64,7 @@ def _set_lr_factor(optim: pyro.optim.PyroOptim, factor: float) -> None:
         optim.lr_factor = factor
         return
     for opt in _optimizers(optim):
-        # a pyro.optim LR scheduler holds its torch optimiser in .optimizer
+        # a pyro.optim LR scheduler holds its torch optimizer in .optimizer
         for group in getattr(opt, "optimizer", opt).param_groups:
             group.setdefault("pyro_nf_base_lr", group["lr"])
             group["lr"] = group["pyro_nf_base_lr"] * factor

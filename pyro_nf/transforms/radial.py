@@ -21,7 +21,7 @@ h'(r) = -1 / (alpha + r)^2: D - 1 eigenvalues 1 + beta h and one 1 + beta h + be
                = (D - 1) log((r + s) / (alpha + r)) + log((r (2 alpha + r) + alpha s)
                                                           / (alpha + r)^2),
 
-the last factor being 1 + beta alpha / (alpha + r)^2 with the -alpha^2 cancelled by hand.
+the last factor being 1 + beta alpha / (alpha + r)^2 with the -alpha^2 canceled by hand.
 
 Inverse (exact). Taking norms of y - z0 = (1 + beta h)(z - z0) gives r_y = r (1 + beta / (alpha
 + r)), i.e. the quadratic

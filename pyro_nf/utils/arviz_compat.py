@@ -126,7 +126,7 @@ def _sign() -> float:
     return _SIGN[0]
 
 
-def _normalised(log_weights: np.ndarray) -> np.ndarray:
+def _normalized(log_weights: np.ndarray) -> np.ndarray:
     m = np.max(log_weights)
     return log_weights - (m + np.log(np.sum(np.exp(log_weights - m))))
 
@@ -143,23 +143,23 @@ _EXP_RANGE = float(np.log(np.finfo(np.float64).max))
 
 def psis(log_weights: np.ndarray) -> tuple[np.ndarray, float]:
     """Pareto-smoothed importance sampling (Vehtari et al., 2024) of finite log importance
-    ratios ``log p(x, z) - log q(z)``: returns (normalised smoothed log weights, k-hat).
+    ratios ``log p(x, z) - log q(z)``: returns (normalized smoothed log weights, k-hat).
 
-    k-hat is defined, and the same on both ArviZ lines, where the generalised Pareto fit is
+    k-hat is defined, and the same on both ArviZ lines, where the generalized Pareto fit is
     not: ``+inf`` when the largest ratios span more than a float64 exponent (the tail
     underflows: a handful of draws carry all the weight); ``-inf`` when they are equal to
     within ``FLAT_TAIL``, or when the fit fails on bounded weights (``BOUNDED``): a guide equal
     to the posterior up to rounding, whose weights have no tail; ``+inf`` when the fit fails
-    on unbounded weights (ties in a tail that a few draws dominate). The raw normalised
+    on unbounded weights (ties in a tail that a few draws dominate). The raw normalized
     weights are returned in those cases."""
     lw = np.asarray(log_weights, dtype=np.float64)
     n = lw.size
     m = int(min(0.2 * n, 3.0 * math.sqrt(n)))  # the tail length both lines fit
     span = float(np.ptp(np.partition(lw, n - m - 1)[n - m - 1:] if m >= 5 else lw))
     if span > _EXP_RANGE:
-        return _normalised(lw), math.inf
+        return _normalized(lw), math.inf
     if span < FLAT_TAIL:
-        return _normalised(lw), -math.inf
+        return _normalized(lw), -math.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
@@ -169,7 +169,7 @@ def psis(log_weights: np.ndarray) -> tuple[np.ndarray, float]:
                 raise
             smoothed, khat = lw, math.nan
     if math.isfinite(khat):
-        return _normalised(smoothed), khat
+        return _normalized(smoothed), khat
     bounded = np.max(lw) - (np.max(lw) + np.log(np.mean(np.exp(lw - np.max(lw))))) \
         <= math.log(BOUNDED)
-    return _normalised(lw), -math.inf if bounded else math.inf
+    return _normalized(lw), -math.inf if bounded else math.inf
