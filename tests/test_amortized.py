@@ -217,7 +217,7 @@ def test_plate_at_dim_minus_two():
     assert torch.isfinite(loss)
 
 
-def test_vectorised_particles():
+def test_vectorized_particles():
     pyro.clear_param_store()
     x = torch.randn(6)
     guide = AmortizedFlow(local_positive, flow=None, hidden=(4,))

@@ -141,7 +141,7 @@ def test_log_prob_of_a_sample_matches_a_fresh_evaluation():
 
 
 @pytest.mark.parametrize("elbo", ["trace", "stl"])
-def test_fits_with_vectorised_particles_and_works_with_pyro(elbo):
+def test_fits_with_vectorized_particles_and_works_with_pyro(elbo):
     guide = AutoFlow(eight_schools, flow="iaf*2", centering="learn")
     result = pyro_nf.fit(eight_schools, guide, Y, num_steps=40, num_particles=4, elbo=elbo,
                          progress=False)
