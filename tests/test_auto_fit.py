@@ -17,6 +17,7 @@ import pyro_nf.training.checks as checks
 import pyro_nf.training.schedules as auto
 from pyro_nf import AutoFlow, fit
 from pyro_nf.approximations.pathfinder import normal_of
+from pyro_nf.training import Engine
 from pyro_nf.training.schedules import FixedSchedule, SelfTuningSchedule, schedule_options
 
 DATA = torch.tensor([1.3, 0.2, 2.1, 1.7, 0.9, 1.1, 2.4, 0.5])
@@ -94,6 +95,8 @@ def test_every_option_of_one_schedule_given_to_the_other_is_an_error_naming_it(t
         fit(conjugate, guide, schedule=FixedSchedule(5), lr=0.1)
     with pytest.raises(TypeError, match="unknown option 'data'.*model_kwargs"):
         fit(conjugate, guide, data=torch.zeros(3))
+    with pytest.raises(ValueError, match="SelfTuningSchedule: checkpoints and resume"):
+        SelfTuningSchedule().run(Engine(conjugate, guide, checkpoint=tmp_path / "c.pt"))
     assert pyro.get_param_store().keys() == set()  # nothing ran
 
 

@@ -231,6 +231,8 @@ class Engine:
         self.prepare(num_steps, result)
         start = time.perf_counter()
         bar = self._bar if show else None
+        if bar is not None and result.steps:  # a resumed run: the steps already taken
+            bar.update(result.steps)
         for step in range(result.steps, num_steps):
             if not self.step(optim, guard, lr_factor(step), result):
                 continue

@@ -188,6 +188,9 @@ class SelfTuningSchedule:
 
     def run(self, engine: Engine, resume: bool = False) -> FitResult:
         """Run the stages (module docstring) on the engine."""
+        if resume or engine.path is not None:
+            raise ValueError("SelfTuningSchedule: checkpoints and resume are not supported (the "
+                             "fit chooses its own schedule); use a FixedSchedule")
         started = time.perf_counter()
         _set_up(engine)
         check = AccuracyCheck(engine.model, engine.guide, engine.args, engine.kwargs,
