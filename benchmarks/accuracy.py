@@ -115,6 +115,8 @@ def evaluate(post, guide_name: str, steps: int, seed: int = 0, draws: int = 4000
         "final_elbo": (result.elbo_estimate if result.elbo_estimate is not None
                        else float(-np.mean(result.losses[-100:]))),
         **accuracy_row(idata, reference_draws(post)),
+        "verdict": result.verdict, "check_seconds": result.check_seconds,
+        "checks": [str(c) for c in result.checks],
     }
     if check_modes:
         t0 = time.perf_counter()

@@ -69,7 +69,7 @@ def test_explicit_num_steps_keeps_the_fixed_schedule():
 FIXED_VALUES = {"num_steps": 5, "lr": 0.5, "optim": pyro.optim.Adam({"lr": 0.01}),
                 "lr_schedule": lambda step: 1.0, "lr_decay": 0.9, "warmup_steps": 3,
                 "convergence_window": 50, "convergence_tol": 1e-3, "stop_when_converged": True}
-TUNING_VALUES = {"accuracy": 0.2, "max_steps": 100}
+TUNING_VALUES = {"accuracy": 0.2, "max_steps": 100, "certify": False}
 
 
 def test_every_option_of_one_schedule_given_to_the_other_is_an_error_naming_it(tmp_path):
@@ -169,6 +169,7 @@ def test_an_exact_anchor_stops_before_the_first_step():
         assert "accuracy" in result.stop_reason, seed
         assert result.chi2 < 0.01 and result.khat < 0.5, (seed, result.chi2, result.khat)
         assert result.recommendation == "flow", seed
+        assert result.verdict.startswith("reliable"), (seed, result.verdict)
         with torch.no_grad():
             z = guide.get_posterior().sample((4000,))
         assert abs(z.mean().item() - POST_MEAN) < mean_tolerance(POST_SD, 4000, bias=0.0)

@@ -349,9 +349,17 @@ def missed_modes(search: ModeSearch, draws: Any, *args: Any, num_draws: int = 20
     except (RuntimeError, ValueError) as err:
         raise ValueError(f"missed_modes: the draws do not fit the searched model's latent "
                          f"sites ({err}); pass draws of the same model") from None
+    return missed_by(search, z, min_mass, max_guide_mass)
+
+
+@torch.no_grad()
+def missed_by(search: ModeSearch, z: torch.Tensor, min_mass: float = 0.05,
+              max_guide_mass: float = 0.02) -> list[MissedMode]:
+    """:func:`missed_modes` for draws ``z`` (N, D) already in the searched model's packed
+    unconstrained coordinates."""
     if not search.modes:
         return []
-    owner = search.nearest(z)
+    owner = search.nearest(z.to(F64))
     shares = [float((owner == k).double().mean()) for k in range(len(search.modes))]
     groups = search.relabellings()
     heavy = (lambda mass: mass >= min_mass) if search.masses_reliable else (lambda mass: True)

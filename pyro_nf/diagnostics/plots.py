@@ -38,7 +38,7 @@ def khat_title(title: str | None, reports: dict[str, Any] | None) -> str | None:
     """``title`` followed by each method's PSIS k-hat and verdict (``DiagnosticReport``s)."""
     if not reports:
         return title
-    parts = [f"{k}: k-hat {r.khat:.2f} ({r.verdict})" for k, r in reports.items()]
+    parts = [f"{k}: k-hat {r.khat:.2f} ({r.verdict.split(':')[0]})" for k, r in reports.items()]
     return "\n".join(([title] if title else []) + ["; ".join(parts)])
 
 

@@ -25,9 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from pyro_nf.approximations.modes import ModeSearch, find_modes, missed_modes
+from pyro_nf.approximations.modes import ModeSearch, missed_by
 from pyro_nf.diagnostics.inference_data import to_inference_data
+from pyro_nf.training.certify import (
+    Certificate,
+    Check,
+    certify_values,
+    importance_status,
+    modes_check,
+    moments_check,
+)
 from pyro_nf.utils import arviz_compat
 
 #: Log weights all within this range of one another (weights within about 10% of each other)
@@ -67,6 +76,8 @@ class DiagnosticReport:
     #: the modes the guide misses (:func:`~pyro_nf.approximations.modes.missed_modes`);
     #: None: not checked
     missed_modes: list | None = None
+    #: every check behind the verdict (:mod:`~pyro_nf.training.certify`)
+    checks: list = field(default_factory=list)
 
     @property
     def ess_per_draw(self) -> float:
@@ -81,7 +92,7 @@ class DiagnosticReport:
     def __str__(self) -> str:
         title = f"Variational fit diagnostics{' - ' + self.label if self.label else ''}"
         rows = [
-            ("PSIS k-hat", f"{self.khat:.3f}", self.verdict),
+            ("PSIS k-hat", f"{self.khat:.3f}", verdict(self.khat)),
             ("importance-sampling ESS", f"{self.ess:.0f} of {self.num_draws}",
              f"{self.ess_per_draw:.3f} per draw"),
             ("ELBO", f"{self.elbo:.3f} +- {self.elbo_se:.3f}", "lower bound on log p(x)"),
@@ -91,6 +102,7 @@ class DiagnosticReport:
         w = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [title, "-" * len(title)]
         lines += [f"{a:<{w[0]}}  {b:>{w[1]}}  {c}" for a, b, c in rows]
+        lines += ["", f"verdict: {self.verdict}"] + [f"  {c}" for c in self.checks]
         if self.missed_modes is not None:
             lines += [""] + ([f"missed: {m}" for m in self.missed_modes] if self.missed_modes
                              else ["modes: the guide holds every mode the search found"])
@@ -151,15 +163,21 @@ def diagnose_weights(log_weight: np.ndarray, draws: dict[str, np.ndarray] | None
 
 
 def diagnose(model_or_idata, guide=None, *args: Any, num_samples: int = 4000,
-             label: str = "", modes: Any = None, **kwargs: Any) -> DiagnosticReport:
+             label: str = "", modes: Any = "auto", **kwargs: Any) -> DiagnosticReport:
     """Diagnose a fitted guide (``diagnose(model, guide, *args)``) or saved InferenceData from
-    :func:`~pyro_nf.to_inference_data` (``diagnose(idata)``). ``modes``: a mode search's
-    result to check the draws against, or ``True`` to run :func:`~pyro_nf.find_modes` on the
-    model first (module docstring)."""
+    :func:`~pyro_nf.to_inference_data` (``diagnose(idata)``).
+
+    With the model, the verdict is that of every check of :mod:`~pyro_nf.training.certify`
+    (importance, reweighted moments, a mode screen, mass other proposals find), for any guide:
+    "reliable" only where all passed. ``modes``: ``"auto"`` (or ``True``) runs the mode screen
+    (an :class:`~pyro_nf.AutoFlowMixture` is checked against its own search); a
+    :func:`~pyro_nf.find_modes` result is used as it is; ``False`` skips it (the verdict is
+    then "usable with care" at best). From InferenceData alone only the importance and
+    moments checks can run (and the modes, given a search), so the verdict says what was
+    not checked."""
     if guide is None:
         idata = model_or_idata
     else:
-
         idata = to_inference_data(model_or_idata, guide, *args, num_samples=num_samples,
                                   **kwargs)
     if "sample_stats" not in arviz_compat.groups(idata) or \
@@ -171,26 +189,78 @@ def diagnose(model_or_idata, guide=None, *args: Any, num_samples: int = 4000,
     if not label:
         label = str(arviz_compat.attrs(idata).get("guide", ""))
     report = diagnose_weights(lw, draws, label=label)
-    if modes is not None and modes is not False:
-        _check_modes(report, idata, modes, model_or_idata if guide is not None else None,
-                     args, kwargs)
+    if guide is not None:
+        _certify(report, idata, model_or_idata, guide, modes, args, kwargs)
+    else:
+        _from_draws(report, idata, lw, draws, modes)
     return report
 
 
-def _check_modes(report: DiagnosticReport, idata: Any, modes: Any, model: Any, args: tuple,
-                 kwargs: dict) -> None:
-    """Fill in ``report.missed_modes`` and mark the verdict when a real mode is missed (a
-    relabelled copy under label switching is reported but does not change the verdict)."""
+def _search(modes: Any, guide: Any) -> tuple[Any, bool]:
+    """``(search, screen)``: a search to use, and whether to run one."""
+    if modes is None or modes is False:
+        return None, False
+    if isinstance(modes, ModeSearch):
+        return modes, False
+    if modes is True or modes == "auto":
+        own = getattr(guide, "search", None)
+        return (own, False) if isinstance(own, ModeSearch) else (None, True)
+    raise TypeError("diagnose: modes must be 'auto', True, False or the result of "
+                    f"pyro_nf.find_modes, got {type(modes).__name__}")
 
+
+def _certify(report: DiagnosticReport, idata: Any, model: Any, guide: Any, modes: Any,
+             args: tuple, kwargs: dict) -> None:
+    """Every check of the guide's draws against the model (:mod:`pyro_nf.training.certify`)."""
+    from pyro.infer.autoguide import AutoContinuous
+
+    search, screen = _search(modes, guide)
+    values = _site_values(idata)
+    lw = np.asarray(arviz_compat.group(idata, "sample_stats")["log_weight"].values)
+    q = guide.get_posterior(*args, **kwargs) if isinstance(guide, AutoContinuous) else None
+    certificate = certify_values(model, args, kwargs, values, lw.reshape(-1), q, search,
+                                 screen)
+    _record(report, certificate, values, guide)
+
+
+def _from_draws(report: DiagnosticReport, idata: Any, lw: np.ndarray, draws: dict,
+                modes: Any) -> None:
+    """What draws alone allow: the importance and moments checks, the modes given a search."""
+    z = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in draws.values()], -1)
+    weights = torch.as_tensor(lw, dtype=torch.float64).reshape(-1)
+    importance, finite = importance_status(weights)
+    checks = [importance, moments_check(torch.as_tensor(z), weights) if finite
+              else Check("moments", "skip", "non-finite weights")]
+    search = modes if isinstance(modes, ModeSearch) else None
     if modes is True:
-        if model is None:
-            raise ValueError("diagnose(idata, modes=True): InferenceData carries no model to "
-                             "search; pass modes=find_modes(model, ...) or diagnose(model, "
-                             "guide, ..., modes=True)")
-        modes = find_modes(model, *args, **kwargs)
-    if not isinstance(modes, ModeSearch):
-        raise TypeError("diagnose: modes must be True or the result of pyro_nf.find_modes, "
-                        f"got {type(modes).__name__}")
-    report.missed_modes = missed_modes(modes, idata)
-    if any(not m.relabelling for m in report.missed_modes):
-        report.verdict = "unreliable: missed mode(s)"
+        raise ValueError("diagnose(idata, modes=True): InferenceData carries no model to "
+                         "search; pass modes=find_modes(model, ...) or diagnose(model, "
+                         "guide, ..., modes=True)")
+    if search is not None:
+        values = _site_values(idata)
+        n = len(next(iter(values.values())))
+        checks.append(modes_check(search, search.log_density.pack(values, n).to(torch.float64)))
+    else:
+        checks.append(Check("modes", "skip", "no model in InferenceData: "
+                            "diagnose(model, guide) or modes=find_modes(model)"))
+    checks.append(Check("mass", "skip", "no model in InferenceData: diagnose(model, guide)"))
+    _record(report, Certificate(checks, search), None, None)
+
+
+def _site_values(idata: Any) -> dict[str, torch.Tensor]:
+    posterior = arviz_compat.group(idata, "posterior")
+    return {name: torch.as_tensor(np.asarray(arr.values)).reshape(
+        (-1,) + np.asarray(arr.values).shape[2:]) for name, arr in posterior.data_vars.items()}
+
+
+def _record(report: DiagnosticReport, certificate: Certificate, values: Any, guide: Any
+            ) -> None:
+    """The certificate's verdict and checks on the report, and the modes the draws miss."""
+    report.verdict, report.checks = certificate.verdict, certificate.checks
+    search = certificate.search
+    if search is not None and values is not None:
+        n = len(next(iter(values.values())))
+        z = search.log_density.pack(values, n).to(torch.float64)
+        report.missed_modes = missed_by(search, z)
+    elif search is not None:
+        report.missed_modes = []

@@ -118,11 +118,7 @@ def importance_check(log_density: Any, q: Any, num: int | None = None,
     With ``accuracy``, a subsampled model (every draw reads all its data) is checked on the
     first :data:`LOOP_CHECK_DRAWS` draws, and on all ``num`` only where those neither pass nor
     clearly fail (:meth:`ImportanceCheck.fails`)."""
-    if num is None:
-        num = CHECK_DRAWS if log_density.batched else LOOP_CHECK_DRAWS
-        rows = getattr(getattr(log_density, "chunks", None), "size", 0)
-        if rows:  # a subsampled model read over all its data: bound the rows read
-            num = max(LOOP_CHECK_DRAWS, min(num, CHECK_ROWS // rows))
+    num = num or default_draws(log_density)
     first = num
     if accuracy is not None and reads_all_rows(log_density):
         first = min(num, LOOP_CHECK_DRAWS)
@@ -136,6 +132,27 @@ def importance_check(log_density: Any, q: Any, num: int | None = None,
             rest = log_density(z[first:].double()).double() - log_q[first:]
             check = _weights_check(torch.cat([lw, rest]), z)
     return check
+
+
+def default_draws(log_density: Any) -> int:
+    """:data:`CHECK_DRAWS`; :data:`LOOP_CHECK_DRAWS` for a model that runs one draw at a time;
+    fewer for a subsampled model with many rows (:data:`CHECK_ROWS`)."""
+    num = CHECK_DRAWS if log_density.batched else LOOP_CHECK_DRAWS
+    rows = getattr(getattr(log_density, "chunks", None), "size", 0)
+    if rows:  # a subsampled model read over all its data: bound the rows read
+        num = max(LOOP_CHECK_DRAWS, min(num, CHECK_ROWS // rows))
+    return num
+
+
+def check_draws(log_density: Any, q: Any, num: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num`` draws of ``q`` (default :func:`default_draws`) under the importance check's
+    fixed seed, on the CPU, and their log weights log p(x, z) - log q(z) in float64."""
+    num = num or default_draws(log_density)
+    with forked_rng(1), torch.no_grad():
+        z = q.sample((num,))
+        lw = log_density(z.double()).double() - q.log_prob(z).double()
+    return z.detach().cpu(), lw.cpu()
 
 
 def _weights_check(lw: torch.Tensor, z: torch.Tensor) -> ImportanceCheck:
@@ -177,8 +194,9 @@ class AccuracyCheck:
         return self.last.within(self.accuracy)
 
     def reason(self) -> str:
-        return (f"the guide is within the accuracy asked for ({self.last}: every posterior "
-                f"mean within {self.accuracy:g} guide sds of the guide's)")
+        return (f"the importance check on the guide's draws puts every posterior mean within "
+                f"accuracy={self.accuracy:g} guide sds of the guide's ({self.last}), as far "
+                "as those draws see (FitResult.verdict: the checks beyond them)")
 
 
 def recommend(elbo: float, se: float, anchor_elbo: float, khat: float, anchor_khat: float

@@ -4,6 +4,7 @@ each default, with references."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pyro
 
 from pyro_nf.training import distributed as data_parallel
+from pyro_nf.training.certify import attach
 from pyro_nf.training.engine import Engine
 from pyro_nf.training.result import FitResult
 from pyro_nf.training.schedules import FixedSchedule, SelfTuningSchedule, schedule_options
@@ -93,9 +95,15 @@ def _fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, schedule: 
         if options["checkpoint"] is not None:
             raise ValueError("fit: checkpoints are not supported for a mixture of flows "
                              "(AutoFlowMixture); drop checkpoint=")
-        return guide.fit_components(
-            lambda one: _run(schedule, Engine(model, one, args, kwargs, **options), seed),
+        certifies = getattr(schedule, "certify", False)
+        each = dataclasses.replace(schedule, certify=False) if certifies else schedule
+        result = guide.fit_components(
+            lambda one: _run(each, Engine(model, one, args, kwargs, **options), seed),
             args, kwargs)
+        if certifies:  # the mixture as a whole, against the search that made it
+            attach(result, model, guide, args, kwargs, None, search=guide.search,
+                   stacklevel=4)
+        return result
     return _run(schedule, Engine(model, guide, args, kwargs, **options), seed, resume)
 
 

@@ -51,6 +51,17 @@ class FitResult:
     chi2: float | None = None
     anchor_khat: float | None = None
     recommendation: str | None = None
+    #: what the checks allow us to say of the fitted guide (:mod:`~pyro_nf.training.certify`):
+    #: "reliable" (every check passed), "usable with care" or "unreliable", then the checks
+    #: that decided it; "not checked" where none ran (a fixed schedule: ``diagnose`` checks
+    #: the fit). ``checks``: each check's status and finding; ``mode_search``: the mode
+    #: screen's :class:`~pyro_nf.approximations.modes.ModeSearch` (``AutoFlowMixture(model,
+    #: search=result.mode_search)`` fits every mode it found)
+    verdict: str = "not checked: a fixed number of steps; diagnose(model, guide) checks the fit"
+    checks: list = field(default_factory=list)
+    mode_search: Any = None
+    #: seconds of those checks (part of ``seconds``)
+    check_seconds: float = 0.0
     #: for a mixture of flows (``AutoFlowMixture(model, modes=...)``): each component's own result
     #: (the mixture's ``khat`` is that of the weighted mixture, ``steps`` and ``losses``
     #: the components' together)

@@ -50,6 +50,7 @@ from pyro.infer import Trace_ELBO
 
 from pyro_nf.densities.control_variate import ControlVariate
 from pyro_nf.densities.full_data import reads_all_rows
+from pyro_nf.training.certify import attach
 from pyro_nf.training.checks import (
     ACCURACY,
     SCORE_PARTICLES,
@@ -169,10 +170,14 @@ class SelfTuningSchedule:
             check off.
         max_steps: the most steps the fit may take: a budget; the result's ``stop_reason``
             says when it was the reason to stop.
+        certify: run the checks behind ``FitResult.verdict`` on the fitted guide (a mode
+            screen and the mass and moments checks of :mod:`~pyro_nf.training.certify`);
+            False leaves the verdict "not checked".
     """
 
     accuracy: float | None = ACCURACY
     max_steps: int = MAX_STEPS
+    certify: bool = True
 
     supports: ClassVar[frozenset] = frozenset()
     default_particles: ClassVar[int] = 8
@@ -208,6 +213,11 @@ class SelfTuningSchedule:
         finally:
             engine.close_progress()
         _report(total, engine, check, checked)
+        if self.certify:
+            attach(total, engine.model, engine.guide, engine.args, engine.kwargs,
+                   check.log_density)
+        else:
+            total.verdict = "not checked: SelfTuningSchedule(certify=False)"
         total.seconds = time.perf_counter() - started
         return total
 
