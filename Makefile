@@ -87,6 +87,8 @@ bench: bench-layers $(BENCH_STAMP)
 	$(PY) -m benchmarks.guides --out benchmarks/results/guides.md
 	$(PY) -m benchmarks.autoflow_accuracy --out benchmarks/results/autoflow_accuracy.md
 	$(PY) -m benchmarks.accuracy --out benchmarks/results/accuracy.md
+	$(PY) -m benchmarks.calibration --from-accuracy benchmarks/results/accuracy.json \
+		--out benchmarks/results/calibration.md
 	$(PY) -m benchmarks.speed --out benchmarks/results/speed.md
 	$(PY) -m benchmarks.overhead --out benchmarks/results/overhead.md
 	$(PY) -m benchmarks.time_to_accuracy --out benchmarks/results/time_to_accuracy.md
@@ -110,6 +112,7 @@ bench-mnist: $(STAMP)
 bench-quick: $(BENCH_STAMP)
 	mkdir -p out/bench-quick
 	$(PY) -m benchmarks.accuracy --quick --out out/bench-quick/accuracy.md
+	$(PY) -m benchmarks.calibration --quick --out out/bench-quick/calibration.md
 	$(PY) -m benchmarks.speed --quick --out out/bench-quick/speed.md
 	$(PY) -m benchmarks.overhead --quick --out out/bench-quick/overhead.md
 	$(PY) -m benchmarks.time_to_accuracy --quick --out out/bench-quick/time_to_accuracy.md

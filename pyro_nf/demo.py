@@ -114,7 +114,8 @@ def run_demo(out: str | Path = "pyro-nf-demo", *, posterior: str = "funnel", qui
             reference = "posteriordb"
     table = compare_posteriors(posteriors, reference=reference, var_names=case.compare)
     echo(format_comparison(table))
-    verdicts = ", ".join(f"{k}: {r.verdict} (k-hat {r.khat:.2f})" for k, r in reports.items())
+    verdicts = ", ".join(f"{k}: {r.verdict.split(':')[0]} (k-hat {r.khat:.2f})"
+                         for k, r in reports.items())
     echo(f"\nVerdicts: {verdicts}")
     files = _write_outputs(out, case, posteriors, reports, fits, echo)
     return {"reports": reports, "table": table, "files": files, "fits": fits}
@@ -132,7 +133,8 @@ def _fit_guides(case: Any, steps: int, draws: int, seed: int, echo) -> tuple[dic
                          seed=seed, progress=False)
         posteriors[name] = to_inference_data(case.model, guide, *case.args,
                                              num_samples=draws, fit_result=fits[name])
-        reports[name] = diagnose(posteriors[name], label=name)
+        reports[name] = diagnose(case.model, guide, *case.args, num_samples=draws,
+                                 label=name)  # with the model: every check of the verdict
         echo(f"{reports[name]}\n({steps} steps in {time.perf_counter() - t0:.0f} s)\n")
     return fits, posteriors, reports
 

@@ -158,3 +158,30 @@ def test_benchmark_headlines_say_which_results_are_missing(tmp_path, monkeypatch
     text = headlines.render()
     for name in headlines.SECTIONS:
         assert f"`{name}`: not run yet" in text
+
+
+def test_calibration_counts_certified_failures_and_false_alarms(tmp_path):
+    """The confusion table and headlines of benchmarks.calibration from rows of known
+    verdicts, merged with a benchmarks.accuracy JSON's rows."""
+    from benchmarks import calibration
+
+    def row(case, verdict, passes):
+        return {"family": "f", "case": case, "guide": "g", "seed": 0, "verdict": verdict,
+                "passes": passes}
+
+    rows = [row("a", "reliable: passed importance", True),
+            row("b", "reliable: passed importance", False),
+            row("c", "usable with care: moments", False),
+            row("d", "unreliable: missed mode(s)", True),
+            row("e", "unreliable: importance", False)]
+    accuracy = tmp_path / "acc.json"
+    accuracy.write_text(json.dumps({"results": [
+        {"posterior": "p", "guide": "AutoFlow (default)", "verdict": "reliable: ...",
+         "passes": True}, {"posterior": "q", "guide": "AutoNormal", "passes": False}]}))
+    rows += calibration.accuracy_rows(accuracy)  # the row without a verdict is left out
+    head = calibration.headline(rows)
+    assert (head["trusted"], head["trusted_failing"], head["care"]) == (3, 1, 1)
+    assert (head["passing"], head["false_alarms"]) == (3, 1)
+    assert head["trusted_failing_rows"] == ["f b g seed 0"]
+    table = calibration.confusion(rows)
+    assert table["pass"]["reliable"] == 2 and table["fail"]["unreliable"] == 1

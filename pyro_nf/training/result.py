@@ -82,4 +82,5 @@ class FitResult:
     def __repr__(self) -> str:
         return (f"FitResult(steps={self.steps}, final_elbo={self.final_elbo:.4g}, "
                 f"converged={self.converged}, seconds={self.seconds:.1f}, "
-                f"skipped_steps={self.skipped_steps})")
+                f"skipped_steps={self.skipped_steps}, "
+                f"verdict={self.verdict.split(':')[0]!r})")
