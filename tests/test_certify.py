@@ -41,7 +41,7 @@ def test_the_default_fit_calls_a_guide_in_one_of_two_modes_unreliable_and_says_t
     pyro.clear_param_store()
     guide = AutoFlow(model)
     with pytest.warns(RuntimeWarning, match="AutoFlowMixture"):
-        result = fit(model, guide, seed=0, progress=False)
+        result = fit(model, guide, seed=0, max_steps=400, progress=False)
     assert result.verdict.startswith("unreliable") and "missed mode(s)" in result.verdict
     held = float(guide.get_posterior().sample((1000,))[:, 0].mean() > 0)
     missed_mass = weight if held else 1 - weight
@@ -51,9 +51,11 @@ def test_the_default_fit_calls_a_guide_in_one_of_two_modes_unreliable_and_says_t
     assert mass.status == "fail" and f"miss {missed_mass:.0%}" in mass.detail, mass
     pyro.clear_param_store()
     mixture = AutoFlowMixture(model, search=result.mode_search)
-    both = fit(model, mixture, seed=0, progress=False)
+    both = fit(model, mixture, seed=0, max_steps=400, progress=False)
     assert sorted(mixture.weights.tolist()) == pytest.approx([0.3, 0.7], abs=0.03)
-    assert both.verdict.startswith("reliable"), both.verdict
+    status = {c.name: c.status for c in both.checks}
+    assert status["modes"] == status["mass"] == "pass", both.verdict
+    assert not both.verdict.startswith("unreliable"), both.verdict
 
 
 def funnel(model_dim: int = 2):
@@ -111,24 +113,30 @@ def exact_posterior(design, y):
     return cov @ design.T @ y / NOISE_SD ** 2, cov.diagonal().sqrt()
 
 
-def test_an_unscaled_regression_is_right_or_flagged_and_a_wrong_basin_is_flagged():
-    """Coefficients at 1e3-1e5, predictors nearly collinear: over LONG_SEEDS the default fit's
-    means are within 0.1 posterior sd of the exact ones and its sds within 10%, or its verdict
-    says unreliable; a guide parked at the wrong intercept (the issue's fit: +2.3e4 where the
-    posterior has -6.1e4) is flagged by the mass the screen's mode finds."""
+def test_an_unscaled_regression_is_right_or_flagged():
+    """Coefficients at 1e3-1e5, predictors nearly collinear: over LONG_SEEDS the default fit
+    (capped at 600 steps) has means within 0.1 posterior sd of the exact ones and sds within
+    10%, or its verdict says unreliable."""
     design, y = regression_data()
     model = unscaled(design, y)
     mean, sd = exact_posterior(design, y)
     for seed in LONG_SEEDS:
         pyro.clear_param_store()
         guide = AutoFlow(model)
-        result = fit(model, guide, seed=seed, progress=False)
+        result = fit(model, guide, seed=seed, max_steps=600, progress=False)
         z = guide.get_posterior().sample((4000,)).double()
         errors = ((z.mean(0) - mean) / sd).abs().max()
         ratios = z.std(0) / sd
         right = errors < 0.1 and bool(((ratios - 1).abs() < 0.1).all())
         assert right or result.verdict.startswith("unreliable"), (seed, result.verdict,
                                                                    errors, ratios)
+
+
+def test_a_guide_in_the_wrong_basin_of_an_unscaled_regression_is_flagged():
+    """A guide parked at the wrong intercept (the issue's fit: +2.3e4 where the posterior has
+    -6.1e4) misses all the mass that the screen's mode Gaussian finds."""
+    design, y = regression_data()
+    model = unscaled(design, y)
     pyro.clear_param_store()
     wrong = AutoNormal(model, init_loc_fn=init_to_value(
         values={"beta": torch.tensor([2.3e4, 3e3, 1e3], dtype=torch.float64)}), init_scale=0.01)

@@ -107,8 +107,10 @@ def test_auto_modes_fit_puts_each_modes_mass_where_it_belongs():
         assert guide.median()["z"].shape == (2,)
         assert guide.quantiles([0.1, 0.9])["z"].shape == (2, 2)
         report = pyro_nf.diagnose(model, guide, num_samples=1000, modes=guide.search)
-        assert report.missed_modes == [] and report.verdict.startswith("reliable"), \
+        status = {c.name: c.status for c in report.checks}
+        assert report.missed_modes == [] and status["modes"] == status["mass"] == "pass", \
             (seed, report.verdict, report.missed_modes)
+        assert not report.verdict.startswith("unreliable"), (seed, report.verdict)
 
 
 def test_one_mode_gives_one_component():

@@ -186,8 +186,9 @@ def test_flat_prior_draws_and_a_guide_that_pyro_and_the_diagnostics_take():
     sd_ratio = float(mu.std()) / post_sd
     assert abs(sd_ratio - 1) < sd_ratio_tolerance(500, bias=0.0), sd_ratio
     report = diagnose(vague, guide, y, num_samples=2000)
-    # a normal posterior: the approximation is exact
-    assert report.verdict.startswith("reliable"), report.verdict
+    # a normal posterior: the approximation is close, and nothing beyond its draws is missed
+    assert not report.verdict.startswith("unreliable"), report.verdict
+    assert {c.name: c.status for c in report.checks}["importance"] == "pass"
 
 
 def test_bad_arguments_are_clear_errors():

@@ -232,19 +232,19 @@ def _from_draws(report: DiagnosticReport, idata: Any, lw: np.ndarray, draws: dic
     checks = [importance, moments_check(torch.as_tensor(z), weights) if finite
               else Check("moments", "skip", "non-finite weights")]
     search = modes if isinstance(modes, ModeSearch) else None
+    values = _site_values(idata) if search is not None else None
     if modes is True:
         raise ValueError("diagnose(idata, modes=True): InferenceData carries no model to "
                          "search; pass modes=find_modes(model, ...) or diagnose(model, "
                          "guide, ..., modes=True)")
     if search is not None:
-        values = _site_values(idata)
         n = len(next(iter(values.values())))
         checks.append(modes_check(search, search.log_density.pack(values, n).to(torch.float64)))
     else:
         checks.append(Check("modes", "skip", "no model in InferenceData: "
                             "diagnose(model, guide) or modes=find_modes(model)"))
     checks.append(Check("mass", "skip", "no model in InferenceData: diagnose(model, guide)"))
-    _record(report, Certificate(checks, search), None, None)
+    _record(report, Certificate(checks, search), values, None)
 
 
 def _site_values(idata: Any) -> dict[str, torch.Tensor]:

@@ -102,7 +102,7 @@ class Certificate:
               for status in ("fail", "care", "skip", "pass")}
         if by["fail"]:
             return "unreliable: " + "; ".join(_failure(c) for c in by["fail"])
-        passed = ", ".join(c.name for c in by["pass"] + by["care"])
+        passed = ", ".join(c.name for c in by["pass"]) or "none"
         if by["care"] or by["skip"]:
             caveats = [f"{c.name}: {c.detail}" for c in by["care"]]
             caveats += [f"{c.name} not run ({c.detail})" for c in by["skip"]]
