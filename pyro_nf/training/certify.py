@@ -291,6 +291,8 @@ def modes_check(search: ModeSearch | str | None, z: torch.Tensor) -> Check:
     if isinstance(search, str):
         return Check("modes", "skip", f"the screen failed: {search}")
     found = len(search.modes)
+    if found:  # the draws where the search's Gaussians are (the model's device)
+        z = z.to(search.modes[0].location.device)
     missed = [m for m in missed_by(search, z, MODE_MASS, GUIDE_SHARE) if not m.relabelling]
     starts = f"screen of {search.gradient_evaluations} gradients found {found} mode(s)"
     if missed:
@@ -343,6 +345,7 @@ def log_evidence(lw: torch.Tensor) -> tuple[float, float]:
 def _khat(lw: torch.Tensor) -> float:
     from pyro_nf.utils import arviz_compat
 
+    lw = lw.detach().cpu()
     finite = lw[torch.isfinite(lw)]
     if len(finite) < 10:
         return math.inf
@@ -369,7 +372,7 @@ def widened_log_weights(log_density: LogDensity, q: Any) -> torch.Tensor | None:
     log_q = base.log_prob(b) - ladj
     log_qc = base.log_prob(m + (b - m) / WIDEN) - dim * math.log(WIDEN) - ladj
     log_r = torch.logaddexp(log_q, log_qc) - math.log(2.0)
-    return log_density(x.double()).double() - log_r.double()
+    return (log_density(x.double()).double() - log_r.double()).cpu()
 
 
 def mass_draws(log_density: LogDensity) -> int:
@@ -388,7 +391,8 @@ def mode_log_weights(log_density: LogDensity, search: ModeSearch) -> torch.Tenso
     modes = search.modes
     per = max(1, mass_draws(log_density) // len(modes))
     dim = len(modes[0].location)
-    draws = torch.cat([m.gaussian(torch.randn(per, dim, dtype=torch.float64))
+    device = modes[0].location.device
+    draws = torch.cat([m.gaussian(torch.randn(per, dim, dtype=torch.float64, device=device))
                        for m in modes])
     log_r = torch.stack([normal_of(m.gaussian).log_prob(draws) for m in modes], -1)
     log_r = log_r.logsumexp(-1) - math.log(len(modes))
