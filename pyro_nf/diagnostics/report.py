@@ -12,10 +12,12 @@ With draws z_s ~ q and log importance ratios log w_s = log p(x, z_s) - log q(z_s
   delta-method standard error;
 * importance-sampling ESS = 1 / sum(w_norm^2) of the PSIS-smoothed weights, and per draw;
 * PSIS-reweighted posterior means next to the raw means;
-* with ``modes=`` (a :func:`~pyro_nf.approximations.modes.find_modes` result, or ``True`` to run the
-  search on the model): every mode that holds a noticeable share of the posterior but almost
-  none of the guide's draws. k-hat cannot see such a mode, so the verdict is then
-  "unreliable: missed mode(s)" whatever k-hat says.
+* the **verdict** of :mod:`~pyro_nf.training.certify`'s checks (importance, reweighted
+  moments and quantiles, a mode screen, the mass other proposals find; ``modes="auto"`` by
+  default, a :func:`~pyro_nf.approximations.modes.find_modes` result, or False): every mode
+  that holds a noticeable share of the posterior but almost none of the guide's draws is
+  listed, and k-hat cannot see such a mode, so the verdict is then "unreliable: ... missed
+  mode(s)" whatever k-hat says. From InferenceData alone only the first two checks run.
 """
 
 from __future__ import annotations
@@ -220,7 +222,7 @@ def _certify(report: DiagnosticReport, idata: Any, model: Any, guide: Any, modes
     q = guide.get_posterior(*args, **kwargs) if isinstance(guide, AutoContinuous) else None
     certificate = certify_values(model, args, kwargs, values, lw.reshape(-1), q, search,
                                  screen)
-    _record(report, certificate, values, guide)
+    _record(report, certificate, values)
 
 
 def _from_draws(report: DiagnosticReport, idata: Any, lw: np.ndarray, draws: dict,
@@ -244,7 +246,7 @@ def _from_draws(report: DiagnosticReport, idata: Any, lw: np.ndarray, draws: dic
         checks.append(Check("modes", "skip", "no model in InferenceData: "
                             "diagnose(model, guide) or modes=find_modes(model)"))
     checks.append(Check("mass", "skip", "no model in InferenceData: diagnose(model, guide)"))
-    _record(report, Certificate(checks, search), values, None)
+    _record(report, Certificate(checks, search), values)
 
 
 def _site_values(idata: Any) -> dict[str, torch.Tensor]:
@@ -253,8 +255,7 @@ def _site_values(idata: Any) -> dict[str, torch.Tensor]:
         (-1,) + np.asarray(arr.values).shape[2:]) for name, arr in posterior.data_vars.items()}
 
 
-def _record(report: DiagnosticReport, certificate: Certificate, values: Any, guide: Any
-            ) -> None:
+def _record(report: DiagnosticReport, certificate: Certificate, values: Any) -> None:
     """The certificate's verdict and checks on the report, and the modes the draws miss."""
     report.verdict, report.checks = certificate.verdict, certificate.checks
     search = certificate.search
