@@ -5,6 +5,8 @@
 - :class:`AutoFlow`: a flow autoguide over a model's global latents;
 - :class:`AmortizedFlow`: an amortized (encoder + conditional flow) guide for local latents;
 - :func:`fit`: the SVI loop; :class:`STLTrace_ELBO`: the sticking-the-landing gradient;
+- :func:`refine`: exact draws by HMC in a fitted guide's coordinates (``fit``'s last stage
+  where its checks call the guide unreliable);
 - :func:`pathfinder`: Gaussian approximations along L-BFGS paths (Zhang et al., 2022);
 - :func:`find_modes`: a posterior's separated modes and their masses (``diagnose(...,
   modes=...)`` then says which of them a guide misses);
@@ -28,9 +30,11 @@ from pyro_nf.training import (
     FitResult,
     FixedSchedule,
     NonFiniteLossError,
+    RefineResult,
     SelfTuningSchedule,
     STLTrace_ELBO,
     fit,
+    refine,
 )
 
 try:  # the one version string is pyproject.toml's
@@ -56,7 +60,8 @@ def __getattr__(name: str):
 
 __all__ = ["transforms", "AutoFlow", "AutoFlowMixture", "DEFAULT_FLOW",
            "AmortizedFlow", "DEFAULT_AMORTIZED_FLOW",
-           "fit", "FitResult", "Engine", "FixedSchedule", "SelfTuningSchedule",
+           "fit", "FitResult", "refine", "RefineResult", "Engine", "FixedSchedule",
+           "SelfTuningSchedule",
            "NonFiniteLossError", "STLTrace_ELBO", "pathfinder",
            "PathfinderResult", "AutoPathfinder", "find_modes", "to_inference_data",
            "from_mcmc", "from_posteriordb", "diagnose", "compare_posteriors",

@@ -113,18 +113,20 @@ def cmd_fit(args) -> int:
     pyro.clear_param_store()
     try:
         particles = args.particles or (16 if args.steps is not None else None)
-        schedule = {} if args.steps is None else {"num_steps": args.steps,
-                                                  "lr": args.lr or 5e-3}
+        schedule = ({"refine": not args.no_refine} if args.steps is None else
+                    {"num_steps": args.steps, "lr": args.lr or 5e-3})
         if args.steps is None and args.lr is not None:
             raise CLIError("--lr needs --steps (without it the fit tunes its own step size)")
         result = fit(model, guide, num_particles=particles, seed=args.seed,
                      progress=not args.quiet, model_kwargs=data, **schedule)
     except TypeError as exc:
         raise CLIError(f"the data do not match {model.__name__}'s arguments: {exc}") from exc
-    idata = to_inference_data(model, guide, num_samples=args.samples, fit_result=result,
-                              **data)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if result.source == "refined":
+        return _save_refined(result, out)
+    idata = to_inference_data(model, guide, num_samples=args.samples, fit_result=result,
+                              **data)
     arviz_compat.to_netcdf(idata, out)
     search = None
     if args.check_modes:
@@ -132,6 +134,20 @@ def cmd_fit(args) -> int:
 
         search = getattr(guide, "search", None) or find_modes(model, **data)
     print(diagnose(idata, label=f"{args.target} ({args.flow})", modes=search))
+    print(f"\nsaved {out}")
+    return 0
+
+
+def _save_refined(result, out: Path) -> int:
+    """The fit's checks failed and it refined: the MCMC draws are what is saved."""
+    from pyro_nf.diagnostics import from_mcmc
+    from pyro_nf.utils import arviz_compat
+
+    arviz_compat.to_netcdf(from_mcmc(result.refined), out)
+    print(f"the flow: {result.verdict}")
+    print(f"saved draws: refined by HMC in the flow's coordinates, {result.refined!r}")
+    print(f"{result.refined.stop_reason}\n")
+    result.refined.print_summary()
     print(f"\nsaved {out}")
     return 0
 
@@ -213,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4000, help="posterior draws to save")
     p.add_argument("--out", default="run.nc", help="InferenceData netCDF to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-refine", action="store_true", help="keep the flow's draws even "
+                   "where its checks fail (default: exact draws by HMC in its coordinates)")
     p.add_argument("--modes", default="1", help="1 (one flow), 'auto' or K: a mixture of "
                    "flows, one per mode the mode search finds")
     p.add_argument("--check-modes", action="store_true", help="run the mode search and "

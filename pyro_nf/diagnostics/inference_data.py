@@ -279,13 +279,21 @@ def _attrs(guide, num_samples: int, vectorized: bool, fit_result: Any) -> dict[s
 
 def from_mcmc(mcmc, *, dims: dict[str, list[str]] | None = None,
               coords: dict[str, Any] | None = None):
-    """InferenceData from a finished ``pyro.infer.MCMC``, named like :func:`to_inference_data`
-    (sites, plate dimensions), so MCMC and variational posteriors compare without renaming."""
+    """InferenceData from a finished ``pyro.infer.MCMC`` or a
+    :class:`~pyro_nf.training.refinement.RefineResult` (``pyro_nf.refine``, or
+    ``fit(...).refined``), named like :func:`to_inference_data` (sites, plate dimensions), so
+    MCMC and variational posteriors compare without renaming. A refine result also gives
+    ``sample_stats``: ``diverging``, ``acceptance_rate``, ``energy``, ``n_steps``,
+    ``step_size`` and ``lp`` per chain and draw."""
     samples = mcmc.get_samples(group_by_chain=True)
     if not samples:
         raise ValueError("from_mcmc: the MCMC object has no samples; call mcmc.run(...) first")
-    model = mcmc.kernel.model
-    args, kwargs = getattr(mcmc, "_args", ()), getattr(mcmc, "_kwargs", {})
+    refined = getattr(mcmc, "source", None) == "refined"
+    if refined:
+        model, args, kwargs = mcmc.model, mcmc.args, mcmc.kwargs
+    else:
+        model = mcmc.kernel.model
+        args, kwargs = getattr(mcmc, "_args", ()), getattr(mcmc, "_kwargs", {})
     with torch.no_grad(), pyro.validation_enabled(False):
         first = {k: v[0, 0] for k, v in samples.items()}
         trace = poutine.trace(poutine.condition(model, data=first)).get_trace(*args, **kwargs)
@@ -297,10 +305,16 @@ def from_mcmc(mcmc, *, dims: dict[str, list[str]] | None = None,
     all_dims.update(dims or {})
     observed = {name: site["value"].detach().cpu().numpy() for name, site in proto.items()
                 if _observed(site)}
-    attrs = {"inference": "mcmc", "sampler": type(mcmc.kernel).__name__, **_versions()}
-    return arviz_compat.from_dict({"posterior": posterior, "observed_data": observed},
-                            coords=_plate_coords(proto, all_dims, coords or {}),
-                            dims=all_dims, attrs=attrs)
+    groups = {"posterior": posterior, "observed_data": observed}
+    attrs = {"inference": "mcmc", "sampler": type(mcmc.kernel).__name__ if not refined else
+             "refine (HMC in the guide's coordinates)", **_versions()}
+    if refined:
+        groups["sample_stats"] = dict(mcmc.sample_stats)
+        attrs.update(ess_bulk=float(mcmc.ess_bulk), rhat=float(mcmc.rhat),
+                     converged=int(mcmc.converged), seconds=float(mcmc.seconds),
+                     gradient_evaluations=int(mcmc.gradient_evaluations))
+    return arviz_compat.from_dict(groups, coords=_plate_coords(proto, all_dims, coords or {}),
+                                  dims=all_dims, attrs=attrs)
 
 
 _PARAM = re.compile(r"^([^\[]+)(?:\[([0-9,\s]+)\])?$")

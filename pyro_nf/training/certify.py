@@ -401,19 +401,16 @@ def mode_log_weights(log_density: LogDensity, search: ModeSearch) -> torch.Tenso
 
 def attach(result: Any, model: Callable, guide: Any, args: tuple, kwargs: dict,
            log_density: LogDensity | None, search: ModeSearch | None = None,
-           stacklevel: int = 6) -> None:
+           stacklevel: int = 6, warn: bool = True) -> Certificate | None:
     """Certify a fitted guide over the packed latent and put the verdict, the checks and the
-    mode screen on ``result``; warn where the verdict is "unreliable" (the fit is kept)."""
-    if log_density is None and isinstance(guide, AutoContinuous):
-        try:
-            with forked_rng():
-                log_density = LogDensity(model, *args, **kwargs)
-        except Exception:  # noqa: BLE001 - reported below as not checked
-            log_density = None
+    mode screen on ``result``; warn where the verdict is "unreliable" (the fit is kept) unless
+    ``warn`` is False (the caller says more). Returns the certificate (None: not checked)."""
+    if log_density is None:
+        log_density = model_density(model, guide, args, kwargs)
     if log_density is None:
         result.verdict = ("not checked: the guide is not over the model's packed latent; "
                           "diagnose(model, guide) checks any guide's draws")
-        return
+        return None
     started = time.perf_counter()
     try:
         q = guide.get_posterior(*args, **kwargs)
@@ -421,13 +418,27 @@ def attach(result: Any, model: Callable, guide: Any, args: tuple, kwargs: dict,
     except Exception as error:  # noqa: BLE001 - a finished fit is not thrown away for it
         result.verdict = (f"not checked: the checks failed ({type(error).__name__}: "
                           f"{next(iter(str(error).splitlines()), '')})")
-        return
+        return None
     result.verdict, result.checks = certificate.verdict, certificate.checks
     result.mode_search = certificate.search
     result.check_seconds = time.perf_counter() - started
-    if result.verdict.startswith("unreliable"):
+    if warn and result.verdict.startswith("unreliable"):
         warnings.warn(f"fit: {result.verdict}. {advice(certificate)}", RuntimeWarning,
                       stacklevel=stacklevel)
+    return certificate
+
+
+def model_density(model: Callable, guide: Any, args: tuple, kwargs: dict
+                  ) -> LogDensity | None:
+    """The model's log density over the packed latent, for a guide over that latent (None
+    for another guide, or a model it cannot be built for)."""
+    if not isinstance(guide, AutoContinuous):
+        return None
+    try:
+        with forked_rng():
+            return LogDensity(model, *args, **kwargs)
+    except Exception:  # noqa: BLE001 - reported by the caller as not checked
+        return None
 
 
 def advice(certificate: Certificate) -> str:

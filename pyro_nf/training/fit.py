@@ -12,8 +12,8 @@ from typing import Any
 import pyro
 
 from pyro_nf.training import distributed as data_parallel
-from pyro_nf.training.certify import attach
 from pyro_nf.training.engine import Engine
+from pyro_nf.training.refinement import last_stage
 from pyro_nf.training.result import FitResult
 from pyro_nf.training.schedules import FixedSchedule, SelfTuningSchedule, schedule_options
 from pyro_nf.training.step import NonFiniteLossError
@@ -101,8 +101,8 @@ def _fit(model: Callable, guide: Callable, args: tuple, kwargs: dict, schedule: 
             lambda one: _run(each, Engine(model, one, args, kwargs, **options), seed),
             args, kwargs)
         if certifies:  # the mixture as a whole, against the search that made it
-            attach(result, model, guide, args, kwargs, None, search=guide.search,
-                   stacklevel=4)
+            last_stage(result, model, guide, args, kwargs, None, search=guide.search,
+                       refine_draws=schedule.refine, stacklevel=5)
         return result
     return _run(schedule, Engine(model, guide, args, kwargs, **options), seed, resume)
 

@@ -62,6 +62,12 @@ class FitResult:
     mode_search: Any = None
     #: seconds of those checks (part of ``seconds``)
     check_seconds: float = 0.0
+    #: which draws answer the question: "flow" (the fitted guide's) or "refined" (the
+    #: checks called the guide unreliable, so the fit drew exact samples by HMC in its
+    #: coordinates: ``refined``, a :class:`~pyro_nf.training.refinement.RefineResult`; its
+    #: ``converged`` says whether they met their ESS and R-hat targets)
+    source: str = "flow"
+    refined: Any = None
     #: for a mixture of flows (``AutoFlowMixture(model, modes=...)``): each component's own result
     #: (the mixture's ``khat`` is that of the weighted mixture, ``steps`` and ``losses``
     #: the components' together)
@@ -83,4 +89,4 @@ class FitResult:
         return (f"FitResult(steps={self.steps}, final_elbo={self.final_elbo:.4g}, "
                 f"converged={self.converged}, seconds={self.seconds:.1f}, "
                 f"skipped_steps={self.skipped_steps}, "
-                f"verdict={self.verdict.split(':')[0]!r})")
+                f"verdict={self.verdict.split(':')[0]!r}, source={self.source!r})")

@@ -50,7 +50,6 @@ from pyro.infer import Trace_ELBO
 
 from pyro_nf.densities.control_variate import ControlVariate
 from pyro_nf.densities.full_data import reads_all_rows
-from pyro_nf.training.certify import attach
 from pyro_nf.training.checks import (
     ACCURACY,
     SCORE_PARTICLES,
@@ -62,6 +61,7 @@ from pyro_nf.training.checks import (
 from pyro_nf.training.compiled import compiled_elbo
 from pyro_nf.training.engine import Convergence, Engine, converged, particles_that_work
 from pyro_nf.training.optim import JointAdam
+from pyro_nf.training.refinement import last_stage
 from pyro_nf.training.result import FitResult
 from pyro_nf.training.step import not_positive_definite, numerics_error
 from pyro_nf.utils.rng import forked_rng
@@ -173,11 +173,15 @@ class SelfTuningSchedule:
         certify: run the checks behind ``FitResult.verdict`` on the fitted guide (a mode
             screen and the mass and moments checks of :mod:`~pyro_nf.training.certify`);
             False leaves the verdict "not checked".
+        refine: where the verdict is "unreliable", draw exact samples by HMC in the fitted
+            guide's coordinates (:func:`~pyro_nf.training.refinement.refine`, its default
+            budget: 16 chains, at most 100 + 2000 iterations) into ``FitResult.refined``.
     """
 
     accuracy: float | None = ACCURACY
     max_steps: int = MAX_STEPS
     certify: bool = True
+    refine: bool = True
 
     supports: ClassVar[frozenset] = frozenset()
     default_particles: ClassVar[int] = 8
@@ -214,8 +218,8 @@ class SelfTuningSchedule:
             engine.close_progress()
         _report(total, engine, check, checked)
         if self.certify:
-            attach(total, engine.model, engine.guide, engine.args, engine.kwargs,
-                   check.log_density)
+            last_stage(total, engine.model, engine.guide, engine.args, engine.kwargs,
+                       check.log_density, refine_draws=self.refine)
         else:
             total.verdict = "not checked: SelfTuningSchedule(certify=False)"
         total.seconds = time.perf_counter() - started

@@ -97,6 +97,12 @@ def ess(draws: np.ndarray, method: str = "bulk") -> np.ndarray:
     return _per_variable("ess", draws, method)
 
 
+def rhat(draws: np.ndarray, method: str = "rank") -> np.ndarray:
+    """Rank-normalized split R-hat (Vehtari et al. 2021) of draws shaped ``(chain, draw,
+    *shape)``: an array ``shape``."""
+    return _per_variable("rhat", draws, method)
+
+
 def mcse(draws: np.ndarray, method: str = "mean") -> np.ndarray:
     """Monte Carlo standard error of draws shaped ``(chain, draw, *shape)``."""
     return _per_variable("mcse", draws, method)
