@@ -189,3 +189,48 @@ def test_the_sampler_conserves_energy_to_second_order_and_adapts_its_step_size()
     # the step size kept is dual averaging's average iterate, a little below the last one
     assert hmc.TARGET_ACCEPT - 0.1 < float(np.mean(accept)) < 0.95
     assert [hmc.halton(i) for i in range(1, 5)] == [0.5, 0.25, 0.75, 0.125]
+
+
+def test_refine_of_a_mixture_keeps_each_modes_chains_and_weight():
+    """Two modes of weights 0.3 / 0.7 (known): each component's chains sample its part of the
+    posterior (p times its share of the mixture) in its own coordinates, so none crosses to
+    the other mode; chains shared 5 / 11 of 16, the pooled draws put 0.31 in the lighter mode
+    (the weights to 1 / 32, the chains' rounding)."""
+    from test_certify import two_modes
+
+    model = two_modes(0.3)
+    mixture = pyro_nf.AutoFlowMixture(model)
+    fit(model, mixture, num_steps=300, seed=0, progress=False)
+    result = refine(model, mixture, seed=0)
+    assert result.converged, result
+    assert result.num_chains == 16
+    z = result.samples["z"][..., 0]
+    left = (z < 0).double().mean(1)  # each chain's share of draws in the left mode (0.3)
+    assert sorted(set(left.round().tolist())) == [0.0, 1.0]  # no chain crosses
+    assert float((z < 0).double().mean()) == pytest.approx(0.3, abs=1 / 32 + 0.01)
+    assert sorted(result.component_weights) == pytest.approx([0.3, 0.7], abs=0.05)
+
+
+def test_the_command_line_saves_refined_draws_and_reads_no_refine(tmp_path, capsys):
+    """Where a fit refined, ``pyro-nf fit`` saves the MCMC draws (their netCDF reads back with
+    the refined draws and sample_stats) and prints their summary; ``--no-refine`` is read."""
+    from pyro_nf import cli
+    from pyro_nf.training.result import FitResult
+    from pyro_nf.utils import arviz_compat
+
+    model, _, _ = correlated_gaussian()
+    guide = AutoMultivariateNormal(model)
+    fit(model, guide, num_steps=300, seed=0, progress=False)
+    result = FitResult(guide=guide, verdict="unreliable: moments (a test)", source="refined",
+                       refined=refine(model, guide, seed=0, chains=4, target_ess=100,
+                                      max_rhat=1.05))
+    assert cli._save_refined(result, tmp_path / "run.nc") == 0
+    out = capsys.readouterr().out
+    assert "the flow: unreliable" in out and "n_eff" in out and "z[0]" in out
+    idata = arviz_compat.from_netcdf(tmp_path / "run.nc")
+    stats = arviz_compat.group(idata, "sample_stats")
+    assert stats["diverging"].shape == (4, result.refined.num_draws)
+    assert np.allclose(arviz_compat.group(idata, "posterior")["z"].values,
+                       result.refined.samples["z"].numpy())
+    args = cli.build_parser().parse_args(["fit", "m.py:model", "--no-refine"])
+    assert args.no_refine is True

@@ -149,16 +149,16 @@ def _chees_grad(u0: torch.Tensor, u1: torch.Tensor, p1: torch.Tensor, inv_mass: 
     mass-whitened metric (v1 = M^-1 p1, the velocity)."""
     if len(u0) < 2:
         return 0.0
-    w = accept_prob.nan_to_num(0.0)
-    c0, c1 = u0 - u0.mean(0), u1 - u1.mean(0)
-    good = torch.isfinite(c1).all(-1) & torch.isfinite(p1).all(-1)
-    c1, p1, w = c1[good], p1[good], w[good]
-    c0 = c0[good]
-    if w.sum() <= 0:
+    u0, u1, p1, inv_mass = (t.double() for t in (u0, u1, p1, inv_mass))
+    w = accept_prob.double().nan_to_num(0.0)
+    good = torch.isfinite(u1).all(-1) & torch.isfinite(p1).all(-1) & (w > 0)
+    if good.sum() < 2:
         return 0.0
+    u0, u1, p1, w = u0[good], u1[good], p1[good], w[good]
+    c0, c1 = u0 - u0.mean(0), u1 - u1.mean(0)
     change = (c1 * c1 / inv_mass).sum(-1) - (c0 * c0 / inv_mass).sum(-1)
-    g = length * change * (c1 * p1).sum(-1)
-    return float((w * g).sum() / w.sum())
+    g = float((w * length * change * (c1 * p1).sum(-1)).sum() / w.sum())
+    return g if math.isfinite(g) else 0.0
 
 
 def harmonic_mean(p: torch.Tensor) -> float:
@@ -204,6 +204,8 @@ class Adam:
     count: int = 0
 
     def ascend(self, x: float, grad: float) -> float:
+        if not math.isfinite(grad):
+            return x
         self.count += 1
         self.v = self.beta2 * self.v + (1 - self.beta2) * grad * grad
         v_hat = self.v / (1 - self.beta2 ** self.count)

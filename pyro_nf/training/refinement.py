@@ -15,16 +15,19 @@ every scalar of the packed latent has a bulk effective sample size of ``target_e
 rank-normalized split R-hat below ``max_rhat`` (Vehtari et al. 2021, "Rank-normalization,
 folding, and localization: an improved R-hat"), or at ``max_iterations``.
 
-A mixture of flows is refined component by component (each in its own coordinates), its chains
-shared out in proportion to the components' weights.
+A mixture of flows q = sum_k w_k q_k is refined component by component, each in its own
+coordinates: component k's chains sample p(z) w_k q_k(z) / q(z), its part of the posterior (the
+parts sum to p), so they stay in its mode; the chains are shared out in proportion to the
+weights w_k, the mixture's estimates of the parts' masses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +39,7 @@ import torch
 from pyro_nf.densities import LogDensity
 from pyro_nf.training import hmc
 from pyro_nf.training.certify import advice, attach, model_density
+from pyro_nf.training.compiled import RTOL
 from pyro_nf.utils.rng import forked_rng
 
 #: the bulk effective sample size at which refine stops (every scalar)
@@ -44,6 +48,9 @@ TARGET_ESS = 400
 MAX_RHAT = 1.01
 #: chains run in one batch
 CHAINS = 16
+#: chains where the model does not broadcast over a batch of draws (each chain then costs a
+#: model run of its own)
+FEW_CHAINS = 4
 #: warm-up iterations (the chains start at guide draws: little to adapt)
 WARMUP = 100
 #: the most iterations after warm-up
@@ -71,6 +78,8 @@ class FlowMap:
                             "refine needs a normal base pushed through transforms (AutoFlow, "
                             "AutoFlowMixture or a Gaussian AutoContinuous guide)")
         self.dim = int(self.loc.shape[-1])
+        #: for a mixture's component: z -> log of its share of the mixture at z
+        self.share: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u = u.to(self.loc)
@@ -86,19 +95,6 @@ class FlowMap:
             x = y
         return x, ladj
 
-    @torch.no_grad()
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """u with ``self(u)[0] == z`` (the layers' inverses), for chains started at given
-        points."""
-        x = z.to(self.loc)
-        for t in reversed(self.transforms):
-            x = t.inv(x)
-        x = x - self.loc
-        if self.tril is None:
-            return x / self.scale
-        return torch.linalg.solve_triangular(self.tril, x.unsqueeze(-1), upper=False
-                                             ).squeeze(-1)
-
 
 def _components(q: Any, chains: int) -> list[tuple[FlowMap, int, float]]:
     """Each component's map, its number of chains and its weight (one for a single flow)."""
@@ -111,7 +107,23 @@ def _components(q: Any, chains: int) -> list[tuple[FlowMap, int, float]]:
         if counts.sum() >= max(chains, 2 * len(weights)):
             break
         counts[k] += 1
-    return [(FlowMap(c), int(n), float(w)) for c, n, w in zip(q.components, counts, weights)]
+    maps = []
+    for k, component in enumerate(q.components):
+        flow = FlowMap(component)
+        flow.share = _responsibility(q, k)
+        maps.append(flow)
+    return [(f, int(n), float(w)) for f, n, w in zip(maps, counts, weights)]
+
+
+def _responsibility(q: Any, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """z -> log of component k's share w_k q_k(z) / sum_j w_j q_j(z) of the mixture at z.
+    The posterior is the sum over k of p(z) times these shares, so chains of component k
+    sampling p(z) times its share are exact for that part, and cannot wander into another
+    component's mode, where the share vanishes."""
+    def log_share(z: torch.Tensor) -> torch.Tensor:
+        each = q.component_log_probs(z)
+        return each[..., k] - each.logsumexp(-1)
+    return log_share
 
 
 @dataclass
@@ -209,24 +221,27 @@ class _Group:
     """The chains of one component: their target in the guide's coordinates, state and
     record."""
 
-    def __init__(self, log_density: LogDensity, flow: FlowMap, chains: int,
-                 starts: torch.Tensor | None = None) -> None:
+    def __init__(self, log_density: LogDensity, flow: FlowMap, chains: int) -> None:
         def log_prob(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             # a trajectory may reach extreme points: an invalid parameter there (a scale of
             # 0) is a non-finite density, which rejects the proposal, not an error
             with pyro.validation_enabled(False):
                 z, ladj = flow(u)
-                return log_density(z).to(ladj.dtype) + ladj, z
+                lp = log_density(z).to(ladj.dtype) + ladj
+                if flow.share is not None:  # a mixture's component: its part of p
+                    lp = lp + flow.share(z).to(lp.dtype)
+                return lp, z
 
         self.target = hmc.value_and_grad(log_prob)
         dtype = torch.promote_types(flow.loc.dtype, log_density.dtype)
         u = self._start(flow, chains, dtype)
-        if starts is not None and len(starts):
-            k = min(len(starts), chains // 2)
-            u[:k] = flow.inverse(starts[:k]).to(u)
+        fast = compiled(log_prob, u)
+        if fast is not None:
+            self.target = hmc.value_and_grad(fast)
         lp, grad, z = self.target(u)
         ones = torch.ones(flow.dim, dtype=dtype, device=u.device)
-        self.state = hmc.State(u, lp, grad, z, step_size=0.5, trajectory=math.pi / 2, inv_mass=ones)
+        self.state = hmc.State(u, lp, grad, z, step_size=0.5, trajectory=math.pi / 2,
+                               inv_mass=ones, gradients=1)
         self.draws: list[torch.Tensor] = []
         self.stats: dict[str, list] = {k: [] for k in ("diverging", "acceptance_rate", "energy",
                                                        "n_steps", "step_size", "lp")}
@@ -259,6 +274,46 @@ class _Group:
         return torch.stack(self.draws, 1)
 
 
+def compiled(log_prob: Callable, u: torch.Tensor) -> Callable | None:
+    """``log_prob`` at a batch shaped like ``u`` recorded by ``torch.jit.trace`` and replayed
+    without Python (Pyro's traces of the model are most of a batch's cost), or None where
+    tracing fails or the replay differs from ``log_prob`` (values or gradients beyond
+    :data:`~pyro_nf.training.compiled.RTOL`) at three batches near ``u``: a model whose
+    structure depends on the values."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(log_prob, (u.detach().clone(),), check_trace=False)
+    except Exception:  # noqa: BLE001 - the eager density serves
+        return None
+
+    def replay(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the optimizing executor swaps in its own derivatives (training.compiled)
+        with torch.jit.optimized_execution(False):
+            return traced(v)
+
+    eager, fast = hmc.value_and_grad(log_prob), hmc.value_and_grad(replay)
+    generator = torch.Generator(device=u.device).manual_seed(0)
+    try:
+        for _ in range(3):
+            v = u + 0.3 * torch.randn(u.shape, dtype=u.dtype, device=u.device,
+                                      generator=generator)
+            if not all(_close(a, b) for a, b in zip(eager(v), fast(v))):
+                return None
+    except Exception:  # noqa: BLE001
+        return None
+    return replay
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    finite = torch.isfinite(a)
+    if not torch.equal(finite, torch.isfinite(b)):
+        return False
+    a, b = a[finite].double(), b[finite].double()
+    scale = float(a.abs().max()) if a.numel() else 0.0
+    return bool(((a - b).abs() <= RTOL * max(scale, 1.0)).all())
+
+
 def _diagnostics(groups: list[_Group]) -> tuple[float, float]:
     """The smallest bulk ESS and the largest R-hat over every scalar of the packed latent; for
     a mixture, R-hat within each component and each component's ESS scaled by its share of the
@@ -277,11 +332,11 @@ def _diagnostics(groups: list[_Group]) -> tuple[float, float]:
     return ess, worst
 
 
-def refine(model: Callable, guide: Any, *args: Any, chains: int = CHAINS,
+def refine(model: Callable, guide: Any, *args: Any, chains: int | None = None,
            target_ess: float = TARGET_ESS, max_rhat: float = MAX_RHAT, warmup: int = WARMUP,
            max_iterations: int = MAX_ITERATIONS, seed: int | None = None,
-           model_kwargs: dict | None = None, log_density: LogDensity | None = None,
-           starts: torch.Tensor | None = None) -> RefineResult:
+           model_kwargs: dict | None = None, log_density: LogDensity | None = None
+           ) -> RefineResult:
     """Exact posterior draws of ``model`` by HMC in the fitted ``guide``'s coordinates
     (module docstring): ``refine(model, guide, *args)``.
 
@@ -290,7 +345,8 @@ def refine(model: Callable, guide: Any, *args: Any, chains: int = CHAINS,
         guide: its fitted guide over the packed latent (AutoFlow, AutoFlowMixture, or a
             Gaussian ``AutoContinuous`` guide such as ``AutoMultivariateNormal``).
         *args: the model's positional arguments.
-        chains: chains, run as one batch (at least 2: R-hat compares them).
+        chains: chains, run as one batch (at least 2: R-hat compares them); default 16, or 4
+            where the model does not broadcast over a batch of draws.
         target_ess: stop once every scalar has this bulk effective sample size ...
         max_rhat: ... and a rank-normalized split R-hat below this.
         warmup: iterations adapting the step size, a diagonal mass matrix and the trajectory
@@ -299,38 +355,52 @@ def refine(model: Callable, guide: Any, *args: Any, chains: int = CHAINS,
         seed: ``pyro.set_rng_seed(seed)`` first.
         model_kwargs: the model's keyword arguments.
         log_density: the model's :class:`~pyro_nf.densities.LogDensity`, if already built.
-        starts: packed latent points (k, D) where the first k chains start (at most half of
-            them; e.g. the modes of a mode search, so that chains that cannot cross between
-            modes show it in R-hat); the others start at guide draws.
 
     Returns:
         a :class:`RefineResult`.
     """
-    _check_options(chains, target_ess, max_rhat, warmup, max_iterations)
+    _check_options(CHAINS if chains is None else chains, target_ess, max_rhat, warmup,
+                   max_iterations)
     kwargs = dict(model_kwargs or {})
     if seed is not None:
         pyro.set_rng_seed(seed)
     started = time.perf_counter()
     if log_density is None:
         log_density = LogDensity(model, *args, **kwargs)
+    if chains is None:
+        chains = CHAINS if log_density.batched else FEW_CHAINS
     if not hasattr(guide, "get_posterior"):
         raise TypeError(f"refine: {type(guide).__name__} has no get_posterior(); refine needs a "
                         "guide over the packed latent (AutoFlow, AutoFlowMixture, or an "
                         "AutoContinuous guide)")
     if getattr(guide, "prototype_trace", True) is None:
         guide._setup_prototype(*args, **kwargs)
-    q = guide.get_posterior(*args, **kwargs)
-    parts = _components(q, chains)
-    if parts[0][0].dim != log_density.dim:
-        raise ValueError(f"refine: the guide's latent has {parts[0][0].dim} coordinates, the "
-                         f"model's {log_density.dim}; pass the guide fitted to this model")
-    groups = [_Group(log_density, flow, n, starts if i == 0 else None)
-              for i, (flow, n, _) in enumerate(parts)]
-    for g in groups:
-        hmc.warmup(g.target, g.state, warmup)
-    ess, rhat, reason = _sample(groups, target_ess, max_rhat, max_iterations)
+    with _frozen(guide):  # the guide's parameters are constants here
+        q = guide.get_posterior(*args, **kwargs)
+        parts = _components(q, chains)
+        if parts[0][0].dim != log_density.dim:
+            raise ValueError(f"refine: the guide's latent has {parts[0][0].dim} coordinates, "
+                             f"the model's {log_density.dim}; pass the guide fitted to this "
+                             "model")
+        groups = [_Group(log_density, flow, n) for flow, n, _ in parts]
+        for g in groups:
+            hmc.warmup(g.target, g.state, warmup)
+        ess, rhat, reason = _sample(groups, target_ess, max_rhat, max_iterations)
     return _result(groups, parts, log_density, ess, rhat, reason, warmup,
                    time.perf_counter() - started, model, args, kwargs)
+
+
+@contextlib.contextmanager
+def _frozen(guide: Any) -> Iterator[None]:
+    """The guide's parameters without gradients while the chains run (then as they were)."""
+    params = [p for p in getattr(guide, "parameters", lambda: [])() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def _sample(groups: list[_Group], target_ess: float, max_rhat: float, max_iterations: int
@@ -391,22 +461,23 @@ def last_stage(result: Any, model: Callable, guide: Any, args: tuple, kwargs: di
                stacklevel: int = 7) -> None:
     """The fit's checks (:func:`~pyro_nf.training.certify.attach`) and, where they call the
     guide "unreliable", :func:`refine` with its default budget: ``result.refined`` holds the
-    draws and ``result.source`` becomes "refined". A missed mode's location starts some chains,
-    so that chains that cannot cross between modes fail R-hat instead of hiding the mode."""
+    draws and ``result.source`` becomes "refined". Not where a mode was missed: chains started
+    in the guide's mode would stay there and pass R-hat; the warning names the mixture."""
     if log_density is None:
         log_density = model_density(model, guide, args, kwargs)
     certificate = attach(result, model, guide, args, kwargs, log_density, search=search,
                          warn=not refine_draws)
     if certificate is None or not refine_draws or not result.verdict.startswith("unreliable"):
         return
-    failed = {c.name for c in certificate.checks if c.status == "fail"}
-    starts = None
-    if "modes" in failed and certificate.search is not None:
-        starts = torch.stack([m.location for m in certificate.search.modes])
+    if "modes" in {c.name for c in certificate.checks if c.status == "fail"}:
+        # chains started in one mode stay there: their R-hat would pass with a mode missing
+        warnings.warn(f"fit: {result.verdict}. {advice(certificate)}, then pyro_nf.refine("
+                      "model, mixture) for exact draws (not run here: HMC does not cross "
+                      "between separated modes)", RuntimeWarning, stacklevel=stacklevel)
+        return
     try:
         with forked_rng():
-            refined = refine(model, guide, *args, model_kwargs=kwargs, log_density=log_density,
-                             starts=starts)
+            refined = refine(model, guide, *args, model_kwargs=kwargs, log_density=log_density)
     except Exception as error:  # noqa: BLE001 - the fit is kept, the failure said
         warnings.warn(f"fit: {result.verdict}. {advice(certificate)}; refine failed "
                       f"({type(error).__name__}: {next(iter(str(error).splitlines()), '')})",
