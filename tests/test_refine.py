@@ -234,3 +234,21 @@ def test_the_command_line_saves_refined_draws_and_reads_no_refine(tmp_path, caps
                        result.refined.samples["z"].numpy())
     args = cli.build_parser().parse_args(["fit", "m.py:model", "--no-refine"])
     assert args.no_refine is True
+
+
+def test_a_point_where_the_model_raises_is_rejected_not_fatal():
+    """A batch whose evaluation raises at some points (a Cholesky failing at an extreme
+    kernel) is evaluated point by point: those points get -inf and a zero gradient, the
+    others their value and gradient."""
+    def log_prob(u):
+        if bool((u[:, 0] > 1).any()):
+            raise torch.linalg.LinAlgError("not positive-definite")
+        return -0.5 * (u * u).sum(-1), u
+
+    target = hmc.value_and_grad(log_prob)
+    u = torch.tensor([[0.5, 1.0], [2.0, 0.0], [-1.0, 3.0]], dtype=torch.float64)
+    lp, grad, aux = target(u)
+    assert lp[1] == -math.inf and torch.equal(grad[1], torch.zeros(2, dtype=torch.float64))
+    assert torch.allclose(lp[[0, 2]], -0.5 * (u[[0, 2]] ** 2).sum(-1))
+    assert torch.allclose(grad[[0, 2]], -u[[0, 2]])
+    assert torch.equal(aux[0], u[0]) and torch.isnan(aux[1]).all()

@@ -43,21 +43,39 @@ MAX_TRAJECTORY = 2 * math.pi
 Target = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def value_and_grad(log_prob: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-                   ) -> Target:
+def value_and_grad(log_prob: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                   fallback: Callable | None = None) -> Target:
     """``u -> (log density, its gradient, aux)`` for a batch u of shape (chains, D), from
     ``log_prob(u) -> (log density, aux)`` (aux: what the chains record, e.g. the point in the
     model's coordinates). A non-finite value comes back as -inf with a zero gradient (the
-    proposal is then rejected)."""
-    def target(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    proposal is then rejected); so does a point where the model raises (a Cholesky that fails
+    at an extreme kernel), found by evaluating the batch's points one by one with
+    ``fallback`` (default ``log_prob``) when the batch raises."""
+    def one_batch(f: Callable, u: torch.Tensor) -> tuple:
         u = u.detach().requires_grad_(True)
         with torch.enable_grad():
-            lp, aux = log_prob(u)
+            lp, aux = f(u)
             grad, = torch.autograd.grad(lp.sum(), u)
         lp, grad = lp.detach(), grad.detach()
         bad = ~torch.isfinite(lp) | ~torch.isfinite(grad).all(-1)
         lp = torch.where(bad, torch.full_like(lp, -math.inf), lp)
         return lp, torch.where(bad[:, None], torch.zeros_like(grad), grad), aux.detach()
+
+    def one_by_one(u: torch.Tensor) -> tuple:
+        rows = []
+        for i in range(len(u)):
+            try:
+                rows.append(one_batch(fallback or log_prob, u[i:i + 1]))
+            except Exception:  # noqa: BLE001 - a point the model cannot evaluate: rejected
+                rows.append((torch.full_like(u[i:i + 1, 0], -math.inf),
+                             torch.zeros_like(u[i:i + 1]), torch.full_like(u[i:i + 1], math.nan)))
+        return tuple(torch.cat(part) for part in zip(*rows))
+
+    def target(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        try:
+            return one_batch(log_prob, u)
+        except Exception:  # noqa: BLE001 - find the point that raised
+            return one_by_one(u)
     return target
 
 

@@ -237,7 +237,7 @@ class _Group:
         u = self._start(flow, chains, dtype)
         fast = compiled(log_prob, u)
         if fast is not None:
-            self.target = hmc.value_and_grad(fast)
+            self.target = hmc.value_and_grad(fast, fallback=log_prob)
         lp, grad, z = self.target(u)
         ones = torch.ones(flow.dim, dtype=dtype, device=u.device)
         self.state = hmc.State(u, lp, grad, z, step_size=0.5, trajectory=math.pi / 2,
