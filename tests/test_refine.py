@@ -252,3 +252,19 @@ def test_a_point_where_the_model_raises_is_rejected_not_fatal():
     assert torch.allclose(lp[[0, 2]], -0.5 * (u[[0, 2]] ** 2).sum(-1))
     assert torch.allclose(grad[[0, 2]], -u[[0, 2]])
     assert torch.equal(aux[0], u[0]) and torch.isnan(aux[1]).all()
+
+
+def test_refined_draws_carry_the_models_deterministic_sites():
+    """from_mcmc of a refine result has each pyro.deterministic site at every draw, as
+    to_inference_data has it for a guide's draws."""
+    def model():
+        z = pyro.sample("z", dist.Normal(1.0, 2.0).expand([2]).to_event(1))
+        pyro.deterministic("w", 2 * z + 1)
+
+    guide = AutoMultivariateNormal(model)
+    fit(model, guide, num_steps=100, seed=0, progress=False)
+    result = refine(model, guide, seed=0, chains=4, target_ess=50, max_rhat=1.1)
+    posterior = pyro_nf.diagnostics.inference_data.arviz_compat.group(
+        pyro_nf.from_mcmc(result), "posterior")
+    assert posterior["w"].shape == (4, result.num_draws, 2)
+    assert np.allclose(posterior["w"].values, 2 * posterior["z"].values + 1, atol=1e-5)

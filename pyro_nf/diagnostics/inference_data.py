@@ -300,6 +300,8 @@ def from_mcmc(mcmc, *, dims: dict[str, list[str]] | None = None,
     proto = {k: v for k, v in trace.nodes.items()
              if v["type"] == "sample" and not site_is_subsample(v)}
     posterior = {k: v.detach().cpu().numpy() for k, v in samples.items()}
+    if refined:
+        posterior.update(_deterministic(model, args, kwargs, samples, trace))
     all_dims = {name: _site_dims(name, proto[name], proto[name]["value"].shape)
                 for name in posterior if name in proto}
     all_dims.update(dims or {})
@@ -315,6 +317,22 @@ def from_mcmc(mcmc, *, dims: dict[str, list[str]] | None = None,
                      gradient_evaluations=int(mcmc.gradient_evaluations))
     return arviz_compat.from_dict(groups, coords=_plate_coords(proto, all_dims, coords or {}),
                                   dims=all_dims, attrs=attrs)
+
+
+def _deterministic(model, args, kwargs, samples: dict, trace) -> dict[str, np.ndarray]:
+    """The model's ``pyro.deterministic`` sites at each (chain, draw) of ``samples``, as
+    :func:`to_inference_data` has them (one model run per draw)."""
+    names = [k for k, v in trace.nodes.items() if v["type"] == "sample" and _is_deterministic(v)]
+    if not names:
+        return {}
+    chains, draws = next(iter(samples.values())).shape[:2]
+    flat = {k: v.reshape((chains * draws,) + v.shape[2:]) for k, v in samples.items()}
+    pred = pyro.infer.Predictive(model, posterior_samples=flat, return_sites=names,
+                                 parallel=False)
+    with torch.no_grad(), pyro.validation_enabled(False):
+        out = pred(*args, **kwargs)
+    return {k: v.reshape((chains, draws) + v.shape[1:]).detach().cpu().numpy()
+            for k, v in out.items() if k in names}
 
 
 _PARAM = re.compile(r"^([^\[]+)(?:\[([0-9,\s]+)\])?$")
