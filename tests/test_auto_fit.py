@@ -69,7 +69,8 @@ def test_explicit_num_steps_keeps_the_fixed_schedule():
 FIXED_VALUES = {"num_steps": 5, "lr": 0.5, "optim": pyro.optim.Adam({"lr": 0.01}),
                 "lr_schedule": lambda step: 1.0, "lr_decay": 0.9, "warmup_steps": 3,
                 "convergence_window": 50, "convergence_tol": 1e-3, "stop_when_converged": True}
-TUNING_VALUES = {"accuracy": 0.2, "max_steps": 100, "certify": False}
+TUNING_VALUES = {"accuracy": 0.2, "max_steps": 100, "certify": False,
+                 "refine": False}
 
 
 def test_every_option_of_one_schedule_given_to_the_other_is_an_error_naming_it(tmp_path):

@@ -201,7 +201,7 @@ def test_refine_of_a_mixture_keeps_each_modes_chains_and_weight():
     model = two_modes(0.3)
     mixture = pyro_nf.AutoFlowMixture(model)
     fit(model, mixture, num_steps=300, seed=0, progress=False)
-    result = refine(model, mixture, seed=0)
+    result = refine(model, mixture, seed=0, target_ess=200, max_rhat=1.02)
     assert result.converged, result
     assert result.num_chains == 16
     z = result.samples["z"][..., 0]
