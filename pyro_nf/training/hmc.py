@@ -133,9 +133,10 @@ def kinetic(p: torch.Tensor, inv_mass: torch.Tensor) -> torch.Tensor:
     return 0.5 * (p * p * inv_mass).sum(-1)
 
 
-def transition(target: Target, state: State, generator: torch.Generator | None = None
-               ) -> Step:
-    """One HMC iteration of every chain (in place on ``state``)."""
+def transition(target: Target, state: State, generator: torch.Generator | None = None,
+               chees: bool = False) -> Step:
+    """One HMC iteration of every chain (in place on ``state``); ``chees``: with ChEES's
+    gradient in the trajectory length (warm-up only)."""
     state.iteration += 1
     u0 = state.u
     p0 = torch.randn(u0.shape, dtype=u0.dtype, device=u0.device, generator=generator)
@@ -150,21 +151,21 @@ def transition(target: Target, state: State, generator: torch.Generator | None =
     diverging = -delta > DIVERGENCE
     coin = torch.rand(accept_prob.shape, dtype=u0.dtype, device=u0.device, generator=generator)
     accept = coin < accept_prob
-    chees = _chees_grad(u0, u1, p1, state.inv_mass, accept_prob, length)
+    gradient = _chees_grad(u0, u1, p1, state.inv_mass, accept_prob, length) if chees else 0.0
     state.u = torch.where(accept[:, None], u1, u0)
     state.lp = torch.where(accept, lp1, state.lp)
     state.grad = torch.where(accept[:, None], g1, state.grad)
     state.aux = torch.where(accept[:, None], aux1, state.aux)
     state.gradients += n
     energy = torch.where(accept, h1, h0)
-    return Step(accept_prob, diverging, energy, n, chees)
+    return Step(accept_prob, diverging, energy, n, gradient)
 
 
 def _chees_grad(u0: torch.Tensor, u1: torch.Tensor, p1: torch.Tensor, inv_mass: torch.Tensor,
                 accept_prob: torch.Tensor, length: float) -> float:
     """ChEES's gradient estimate in the log trajectory length: the acceptance-weighted mean
-    over chains of t (|u1 - mean u1|^2 - |u0 - mean u0|^2) (u1 - mean u1) . v1 in the
-    mass-whitened metric (v1 = M^-1 p1, the velocity)."""
+    over chains of t (|u1 - mean u1|^2 - |u0 - mean u0|^2) (u1 - mean u1) . p1, the squared
+    distances in the mass-whitened metric (where position times velocity is u . p)."""
     if len(u0) < 2:
         return 0.0
     u0, u1, p1, inv_mass = (t.double() for t in (u0, u1, p1, inv_mass))
@@ -277,7 +278,7 @@ def warmup(target: Target, state: State, iterations: int,
     window: list[torch.Tensor] = []
     steps, late = [], []
     for i in range(iterations):
-        step = transition(target, state, generator)
+        step = transition(target, state, generator, chees=i < second)
         steps.append(step)
         state.step_size = dual.update(harmonic_mean(step.accept_prob))
         if i < second:
